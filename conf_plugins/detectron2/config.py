@@ -1,0 +1,72 @@
+"""Config keys of the detectron2 components (call before ``merge_from_file``)."""
+from detectron2.config import CfgNode as CN
+
+
+def add_ddn_config(cfg):
+    """Add the keys of the dropout box head, MC-dropout inference, DDN and our evaluator."""
+    _C = cfg
+    # Dropout rate after each FC layer of DropoutFastRCNNConvFCHead (0 = the stock head).
+    _C.MODEL.ROI_BOX_HEAD.DROPOUT = 0.0
+
+    _C.MODEL.MC_DROPOUT = CN()
+    # M forward samples of the box head with dropout on, averaged (MCDropoutROIHeads, MC-M).
+    _C.MODEL.MC_DROPOUT.NUM_SAMPLES = 10
+
+    _C.MODEL.DDN = CN()
+    # Checkpoint of the trained dropout teacher (its box head + predictor are used).
+    _C.MODEL.DDN.TEACHER_WEIGHTS = ""
+    # M MC-dropout samples of the teacher per proposal; the target is their mean logit.
+    _C.MODEL.DDN.NUM_SAMPLES = 10
+    # Dropout rate of the teacher while sampling targets; < 0 means ROI_BOX_HEAD.DROPOUT.
+    _C.MODEL.DDN.TEACHER_DROPOUT = -1.0
+    # A GT box is "detected" by the teacher if an MC-sample detection of its class overlaps
+    # it with IoU >= MATCH_IOU; proposals of undetected GT get a uniform target.
+    _C.MODEL.DDN.MATCH_IOU = 0.5
+    # Loss = DISTILL_WEIGHT * L2(student logits, target) + GT_WEIGHT * CE + box regression
+    # (DDN eq. 7; the paper's Table II uses 0.5 on the distillation term).
+    _C.MODEL.DDN.DISTILL_WEIGHT = 0.5
+    _C.MODEL.DDN.GT_WEIGHT = 1.0
+
+    _C.TEST.CALIBRATION = CN()
+    # IoU thresholds that decide whether a detection is correct (DDN paper Fig. 4).
+    _C.TEST.CALIBRATION.IOU_THRESHOLDS = (0.3, 0.5, 0.7)
+    # Coarse bins of ECE / MSCE / MCE and the reliability diagrams.
+    _C.TEST.CALIBRATION.NUM_BINS = 10
+    return cfg
+
+
+MODEL_ZOO_PREFIX = "model_zoo:"
+
+
+def merge_config_file(cfg, path: str):
+    """``cfg.merge_from_file(path)``, where a ``_BASE_`` may also name a stock config of
+    detectron2's model zoo as ``model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml``.
+
+    yacs resolves ``_BASE_`` only relative to the including file, and the stock configs live
+    inside the installed detectron2 package; this lets our configs inherit them instead of
+    copying them, on any detectron2 install. The zoo base is merged first, then our files
+    from the root of their ``_BASE_`` chain to ``path``.
+    """
+    import os
+
+    import yaml
+    from detectron2 import model_zoo
+    from detectron2.config import CfgNode
+
+    chain, current = [], os.path.abspath(path)
+    while True:
+        if not os.path.isfile(current):
+            raise FileNotFoundError(f"config file not found: {current}")
+        with open(current) as f:
+            data = yaml.safe_load(f) or {}
+        chain.insert(0, data)
+        base = data.pop("_BASE_", None)
+        if base is None:
+            break
+        if base.startswith(MODEL_ZOO_PREFIX):
+            cfg.merge_from_file(model_zoo.get_config_file(base[len(MODEL_ZOO_PREFIX):]))
+            break
+        current = os.path.join(os.path.dirname(current), os.path.expanduser(base))
+    for data in chain:
+        cfg.merge_from_other_cfg(CfgNode(data))
+    return cfg

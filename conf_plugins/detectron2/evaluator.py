@@ -1,0 +1,108 @@
+"""detectron2 evaluator for the calibration of detection scores (DDN paper §V, Fig. 4)."""
+import logging
+import os
+
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.structures import BoxMode
+from detectron2.utils import comm
+
+from conf_plugins.calibration import CalibrationStats
+from conf_plugins.calibration.detection_matching import match_detections
+from conf_plugins.calibration.plots import plot_reliability
+
+logger = logging.getLogger(__name__)
+
+
+class DetectionCalibrationEvaluator(DatasetEvaluator):
+    """Calibration of detection confidences, one set of metrics per IoU threshold.
+
+    A detection is correct when it matches an unmatched same-class, non-crowd GT box with
+    IoU >= t (greedy by score, :func:`match_detections`); its confidence is its score. Each
+    process accumulates :class:`CalibrationStats` (O(bins) memory); ``evaluate`` gathers and
+    sums them on the main process, so any number of processes gives the same numbers. Results
+    come under the ``calibration`` key (beside ``bbox`` of ``COCOEvaluator``) as
+    ``{metric}@IoU{t}``; reliability diagrams are written to ``output_dir``.
+    """
+
+    def __init__(self, dataset_name: str, iou_thresholds=(0.3, 0.5, 0.7), num_bins: int = 10,
+                 output_dir: str = None, distributed: bool = True):
+        self._dataset_name = dataset_name
+        self._iou_thresholds = tuple(float(t) for t in iou_thresholds)
+        self._num_bins = num_bins
+        self._output_dir = output_dir
+        self._distributed = distributed
+        self._gt = self._load_ground_truth(dataset_name)
+        self.reset()
+
+    @classmethod
+    def from_config(cls, cfg, dataset_name, output_dir=None):
+        return cls(dataset_name, cfg.TEST.CALIBRATION.IOU_THRESHOLDS,
+                   cfg.TEST.CALIBRATION.NUM_BINS, output_dir)
+
+    @staticmethod
+    def _load_ground_truth(dataset_name):
+        gt = {}
+        for record in DatasetCatalog.get(dataset_name):
+            if "annotations" not in record:
+                raise ValueError(f"dataset '{dataset_name}' has no annotations for image "
+                                 f"{record.get('image_id')}: calibration needs ground truth")
+            anns = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
+            boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
+            gt[record["image_id"]] = (torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4),
+                                      torch.tensor([a["category_id"] for a in anns],
+                                                   dtype=torch.int64))
+        return gt
+
+    def reset(self):
+        self._stats = [CalibrationStats() for _ in self._iou_thresholds]
+        self._num_images = 0
+
+    def process(self, inputs, outputs):
+        for inp, out in zip(inputs, outputs):
+            if inp["image_id"] not in self._gt:
+                raise KeyError(f"image {inp['image_id']} is not in dataset '{self._dataset_name}'")
+            gt_boxes, gt_classes = self._gt[inp["image_id"]]
+            instances = out["instances"].to("cpu")
+            correct = match_detections(instances.pred_boxes.tensor, instances.scores,
+                                       instances.pred_classes, gt_boxes, gt_classes,
+                                       self._iou_thresholds)
+            for stats, correct_at_t in zip(self._stats, correct):
+                stats.update(instances.scores, correct_at_t)
+            self._num_images += 1
+
+    def _reduced_stats(self):
+        if not self._distributed or comm.get_world_size() == 1:
+            return self._stats
+        comm.synchronize()
+        gathered = comm.gather([s.state_dict() for s in self._stats], dst=0)
+        if not comm.is_main_process():
+            return None
+        merged = [CalibrationStats() for _ in self._iou_thresholds]
+        for rank_states in gathered:
+            for total, state in zip(merged, rank_states):
+                part = CalibrationStats()
+                part.load_state_dict(state)
+                total.merge(part)
+        return merged
+
+    def evaluate(self):
+        stats = self._reduced_stats()
+        if stats is None:
+            return {}
+        if stats[0].count == 0:
+            raise ValueError(f"no detections on '{self._dataset_name}': the model predicted "
+                             "nothing above its score threshold, so calibration is undefined")
+        results = {}
+        for t, s in zip(self._iou_thresholds, stats):
+            for name, value in s.compute(num_bins=self._num_bins).items():
+                results[f"{name}@IoU{t:g}"] = value
+            if self._output_dir:
+                path = os.path.join(self._output_dir, "calibration", f"reliability_iou{t:g}.png")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                plot_reliability(s, path, num_bins=self._num_bins,
+                                 title=f"{self._dataset_name}, IoU {t:g}")
+        logger.info("Calibration of %s: %s", self._dataset_name,
+                    {k: round(v, 4) for k, v in results.items() if k.startswith(("ECE", "MSCE"))})
+        return {"calibration": results}

@@ -1,0 +1,59 @@
+"""The frozen MC-dropout teacher of the DDN student (box head + predictor only)."""
+import copy
+import os
+
+import torch
+from torch import nn
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+from .box_head import DropoutFastRCNNConvFCHead, sample_predictions
+
+_PREFIX = "roi_heads."
+
+
+class DropoutTeacher(nn.Module):
+    """A frozen copy of a trained dropout box head + box predictor.
+
+    Shares the student's pooled ROI features: only the box head and predictor run, M times
+    in one batched pass (:func:`sample_predictions`). Never trained: no grad, eval mode.
+    """
+
+    def __init__(self, box_head, box_predictor, dropout: float):
+        super().__init__()
+        if not isinstance(box_head, DropoutFastRCNNConvFCHead):
+            raise TypeError("the DDN teacher needs MODEL.ROI_BOX_HEAD.NAME = "
+                            f"'DropoutFastRCNNConvFCHead', got {type(box_head).__name__}")
+        self.box_head = copy.deepcopy(box_head)
+        self.box_head.dropout = dropout
+        self.box_predictor = copy.deepcopy(box_predictor)
+        self.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str, box_head, box_predictor, dropout: float):
+        """Build from the student's modules and load the teacher's trained weights."""
+        if not path:
+            raise ValueError("MODEL.DDN.TEACHER_WEIGHTS is empty: train the dropout teacher "
+                             "first (configs/demo/teacher.yaml or configs/teacher_r50.yaml) "
+                             "and point this key at its model_final.pth")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"MODEL.DDN.TEACHER_WEIGHTS: no such file: {path}")
+        teacher = cls(box_head, box_predictor, dropout)
+        checkpoint = DetectionCheckpointer(nn.Module())._load_file(path)
+        state = checkpoint["model"] if "model" in checkpoint else checkpoint
+        state = {k[len(_PREFIX):]: torch.as_tensor(v) for k, v in state.items()
+                 if k.startswith(_PREFIX + "box_head.") or k.startswith(_PREFIX + "box_predictor.")}
+        missing, unexpected = teacher.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"MODEL.DDN.TEACHER_WEIGHTS={path} does not match the box head: "
+                             f"missing {missing}, unexpected {unexpected}")
+        return teacher
+
+    def train(self, mode: bool = True):  # always frozen; dropout is switched on per call
+        return super().train(False)
+
+    @torch.no_grad()
+    def sample(self, box_features, num_samples: int):
+        """(logits (M, R, K+1), deltas (M, R, 4K or 4)) of M dropout samples."""
+        return sample_predictions(self.box_head, self.box_predictor, box_features, num_samples)

@@ -1,0 +1,136 @@
+"""Decode heads with a success-prediction branch (success-prediction paper §3.1–3.2).
+
+One mechanism, :class:`SuccessBranchMixin`, mixed into three stock mmseg heads. Every stock
+head ends in ``cls_seg(features)``; the mixin runs the success branch (a hidden 1×1 conv +
+a 2-class 1×1 conv: failure / success) on those same features, so for DeepLabV3+ it sees
+the output of the low-level-feature decoder. Training adds a cross-entropy loss against the
+per-pixel success target; prediction can append the success logit to the seg logits so
+that mmseg's whole / slide inference, flips and resizes carry it (``SuccessEncoderDecoder``).
+"""
+import copy
+
+import torch
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+from mmseg.models.decode_heads import ASPPHead, DepthwiseSeparableASPPHead, FCNHead
+from mmseg.models.losses import accuracy
+from mmseg.models.utils import resize
+from mmseg.registry import MODELS
+from torch import nn
+
+
+def success_target(seg_logits, seg_label, ignore_index: int, align_corners: bool):
+    """Per-pixel success label: 1 where arg-max of the seg logits (resized to the label's
+    resolution) equals the label, 0 where not, ``ignore_index`` where the label is ignored.
+    Carries no gradient (success paper §3.1)."""
+    with torch.no_grad():
+        pred = resize(seg_logits, size=seg_label.shape[-2:], mode="bilinear",
+                      align_corners=align_corners).argmax(dim=1)
+        label = seg_label.squeeze(1) if seg_label.dim() == 4 else seg_label
+        target = (pred == label).long()
+        target[label == ignore_index] = ignore_index
+    return target
+
+
+class SuccessBranchMixin:
+    """Adds a success branch to a stock decode head; see the module docstring.
+
+    Args (beyond the stock head's):
+        success_channels (int): channels of the hidden layer. Default 32 (keeps the branch
+            and its snapshot under 0.1 % of a ResNet-50 FCN's parameters).
+        success_loss_weight (float): weight of the success cross-entropy. Default 1.0.
+        task_weighting (dict | None): config of ``UncertaintyWeightedLoss`` over the tasks
+            ``seg`` and ``success`` (Kendall et al.); None adds the losses unweighted.
+
+    Attributes:
+        success_snapshot: a frozen copy of the branch, taken by ``SuccessSnapshotHook`` early
+            in training (paper §3.2); once taken it predicts success in eval mode, while the
+            seg branch keeps its final weights. Saved in checkpoints with ``snapshot_taken``.
+        emit_success_channel (bool): set by ``SuccessEncoderDecoder``; ``predict`` then returns
+            C + 1 channels, the last being the success logit (log-odds of success).
+    """
+
+    def __init__(self, *args, success_channels: int = 32, success_loss_weight: float = 1.0,
+                 task_weighting: dict = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.out_channels < 2:
+            raise ValueError("success heads need a multi-class head (out_channels >= 2)")
+        self.success_branch = nn.Sequential(
+            ConvModule(self.channels, success_channels, 1, conv_cfg=self.conv_cfg,
+                       norm_cfg=self.norm_cfg, act_cfg=self.act_cfg),
+            nn.Conv2d(success_channels, 2, 1))
+        self.success_snapshot = copy.deepcopy(self.success_branch).requires_grad_(False)
+        self.register_buffer("snapshot_taken", torch.tensor(False))
+        self.success_loss_weight = success_loss_weight
+        self.task_weighting = MODELS.build(task_weighting) if task_weighting else None
+        self.emit_success_channel = False
+
+    @torch.no_grad()
+    def take_success_snapshot(self):
+        """Copy the success branch into the frozen snapshot (early checkpoint, §3.2)."""
+        self.success_snapshot.load_state_dict(self.success_branch.state_dict())
+        self.snapshot_taken.fill_(True)
+
+    def cls_seg(self, feat):
+        """Seg logits (N, C, h, w) and success logits (N, 2, h, w), packed as C + 2 channels."""
+        branch = (self.success_snapshot if not self.training and bool(self.snapshot_taken)
+                  else self.success_branch)
+        return torch.cat([super().cls_seg(feat), branch(feat)], dim=1)
+
+    def split_logits(self, packed):
+        return packed[:, :self.out_channels], packed[:, self.out_channels:]
+
+    def loss_by_feat(self, packed, batch_data_samples):
+        seg_logits, success_logits = self.split_logits(packed)
+        losses = super().loss_by_feat(seg_logits, batch_data_samples)
+        seg_label = self._stack_batch_gt(batch_data_samples)
+        target = success_target(seg_logits, seg_label, self.ignore_index, self.align_corners)
+        success_logits = resize(success_logits, size=target.shape[-2:], mode="bilinear",
+                                align_corners=self.align_corners)
+        if (target == self.ignore_index).all():
+            raise ValueError("every pixel of this batch has ignore_index: no success target")
+        losses["loss_success"] = self.success_loss_weight * F.cross_entropy(
+            success_logits, target, ignore_index=self.ignore_index)
+        losses["acc_success"] = accuracy(success_logits, target, ignore_index=self.ignore_index)
+        if self.task_weighting is not None:
+            losses = self._weight_tasks(losses)
+        return losses
+
+    def _weight_tasks(self, losses):
+        """Replace the raw task losses by their uncertainty-weighted terms; keep the raw values
+        (and each task's sigma) under names without 'loss', which mmengine logs but never sums.
+        """
+        seg = sum(v for k, v in losses.items() if k.startswith("loss") and k != "loss_success")
+        raw = {"seg": seg, "success": losses["loss_success"]}
+        weighted = self.task_weighting(raw)
+        out = {k: v for k, v in losses.items() if not k.startswith("loss")}
+        for task, value in raw.items():
+            out[f"raw_{task}"] = value.detach()
+            out[f"loss_{task}"] = weighted[task]
+        for task, sigma in self.task_weighting.sigmas().items():
+            out[f"sigma_{task}"] = torch.tensor(sigma)
+        return out
+
+    def predict_by_feat(self, packed, batch_img_metas):
+        seg_logits, success_logits = self.split_logits(packed)
+        if not self.emit_success_channel:
+            return super().predict_by_feat(seg_logits, batch_img_metas)
+        success_logit = success_logits[:, 1:2] - success_logits[:, 0:1]  # log-odds of success
+        return super().predict_by_feat(torch.cat([seg_logits, success_logit], 1),
+                                       batch_img_metas)
+
+
+@MODELS.register_module()
+class FCNSuccessHead(SuccessBranchMixin, FCNHead):
+    """``FCNHead`` with a success branch (see :class:`SuccessBranchMixin`)."""
+
+
+@MODELS.register_module()
+class ASPPSuccessHead(SuccessBranchMixin, ASPPHead):
+    """``ASPPHead`` (DeepLabV3) with a success branch (see :class:`SuccessBranchMixin`)."""
+
+
+@MODELS.register_module()
+class DepthwiseSeparableASPPSuccessHead(SuccessBranchMixin, DepthwiseSeparableASPPHead):
+    """``DepthwiseSeparableASPPHead`` (DeepLabV3+) with a success branch on the features after
+    the low-level-feature decoder (see :class:`SuccessBranchMixin`)."""

@@ -1,0 +1,88 @@
+"""Tiny real detectron2 / mmseg configs and generated inputs, shared by all tests (CPU)."""
+import torch
+
+
+def tiny_d2_cfg():
+    """detectron2's stock Faster R-CNN R50-FPN config, shrunk to an R18 that runs in ms on CPU."""
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 64
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 32
+    cfg.INPUT.MIN_SIZE_TRAIN = (64,)
+    cfg.INPUT.MAX_SIZE_TRAIN = 96
+    cfg.INPUT.MIN_SIZE_TEST = 64
+    cfg.INPUT.MAX_SIZE_TEST = 96
+    return cfg
+
+
+def d2_batch(num_images=2, size=64, num_classes=3, seed=0):
+    """detectron2 model inputs: random images with 2 GT boxes each."""
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(num_images):
+        image = torch.randint(0, 255, (3, size, size), generator=g, dtype=torch.uint8)
+        inst = Instances((size, size))
+        inst.gt_boxes = Boxes(torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 18.0, 60.0, 58.0]]))
+        inst.gt_classes = torch.randint(0, num_classes, (2,), generator=g)
+        batch.append({"image": image, "height": size, "width": size, "instances": inst})
+    return batch
+
+
+def tiny_mmseg_model_cfg(decode_head_type="FCNHead", num_classes=4, **head_kwargs):
+    """mmseg EncoderDecoder with a ResNetV1c-18 backbone and the given stock decode head."""
+    head = dict(type=decode_head_type, in_channels=512, in_index=3, channels=32,
+                dropout_ratio=0.1, num_classes=num_classes, norm_cfg=dict(type="BN"),
+                align_corners=False,
+                loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
+    if decode_head_type == "FCNHead":
+        head.update(num_convs=1, concat_input=False)
+    elif decode_head_type in ("ASPPHead", "DepthwiseSeparableASPPHead"):
+        head.update(dilations=(1, 2, 3, 4))
+    if decode_head_type == "DepthwiseSeparableASPPHead":
+        head.update(c1_in_channels=64, c1_channels=16)
+    head.update(head_kwargs)
+    from mmengine.config import ConfigDict
+
+    return ConfigDict(
+        type="EncoderDecoder",
+        data_preprocessor=dict(type="SegDataPreProcessor", mean=[123.675, 116.28, 103.53],
+                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
+                               seg_pad_val=255, size=(64, 64)),
+        backbone=dict(type="ResNetV1c", depth=18, num_stages=4, out_indices=(0, 1, 2, 3),
+                      dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1), norm_cfg=dict(type="BN"),
+                      norm_eval=False, style="pytorch", contract_dilation=True),
+        decode_head=head,
+        train_cfg=dict(),
+        test_cfg=dict(mode="whole"),
+    )
+
+
+def mmseg_batch(num_images=2, size=64, num_classes=4, seed=0, ignore_fraction=0.1):
+    """mmseg data dicts (inputs + SegDataSample with gt_sem_seg) from generated images."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    g = torch.Generator().manual_seed(seed)
+    inputs, samples = [], []
+    for _ in range(num_images):
+        inputs.append(torch.randint(0, 255, (3, size, size), generator=g, dtype=torch.uint8))
+        label = torch.randint(0, num_classes, (1, size, size), generator=g)
+        label[torch.rand(label.shape, generator=g) < ignore_fraction] = 255
+        sample = SegDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size),
+                                             pad_shape=(size, size)))
+        sample.gt_sem_seg = PixelData(data=label)
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)

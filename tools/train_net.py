@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Train / evaluate detectron2 models with conf_plugins' components (DDN, MC dropout).
+
+detectron2's stock ``DefaultTrainer`` and ``launch``; the only addition is the calibration
+evaluator beside ``COCOEvaluator``. Examples:
+
+    tools/train_net.py --config-file configs/demo/teacher.yaml
+    tools/train_net.py --config-file configs/ddn_r50.yaml --num-gpus 8
+    tools/train_net.py --config-file configs/demo/teacher.yaml --eval-only \\
+        MODEL.WEIGHTS output/demo/teacher/model_final.pth MODEL.ROI_HEADS.NAME MCDropoutROIHeads
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+
+from conf_plugins.detectron2 import (DetectionCalibrationEvaluator, add_ddn_config,
+                                     register_demo_detection)
+from conf_plugins.detectron2.config import merge_config_file
+
+
+class Trainer(DefaultTrainer):
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return DatasetEvaluators([
+            # use_fast_impl=False: the fast COCOeval is a compiled op, absent without _C.
+            COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False),
+            DetectionCalibrationEvaluator.from_config(cfg, dataset_name, output_folder),
+        ])
+
+
+def check_datasets(cfg):
+    """Fail early, with directions, when a dataset of the config is not on disk."""
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        if name not in DatasetCatalog.list():
+            raise SystemExit(f"dataset '{name}' is not registered")
+        try:
+            DatasetCatalog.get(name)
+        except (FileNotFoundError, OSError, AssertionError) as e:
+            root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+            raise SystemExit(
+                f"dataset '{name}' is not available ({e}).\nCOCO is expected under {root}/coco "
+                "(set DETECTRON2_DATASETS). To try conf_plugins without COCO, use the built-in "
+                "demo data: tools/train_net.py --config-file configs/demo/teacher.yaml") from None
+
+
+def setup(args):
+    if not args.config_file:
+        raise SystemExit("--config-file is required (e.g. configs/demo/teacher.yaml)")
+    register_demo_detection()
+    cfg = add_ddn_config(get_cfg())
+    merge_config_file(cfg, args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    check_datasets(cfg)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
