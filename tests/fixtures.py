@@ -2,12 +2,15 @@
 import torch
 
 
-def tiny_d2_cfg():
-    """detectron2's stock Faster R-CNN R50-FPN config, shrunk to an R18 that runs in ms on CPU."""
+def tiny_d2_cfg(dropout: float = 0.0):
+    """detectron2's stock Faster R-CNN R50-FPN config, shrunk to an R18 that runs in ms on CPU,
+    with our keys added; ``dropout`` > 0 selects the dropout box head (a DDN teacher)."""
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
 
-    cfg = get_cfg()
+    from conf_plugins.detectron2 import add_ddn_config
+
+    cfg = add_ddn_config(get_cfg())
     cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
@@ -23,6 +26,21 @@ def tiny_d2_cfg():
     cfg.INPUT.MAX_SIZE_TRAIN = 96
     cfg.INPUT.MIN_SIZE_TEST = 64
     cfg.INPUT.MAX_SIZE_TEST = 96
+    if dropout:
+        cfg.MODEL.ROI_BOX_HEAD.NAME = "DropoutFastRCNNConvFCHead"
+        cfg.MODEL.ROI_BOX_HEAD.DROPOUT = dropout
+    return cfg
+
+
+def tiny_ddn_cfg(teacher_weights: str, num_samples: int = 4):
+    """The DDN student of a ``tiny_d2_cfg(dropout=...)`` teacher saved at ``teacher_weights``."""
+    cfg = tiny_d2_cfg(dropout=0.3)
+    cfg.MODEL.META_ARCHITECTURE = "DDNRCNN"
+    cfg.MODEL.ROI_HEADS.NAME = "DDNROIHeads"
+    cfg.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = False
+    cfg.MODEL.WEIGHTS = teacher_weights
+    cfg.MODEL.DDN.TEACHER_WEIGHTS = teacher_weights
+    cfg.MODEL.DDN.NUM_SAMPLES = num_samples
     return cfg
 
 

@@ -41,20 +41,27 @@ class DropoutFastRCNNConvFCHead(FastRCNNConvFCHead):
     def forward_samples(self, x, num_samples: int):
         """``num_samples`` dropout samples of the head's output, shape (M, R, C), in one pass.
 
-        The layers before the first dropout are deterministic, so they run once and only the
-        rest runs on the M-fold repeated batch (this is what makes MC-10 cheap).
+        The layers up to the first dropout are deterministic, so they run once; the rest runs
+        on the M-fold batch. Dropout masks are drawn sample by sample, layer by layer, exactly
+        as M successive ``forward`` calls with dropout on would draw them, so both give the
+        same samples from the same RNG state (tests rely on this).
         """
         layers = list(self.named_children())
-        first_fc_relu = next(i for i, (name, _) in enumerate(layers) if name.startswith("fc_relu"))
-        for _, layer in layers[: first_fc_relu + 1]:
+        cut = next(i for i, (name, _) in enumerate(layers) if name.startswith("fc_relu")) + 1
+        for _, layer in layers[:cut]:
             x = layer(x)
-        num_rois = x.shape[0]
-        x = x.unsqueeze(0).expand(num_samples, *x.shape).reshape(num_samples * num_rois, -1)
-        x = F.dropout(x, self.dropout, training=True)
-        for name, layer in layers[first_fc_relu + 1:]:
+        num_rois, keep = x.shape[0], 1.0 - self.dropout
+        widths = [fc.out_features for fc in self.fcs]
+        masks = [[torch.empty(num_rois, w, dtype=x.dtype, device=x.device).bernoulli_(keep)
+                  for w in widths] for _ in range(num_samples)]
+        masks = [torch.stack([m[k] for m in masks]).div_(keep) for k in range(len(widths))]
+        x = (x.unsqueeze(0) * masks[0]).reshape(num_samples * num_rois, -1)
+        k = 1
+        for name, layer in layers[cut:]:
             x = layer(x)
             if name.startswith("fc_relu"):
-                x = F.dropout(x, self.dropout, training=True)
+                x = (x.reshape(num_samples, num_rois, -1) * masks[k]).reshape(x.shape)
+                k += 1
         return x.reshape(num_samples, num_rois, -1)
 
 

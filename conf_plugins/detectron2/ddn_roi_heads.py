@@ -104,9 +104,10 @@ class DDNROIHeads(StandardROIHeads):
         gt_boxes = image_proposals.gt_boxes.tensor
         num_samples = probs.shape[0]
         transform = self.box_predictor.box2box_transform
-        for gt_box, gt_class in torch.unique(
-                torch.cat([gt_boxes[foreground], gt_classes[foreground, None].float()], 1), dim=0):
-            c = int(gt_class)
+        unique_gt = torch.unique(
+            torch.cat([gt_boxes[foreground], gt_classes[foreground, None].to(gt_boxes)], 1), dim=0)
+        for row in unique_gt:
+            gt_box, c = row[:4], int(row[4])
             class_deltas = deltas[..., 4 * c:4 * c + 4] if deltas.shape[-1] > 4 else deltas
             boxes = transform.apply_deltas(class_deltas.reshape(-1, 4),
                                            proposal_boxes.repeat(num_samples, 1))

@@ -1,0 +1,20 @@
+"""mmsegmentation components: success heads, the PoS segmentor, the snapshot hook, the
+calibration metric and the built-in demo dataset. Import (or ``custom_imports``) registers
+them and lets torch's safe loader read mmengine checkpoints (conf_plugins.compat)."""
+from conf_plugins.compat import allow_mmengine_checkpoint_globals
+
+allow_mmengine_checkpoint_globals()
+
+from .demo_data import DemoCityscapesDataset, generate_demo_segmentation  # noqa: E402
+from .hooks import SuccessSnapshotHook, success_head_of  # noqa: E402
+from .metric import SegCalibrationMetric  # noqa: E402
+from .segmentor import SuccessEncoderDecoder  # noqa: E402
+from .success_head import (ASPPSuccessHead, DepthwiseSeparableASPPSuccessHead,  # noqa: E402
+                           FCNSuccessHead, SuccessBranchMixin, success_target)
+from . import losses as _losses  # noqa: E402,F401  (registers UncertaintyWeightedLoss)
+
+__all__ = [
+    "ASPPSuccessHead", "DemoCityscapesDataset", "DepthwiseSeparableASPPSuccessHead",
+    "FCNSuccessHead", "SegCalibrationMetric", "SuccessBranchMixin", "SuccessEncoderDecoder",
+    "SuccessSnapshotHook", "generate_demo_segmentation", "success_head_of", "success_target",
+]

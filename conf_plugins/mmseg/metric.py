@@ -1,0 +1,91 @@
+"""mmengine metric for the per-pixel calibration of segmentation confidence maps."""
+import os
+
+import torch
+from mmengine.evaluator import BaseMetric
+from mmseg.registry import METRICS
+
+from conf_plugins.calibration import CalibrationStats
+from conf_plugins.calibration.plots import plot_reliability
+
+
+@METRICS.register_module()
+class SegCalibrationMetric(BaseMetric):
+    """Calibration of a per-pixel confidence map against per-pixel correctness.
+
+    Correct = predicted label equals the ground truth; pixels with ``ignore_index`` are left
+    out. The confidence is the max softmax of ``seg_logits`` (divided by ``temperature``:
+    the STL-scaled baseline), or any per-pixel map a model puts in its ``SegDataSample``,
+    e.g. ``pred_confidence`` (probability of success) or ``success_score``. Reports ECE,
+    MSCE, MCE, NLL, Brier, success-vs-failure AUROC / AUPR-In / AUPR-Out, AURC, and the
+    success paper's Acc / Precision / F0.5 at ``threshold`` (§3.3).
+
+    Each sample adds one small record, its :class:`CalibrationStats` (O(bins), whatever the
+    resolution), so mmengine's gathering across processes — which drops the padded
+    duplicates of its distributed sampler — gives the numbers of a single process.
+
+    Args:
+        confidence (str): ``'max_softmax'`` or the name of a per-pixel field.
+        temperature (float): divides the logits before the softmax (max_softmax only).
+        ignore_index (int): label of pixels to leave out. Default 255.
+        num_bins (int): coarse bins of ECE / MSCE / MCE and the reliability diagram.
+        num_fine_bins (int): resolution of the sufficient statistics (a multiple of num_bins).
+        threshold (float): confidence threshold of Acc / Precision / F0.5. Default 0.5.
+        output_dir (str | None): where to write the reliability diagram PNG.
+    """
+
+    default_prefix = "calib"
+
+    def __init__(self, confidence: str = "max_softmax", temperature: float = 1.0,
+                 ignore_index: int = 255, num_bins: int = 15, num_fine_bins: int = 3000,
+                 threshold: float = 0.5, output_dir: str = None, collect_device: str = "cpu",
+                 prefix: str = None):
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.confidence = confidence
+        self.temperature = temperature
+        self.ignore_index = ignore_index
+        self.num_bins = num_bins
+        self.num_fine_bins = num_fine_bins
+        self.threshold = threshold
+        self.output_dir = output_dir
+
+    def confidence_map(self, sample: dict) -> torch.Tensor:
+        """(H, W) confidence of one predicted sample."""
+        if self.confidence == "max_softmax":
+            logits = sample["seg_logits"]["data"].float()
+            return (logits / self.temperature).softmax(dim=0).max(dim=0).values
+        if self.confidence not in sample:
+            raise KeyError(f"the predictions carry no '{self.confidence}' map (they have "
+                           f"{sorted(sample)}); for 'pred_confidence' fit Bayes binning first "
+                           "(tools/fit_calibration.py)")
+        return sample[self.confidence]["data"].float().squeeze(0)
+
+    def process(self, data_batch, data_samples):
+        for sample in data_samples:
+            pred = sample["pred_sem_seg"]["data"].squeeze(0)
+            label = sample["gt_sem_seg"]["data"].squeeze(0).to(pred.device)
+            confidence = self.confidence_map(sample).to(pred.device)
+            if not pred.shape == label.shape == confidence.shape:
+                raise ValueError(f"shape mismatch in {sample.get('img_path')}: prediction "
+                                 f"{tuple(pred.shape)}, label {tuple(label.shape)}, "
+                                 f"confidence {tuple(confidence.shape)}")
+            stats = CalibrationStats(self.num_fine_bins)
+            stats.update(confidence, pred == label, mask=label != self.ignore_index)
+            self.results.append(stats.state_dict())
+
+    def compute_metrics(self, results):
+        total = CalibrationStats(self.num_fine_bins)
+        for state in results:
+            part = CalibrationStats(self.num_fine_bins)
+            part.load_state_dict(state)
+            total.merge(part)
+        if total.count == 0:
+            raise ValueError("no labelled pixels to evaluate: every pixel is ignore_index")
+        metrics = total.compute(num_bins=self.num_bins, threshold=self.threshold)
+        if self.output_dir:
+            os.makedirs(self.output_dir, exist_ok=True)
+            plot_reliability(total, os.path.join(self.output_dir, f"reliability_{self.confidence}.png"),
+                             num_bins=self.num_bins, title=f"confidence: {self.confidence}")
+        return metrics

@@ -1,0 +1,124 @@
+"""The detectron2 calibration evaluator in detectron2's own evaluation loop, and across
+processes (gloo): 2 processes give the numbers of 1."""
+import math
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from detectron2.data import DatasetCatalog, build_detection_test_loader
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, inference_on_dataset
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, BoxMode, Instances
+
+from conf_plugins.calibration import CalibrationStats
+from conf_plugins.detectron2 import DetectionCalibrationEvaluator, register_demo_detection
+from tests.fixtures import tiny_d2_cfg
+
+
+@pytest.fixture(scope="module")
+def demo_val(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("demo_det"))
+    register_demo_detection(root, prefix="test_demo_det", num_images={"train": 2, "val": 6},
+                            image_size=64)
+    return "test_demo_det_val"
+
+
+def oracle_outputs(dataset_name, num_images=None):
+    """(inputs, outputs): each GT box detected with score 0.8, plus one false box at 0.3."""
+    inputs, outputs = [], []
+    for record in DatasetCatalog.get(dataset_name)[:num_images]:
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                 for a in record["annotations"]]
+        inst = Instances((record["height"], record["width"]))
+        inst.pred_boxes = Boxes(torch.tensor(boxes + [[0.0, 0.0, 3.0, 3.0]]))
+        inst.scores = torch.tensor([0.8] * len(boxes) + [0.3])
+        inst.pred_classes = torch.tensor([a["category_id"] for a in record["annotations"]] + [0])
+        inputs.append({"image_id": record["image_id"]})
+        outputs.append({"instances": inst})
+    return inputs, outputs
+
+
+def test_oracle_detections_give_known_statistics(demo_val, tmp_path):
+    evaluator = DetectionCalibrationEvaluator(demo_val, iou_thresholds=(0.5,), num_bins=10,
+                                              output_dir=str(tmp_path))
+    evaluator.reset()
+    inputs, outputs = oracle_outputs(demo_val)
+    evaluator.process(inputs, outputs)
+    results = evaluator.evaluate()["calibration"]
+    num_gt = sum(len(r["annotations"]) for r in DatasetCatalog.get(demo_val))
+    expected = CalibrationStats()
+    expected.update(torch.tensor([0.8] * num_gt + [0.3] * 6),
+                    torch.tensor([True] * num_gt + [False] * 6))
+    for name, value in expected.compute(num_bins=10).items():
+        assert results[f"{name}@IoU0.5"] == pytest.approx(value, nan_ok=True), name
+    assert results["count@IoU0.5"] == num_gt + 6
+    assert results["AUROC@IoU0.5"] == pytest.approx(1.0)
+    assert os.path.getsize(tmp_path / "calibration" / "reliability_iou0.5.png") > 0
+
+
+def test_no_detections_is_a_clear_error(demo_val):
+    evaluator = DetectionCalibrationEvaluator(demo_val)
+    evaluator.reset()
+    inst = Instances((64, 64))
+    inst.pred_boxes, inst.scores = Boxes(torch.zeros(0, 4)), torch.zeros(0)
+    inst.pred_classes = torch.zeros(0, dtype=torch.long)
+    evaluator.process([{"image_id": 0}], [{"instances": inst}])
+    with pytest.raises(ValueError, match="no detections"):
+        evaluator.evaluate()
+
+
+def test_runs_beside_coco_evaluator_in_detectron2_loop(demo_val, tmp_path):
+    cfg = tiny_d2_cfg()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # an untrained model: keep its detections
+    model = build_model(cfg).eval()
+    evaluators = DatasetEvaluators([
+        COCOEvaluator(demo_val, output_dir=str(tmp_path), use_fast_impl=False),
+        DetectionCalibrationEvaluator(demo_val, output_dir=str(tmp_path))])
+    results = inference_on_dataset(model, build_detection_test_loader(cfg, demo_val), evaluators)
+    assert "AP" in results["bbox"]
+    assert {"ECE@IoU0.3", "MSCE@IoU0.5", "MCE@IoU0.7", "NLL@IoU0.5"} <= set(results["calibration"])
+    assert math.isfinite(results["calibration"]["ECE@IoU0.5"])
+
+
+def _evaluate_in_process(rank, world_size, port, dataset_root, queue):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world_size)
+    register_demo_detection(dataset_root, prefix="test_demo_det",
+                            num_images={"train": 2, "val": 6}, image_size=64)
+    evaluator = DetectionCalibrationEvaluator("test_demo_det_val", iou_thresholds=(0.3, 0.5))
+    evaluator.reset()
+    inputs, outputs = oracle_outputs("test_demo_det_val")
+    # add a score spread so every bin and ranking metric is exercised
+    for i, out in enumerate(outputs):
+        out["instances"].scores = out["instances"].scores * (0.5 + 0.08 * i)
+    evaluator.process(inputs[rank::world_size], outputs[rank::world_size])
+    results = evaluator.evaluate()
+    if rank == 0:
+        queue.put(results)
+    dist.destroy_process_group()
+
+
+def run_world(world_size, dataset_root, port):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_evaluate_in_process,
+                         args=(r, world_size, port, dataset_root, queue)) for r in range(world_size)]
+    for p in procs:
+        p.start()
+    result = queue.get(timeout=120)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return result
+
+
+def test_two_processes_equal_one(demo_val, tmp_path_factory):
+    root = os.path.dirname(DatasetCatalog.get(demo_val)[0]["file_name"]).rsplit("/val", 1)[0]
+    single = run_world(1, root, 29511)
+    double = run_world(2, root, 29512)
+    assert single.keys() == double.keys()
+    for k, v in single["calibration"].items():
+        assert double["calibration"][k] == pytest.approx(v, nan_ok=True, rel=1e-12), k

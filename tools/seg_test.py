@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Evaluate an mmseg checkpoint (mmseg's tools/test.py), e.g. on the off-domain split:
+
+    tools/seg_test.py configs/mmseg/demo/fcn_r18_mtl.py CHECKPOINT \\
+        --cfg-options test_dataloader.dataset.data_prefix.img_path=leftImg8bit/val_shifted \\
+                      test_dataloader.dataset.data_prefix.seg_map_path=gtFine/val_shifted
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from conf_plugins.mmseg.distributed import init_cpu_distributed_if_needed  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Test a segmentor")
+    parser.add_argument("config")
+    parser.add_argument("checkpoint")
+    parser.add_argument("--work-dir")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if not os.path.isfile(args.checkpoint):
+        raise SystemExit(f"checkpoint not found: {args.checkpoint}")
+    cfg.load_from = args.checkpoint
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir") is None:
+        cfg.work_dir = os.path.join("output", os.path.splitext(os.path.basename(args.config))[0])
+    init_cpu_distributed_if_needed(cfg)
+    return Runner.from_cfg(cfg).test()
+
+
+if __name__ == "__main__":
+    print(main())

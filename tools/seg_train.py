@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Train an mmseg model with conf_plugins' components (mmseg's tools/train.py, plus CPU gloo).
+
+    tools/seg_train.py configs/mmseg/demo/fcn_r18_mtl.py
+    torchrun --nproc_per_node 8 tools/seg_train.py CONFIG --launcher pytorch      # GPUs
+    torchrun --nproc_per_node 2 tools/seg_train.py CONFIG --launcher pytorch      # CPU, gloo
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from conf_plugins.mmseg.distributed import init_cpu_distributed_if_needed  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train a segmentor")
+    parser.add_argument("config", help="train config file path")
+    parser.add_argument("--work-dir", help="the dir to save logs and models")
+    parser.add_argument("--resume", action="store_true", help="resume from the latest checkpoint")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
+                        help="override settings of the config, key=value")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def build_config(args) -> Config:
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir") is None:
+        cfg.work_dir = os.path.join("output", os.path.splitext(os.path.basename(args.config))[0])
+    cfg.resume = args.resume
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = build_config(args)
+    init_cpu_distributed_if_needed(cfg)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner
+
+
+if __name__ == "__main__":
+    main()
