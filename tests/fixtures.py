@@ -61,6 +61,9 @@ def d2_batch(num_images=2, size=64, num_classes=3, seed=0):
 
 def tiny_mmseg_model_cfg(decode_head_type="FCNHead", num_classes=4, **head_kwargs):
     """mmseg EncoderDecoder with a ResNetV1c-18 backbone and the given stock decode head."""
+    from mmseg.utils import register_all_modules
+
+    register_all_modules()  # mmseg's default scope, as its tools set it
     head = dict(type=decode_head_type, in_channels=512, in_index=3, channels=32,
                 dropout_ratio=0.1, num_classes=num_classes, norm_cfg=dict(type="BN"),
                 align_corners=False,

@@ -6,6 +6,7 @@
                       test_dataloader.dataset.data_prefix.seg_map_path=gtFine/val_shifted
 """
 import argparse
+import json
 import os
 import sys
 
@@ -22,6 +23,7 @@ def parse_args(argv=None):
     parser.add_argument("config")
     parser.add_argument("checkpoint")
     parser.add_argument("--work-dir")
+    parser.add_argument("--out", help="write the metrics as JSON to this file")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
@@ -42,7 +44,14 @@ def main(argv=None):
     elif cfg.get("work_dir") is None:
         cfg.work_dir = os.path.join("output", os.path.splitext(os.path.basename(args.config))[0])
     init_cpu_distributed_if_needed(cfg)
-    return Runner.from_cfg(cfg).test()
+    metrics = Runner.from_cfg(cfg).test()
+    if args.out:  # machine-readable copy of what mmengine logged
+        from mmengine.dist import is_main_process
+
+        if is_main_process():
+            with open(args.out, "w") as f:
+                json.dump({k: float(v) for k, v in metrics.items()}, f, indent=1)
+    return metrics
 
 
 if __name__ == "__main__":

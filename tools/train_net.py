@@ -9,6 +9,7 @@ evaluator beside ``COCOEvaluator``. Examples:
     tools/train_net.py --config-file configs/demo/teacher.yaml --eval-only \\
         MODEL.WEIGHTS output/demo/teacher/model_final.pth MODEL.ROI_HEADS.NAME MCDropoutROIHeads
 """
+import json
 import os
 import sys
 
@@ -19,6 +20,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+from detectron2.utils import comm
 
 from conf_plugins.detectron2 import (DetectionCalibrationEvaluator, add_ddn_config,
                                      register_demo_detection)
@@ -70,7 +72,11 @@ def main(args):
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume)
-        return Trainer.test(cfg, model)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():  # machine-readable copy of what detectron2 printed
+            with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
+                json.dump(results, f, indent=1)
+        return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

@@ -24,7 +24,7 @@ Defined behaviour where the formula is not:
 import numpy as np
 import torch
 
-from .stats import as_binary, as_mask, as_tensor, as_unit_interval, bin_index
+from .stats import MAX_FINE_BINS, as_binary, as_mask, as_tensor, as_unit_interval, bin_index
 
 FORMAT_VERSION = 1
 
@@ -40,8 +40,8 @@ class BayesBinningCalibrator:
     """
 
     def __init__(self, num_bins: int = 10):
-        if not isinstance(num_bins, int) or not 1 <= num_bins <= 1_000_000:
-            raise ValueError(f"num_bins must be an int in [1, 1e6], got {num_bins!r}")
+        if not isinstance(num_bins, int) or not 1 <= num_bins <= MAX_FINE_BINS:
+            raise ValueError(f"num_bins must be an int in [1, {MAX_FINE_BINS}], got {num_bins!r}")
         self.num_bins = num_bins
         self.reset()
 
@@ -59,9 +59,10 @@ class BayesBinningCalibrator:
     def update(self, score, success, mask=None) -> "BayesBinningCalibrator":
         """Count (score, true success) pairs; same input rules as ``CalibrationStats.update``."""
         s = as_tensor(score, "score")
-        if as_tensor(success, "success").shape != s.shape:
+        ok = as_tensor(success, "success").to(s.device)
+        if ok.shape != s.shape:
             raise ValueError(f"score has shape {tuple(s.shape)} but success has shape "
-                             f"{tuple(as_tensor(success, 'success').shape)}")
+                             f"{tuple(ok.shape)}")
         if mask is not None:
             mask = as_mask(mask, s.shape).to(s.device)
             if not mask.any():
@@ -69,7 +70,7 @@ class BayesBinningCalibrator:
         if s.numel() == 0:
             return self
         s = as_unit_interval(s, "score", mask)
-        ok = as_binary(success, "success", mask).to(s.device)
+        ok = as_binary(ok, "success", mask)
         M = self.num_bins
         index = bin_index(s, M).add_(ok, alpha=M).reshape(-1)
         if mask is not None:
@@ -101,7 +102,7 @@ class BayesBinningCalibrator:
     def probabilities(self) -> np.ndarray:
         """P(S|s) of each bin (float64, length M), empty bins filled as documented above."""
         if self._table is not None:
-            return self._table
+            return self._table.copy()
         n_s, n_f = self.success_counts.numpy(), self.failure_counts.numpy()
         total_s, total_f = n_s.sum(), n_f.sum()
         if total_s + total_f == 0:
@@ -121,7 +122,7 @@ class BayesBinningCalibrator:
             centres = (np.arange(self.num_bins) + 0.5) / self.num_bins
             table = np.interp(centres, centres[filled], pos)
         self._table = table
-        return table
+        return table.copy()
 
     def predict(self, score):
         """P(S|s) per element; same shape. torch in → torch out (same device, float dtype of

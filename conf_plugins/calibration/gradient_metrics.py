@@ -49,7 +49,7 @@ def _check_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
     return metrics
 
 
-def _standardised_moments(mean, m2, m3, m4):
+def _standardised_moments(m2, m3, m4):
     """Skewness and excess kurtosis from central moments; 0 where ``m2 == 0``."""
     degenerate = m2 <= 0
     safe_m2 = torch.where(degenerate, torch.ones_like(m2), m2)
@@ -81,18 +81,19 @@ def _outer_product_metrics(a, b, dim: int, with_one: bool, metrics) -> dict:
         if "max" in metrics:
             out["max"] = corners.amax(0)
     if any(m in metrics for m in _MOMENT_METRICS):
-        # Moments are computed for a/‖a‖∞ and b/‖b∞‖ (no under/overflow of the 4th powers)
-        # and scaled back; skewness and kurtosis are scale-free.
+        # Moments of a/‖a‖∞ ⊗ b/‖b‖∞ (no under/overflow of 4th powers), scaled back;
+        # skewness and kurtosis are scale-free.
         a_scale = a.abs().amax(dim, keepdim=True)
         b_scale = b.abs().amax(dim, keepdim=True)
         if with_one:
             b_scale = b_scale.clamp(min=1.0)
         a_n = a / torch.where(a_scale > 0, a_scale, torch.ones_like(a_scale))
-        b_n = b / b_scale.clamp(min=torch.finfo(b.dtype).tiny)
-        one = extra / b_scale.squeeze(dim)  # the bias entry 1, normalised
+        b_n = b / torch.where(b_scale > 0, b_scale, torch.ones_like(b_scale))
+        one = 1.0 / b_scale.squeeze(dim) if with_one else None  # bias entry 1, normalised
         raw = []
         for k in (1, 2, 3, 4):
-            raw.append(a_n.pow(k).sum(dim) * (b_n.pow(k).sum(dim) + one.pow(k) * extra) / count)
+            b_sum = b_n.pow(k).sum(dim) + (one.pow(k) if with_one else 0.0)
+            raw.append(a_n.pow(k).sum(dim) * b_sum / count)
         mu, r2, r3, r4 = raw
         m2 = (r2 - mu * mu).clamp(min=0)
         m3 = r3 - 3 * mu * r2 + 2 * mu.pow(3)
@@ -100,7 +101,7 @@ def _outer_product_metrics(a, b, dim: int, with_one: bool, metrics) -> dict:
         scale = a_scale.squeeze(dim) * b_scale.squeeze(dim)
         out["mean"] = mu * scale
         out["std"] = m2.sqrt() * scale
-        out["skewness"], out["kurtosis"] = _standardised_moments(mu, m2, m3, m4)
+        out["skewness"], out["kurtosis"] = _standardised_moments(m2, m3, m4)
     return {m: out[m] for m in metrics}
 
 
@@ -178,7 +179,7 @@ def flat_gradient_metrics(gradients: torch.Tensor,
         mean = gradients.mean(1)
         centred = gradients - mean[:, None]
         m2, m3, m4 = (centred.pow(k).mean(1) for k in (2, 3, 4))
-        skew, kurt = _standardised_moments(mean, m2, m3, m4)
+        skew, kurt = _standardised_moments(m2, m3, m4)
         moments = {"mean": mean, "std": m2.sqrt(), "skewness": skew, "kurtosis": kurt}
         result.update({m: moments[m] for m in metrics if m in moments})
     return {m: result[m] for m in metrics}
@@ -205,7 +206,8 @@ def per_layer_gradient_metrics(model: nn.Module, inputs: torch.Tensor,
         chunk_size: samples per ``vmap`` chunk, to bound memory (``None``: all at once).
 
     Returns ``{module name: {metric: [N] tensor}}``, one entry per module owning trainable
-    parameters, its weight and bias gradients flattened together (in registration order).
+    parameters, its weight and bias gradients flattened together (in registration order);
+    parameters registered on ``model`` itself belong to the module name ``''``.
     """
     metrics = _check_metrics(metrics)
     if model.training:

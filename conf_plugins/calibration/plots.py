@@ -78,7 +78,7 @@ def plot_risk_coverage(curves: dict, path, title: str = None) -> str:
         coverage, risk = stats.risk_coverage()
         if coverage.size == 0:
             raise ValueError(f"plot_risk_coverage: '{name}' has no samples")
-        aurc = stats.compute()["AURC"]
+        aurc = stats.ranking_metrics()["AURC"]
         ax.plot(coverage, risk, marker="." if coverage.size < 50 else None,
                 label=f"{name} (AURC = {aurc:.4f})")
     ax.set(xlim=(0, 1), xlabel="coverage", ylabel="risk (error rate)",

@@ -23,7 +23,9 @@ Conventions (shared by every class of :mod:`conf_plugins.calibration`):
 * **Ranking metrics** (AUROC, AUPR-In, AUPR-Out, AURC) treat each fine bin as one group of
   tied scores: exact for data whose confidences are constant within each fine bin (e.g.
   quantised scores), otherwise exact up to the order *inside* a fine bin (width 1/K).
-  Ties are resolved by their expectation over a random order, as scikit-learn does.
+  Ties are resolved by their expectation over a random order, as scikit-learn does. The
+  max-softmax of a segmentation network often puts most pixels above 1 − 1/K, i.e. in one
+  tie group; raise ``num_fine_bins`` where the ranking inside it matters.
 * **Undefined values** are ``nan``, never an exception: AUROC when all samples are correct or
   all wrong; AUPR-In when none is correct; AUPR-Out when none is wrong; precision without a
   confident prediction; recall without a correct one; F0.5 when tp = fp = fn = 0. Empty
@@ -40,6 +42,7 @@ MAX_FINE_BINS = 1_000_000  # binning below is exact for float32 input up to this
 LOG_EPS = float(np.finfo(np.float64).eps)
 FORMAT_VERSION = 1
 F_BETA = 0.5  # success-prediction paper §3.3: precision weighted double
+_CHUNK = 1 << 18  # samples per pass: bounds temporaries (~8 MB) and keeps them in cache
 _STATS = ("count", "sum_conf", "sum_conf_sq", "sum_neg_log_conf", "sum_neg_log_one_minus_conf")
 
 
@@ -81,7 +84,10 @@ def as_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach()
     try:
-        return torch.as_tensor(np.asarray(x))
+        array = np.asarray(x)
+        if any(stride < 0 for stride in array.strides):  # e.g. a[::-1]; torch needs >= 0
+            array = array.copy()
+        return torch.from_numpy(array)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name}: cannot convert {type(x).__name__} to a tensor") from err
 
@@ -164,7 +170,7 @@ class CalibrationStats:
         return int(self._state[0].sum().item())
 
     def update(self, confidence, correct, mask=None, entropy=None) -> "CalibrationStats":
-        """Accumulate samples (vectorised: a few passes over the input and ``bincount``).
+        """Accumulate samples: a few vectorised passes and scatter-adds per chunk of samples.
 
         Args:
             confidence: any shape, values in [0, 1] (tensor on any device, or numpy array).
@@ -178,7 +184,9 @@ class CalibrationStats:
         shapes, NaN/inf or out-of-range confidences and non-binary ``correct``.
         """
         conf = as_tensor(confidence, "confidence")
-        corr = as_tensor(correct, "correct")
+        if conf.is_cuda and torch.are_deterministic_algorithms_enabled():
+            conf = conf.cpu()  # CUDA scatter_add_ (float atomics) is not deterministic
+        corr = as_tensor(correct, "correct").to(conf.device)
         if corr.shape != conf.shape:
             raise ValueError(f"confidence has shape {tuple(conf.shape)} but correct has "
                              f"shape {tuple(corr.shape)}")
@@ -189,28 +197,35 @@ class CalibrationStats:
         if conf.numel() == 0:
             return self
         conf = as_unit_interval(conf, "confidence", mask)
-        corr = as_binary(corr, "correct", mask).to(conf.device)
+        corr = as_binary(corr, "correct", mask)
         if entropy is not None:
             self._add_entropy(entropy, conf.shape, mask)
 
         K = self.num_fine_bins
-        index = bin_index(conf, K).add_(corr, alpha=K).reshape(-1)  # row 1 of 2 x K = correct
-        size = 2 * K
-        if mask is not None:
-            index.masked_fill_(~mask.reshape(-1), size)  # dumped into an extra, dropped bin
-            size += 1
-        conf = conf.reshape(-1)
-        conf64 = conf.to(torch.float64)
-        eps = torch.tensor(LOG_EPS, dtype=conf.dtype, device=conf.device)
+        size = 2 * K + 1  # row-major (wrong, correct) x K, plus one bin for masked-out samples
         sums = torch.zeros(len(_STATS), size, dtype=torch.float64, device=conf.device)
-        sums[0] = torch.bincount(index, minlength=size)
-        for row, weight in enumerate((conf64, conf64 * conf64,
-                                      torch.maximum(conf, eps).log_().neg_(),
-                                      torch.maximum(1 - conf, eps).log_().neg_()), start=1):
-            sums[row].scatter_add_(0, index, weight.to(torch.float64))
+        conf, corr = conf.reshape(-1), corr.reshape(-1)
+        mask = None if mask is None else mask.reshape(-1)
+        for lo in range(0, conf.numel(), _CHUNK):
+            part = slice(lo, lo + _CHUNK)
+            self._accumulate(sums, conf[part], corr[part], None if mask is None else mask[part])
         sums = sums[:, :2 * K]
+        sums[3:].neg_()  # Σ log -> Σ −log
         self._state += sums.reshape(len(_STATS), 2, K).cpu()
         return self
+
+    def _accumulate(self, sums, conf, corr, mask):
+        """Add one chunk (flat, validated) to ``sums`` (stat x (2K + 1)): a few passes + scatter."""
+        K = self.num_fine_bins
+        index = bin_index(conf, K).add_(corr, alpha=K)
+        if mask is not None:
+            index.masked_fill_(~mask, 2 * K)
+        conf64 = conf.to(torch.float64)
+        sums[0] += torch.bincount(index, minlength=2 * K + 1)
+        for row, weight in enumerate((conf64, conf64 * conf64,
+                                      conf.clamp(min=LOG_EPS).log_(),
+                                      (1 - conf).clamp_(min=LOG_EPS).log_()), start=1):
+            sums[row].scatter_add_(0, index, weight.to(torch.float64))
 
     def _add_entropy(self, entropy, shape, mask):
         ent = as_tensor(entropy, "entropy")
@@ -295,6 +310,9 @@ class CalibrationStats:
         """A new object holding ``state`` (with its number of fine bins)."""
         return cls(int(state.get("num_fine_bins", DEFAULT_FINE_BINS))).load_state_dict(state)
 
+    def __repr__(self) -> str:
+        return f"CalibrationStats(num_fine_bins={self.num_fine_bins}, count={self.count})"
+
     # ----------------------------------------------------------------- metrics
     def _numpy(self):
         return {name: self._state[i].numpy() for i, name in enumerate(_STATS)}
@@ -340,6 +358,15 @@ class CalibrationStats:
         kept = np.cumsum(n.sum(0))[keep]
         wrong = np.cumsum(n[0])[keep]
         return kept / kept[-1] if kept.size else kept, wrong / np.maximum(kept, 1)
+
+    def ranking_metrics(self) -> dict:
+        """``AUROC``, ``AUPR_In``, ``AUPR_Out`` and ``AURC`` (see :meth:`compute`), which need
+        no coarse bins or threshold; nan where undefined (and all nan without samples)."""
+        wrong, right = self._state[0].numpy()
+        return {"AUROC": _auroc(right[::-1], wrong[::-1]),
+                "AUPR_In": _average_precision(right[::-1], wrong[::-1]),
+                "AUPR_Out": _average_precision(wrong, right),
+                "AURC": _aurc(right[::-1], wrong[::-1])}
 
     def compute(self, num_bins: int = 15, threshold: float = 0.5) -> dict:
         """All metrics as ``{name: float}``.
@@ -389,10 +416,7 @@ class CalibrationStats:
             / n_total,
             "NLL_DDN": s["sum_neg_log_conf"].sum() / n_total,
             "Brier": (s["sum_conf_sq"].sum() - 2 * s["sum_conf"][1].sum() + n_right) / n_total,
-            "AUROC": _auroc(right[::-1], wrong[::-1]),
-            "AUPR_In": _average_precision(right[::-1], wrong[::-1]),
-            "AUPR_Out": _average_precision(wrong, right),
-            "AURC": _aurc(right[::-1], wrong[::-1]),
+            **self.ranking_metrics(),
         }
         tp, fp = right[k:].sum(), wrong[k:].sum()
         fn, tn = right[:k].sum(), wrong[:k].sum()
@@ -442,6 +466,8 @@ def _aurc(right: np.ndarray, wrong: np.ndarray) -> float:
     Σ_{m=1..n} (W + m r)/(C + m) = n r + (W − r C)(ψ(C+n+1) − ψ(C+1)), r = w/n.
     """
     n = right + wrong
+    if n.sum() == 0:
+        return math.nan
     keep = n > 0
     before = (np.cumsum(n) - n)[keep]
     wrong_before = (np.cumsum(wrong) - wrong)[keep]

@@ -88,7 +88,7 @@ class TemperatureScaler(nn.Module):
         lo, hi = 1.0 / T_MAX, 1.0 / T_MIN
         slope_lo, _ = _nll_slope(lo, z, y)
         slope_hi, _ = _nll_slope(hi, z, y)
-        if slope_lo >= 0 and slope_hi <= 0:  # flat NLL (e.g. constant logits): keep T = 1
+        if slope_hi - slope_lo <= 1e-12 * (1 + abs(slope_lo)):  # flat NLL (constant logits)
             beta = 1.0
         elif slope_lo >= 0 or slope_hi <= 0:  # monotone NLL: the minimum is at a bound
             beta = lo if slope_lo >= 0 else hi

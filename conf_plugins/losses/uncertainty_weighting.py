@@ -6,20 +6,19 @@ Each task ``i`` has one learnable scalar ``s_i = log σ_i²`` and contributes
 * classification:  ``exp(−s_i)·L_i + s_i/2``     (``= L_i/σ_i²    + log σ_i``)
 
 Where the forms come from. The report (§2.2) derives the regression term from the Gaussian
-likelihood of eq. (1): ``−log N(y; f, σ²) = ‖y − f‖²/(2σ²) + ½·log σ² + const``, i.e.
-``½·exp(−s)·L + s/2``. Its eq. (3) writes the regulariser as ``log σ²`` (i.e. ``s``) next to
-an "∝" sign; that is a slip: ``½·exp(−s)·L + s`` is minimised at ``σ² = L/2``, not at
-``σ² = L``, and would not give the σ's the report itself recovers in §2.3 (9.95 and 0.95 for
-true 10 and 1; with ``s`` as regulariser they would come out near 7.1 and 0.71). The notes
-give the regulariser of the original paper, ``log σ₁σ₂`` (= ``s₁/2 + s₂/2``; the original's
-eq. 7, not reproduced in papers/), which is what we use. For classification the report's eq. (4) is the
-temperature-scaled softmax ``Softmax(f/σ²)``; the original paper's approximation of its
-negative log-likelihood (the "joint loss" of the notes; the original's eqs. 9–10) is
-``L/σ² + log σ = exp(−s)·L + s/2`` (no ½ on the data term, since the scale enters as 1/σ²
-and not 1/(2σ²)).
+likelihood of its eq. (1): ``−log N(y; f, σ²) = ‖y − f‖²/(2σ²) + ½·log σ² + const``, i.e.
+``½·exp(−s)·L + s/2``. Its eq. (3) writes the regulariser as ``log σ²`` (= ``s``) after an
+"∝"; that is a slip: ``½·exp(−s)·L + s`` is minimised at ``σ² = L/2``, not ``σ² = L``, and
+would not give the σ's the report itself recovers in §2.3 (9.95 and 0.95 for true 10 and 1;
+with ``s`` as regulariser they would come out near 7.1 and 0.71). The notes give the
+original paper's regulariser, ``log σ₁σ₂`` = ``s₁/2 + s₂/2`` (the original's eq. 7, not in
+papers/), which is what we use. For classification the report's eq. (4) is the softmax
+scaled by ``1/σ²``; the original's approximation of its negative log-likelihood (the notes'
+"joint loss"; the original's eqs. 9–10) is ``L/σ² + log σ = exp(−s)·L + s/2``: no ½ on the
+data term, because the scale enters as ``1/σ²`` and not ``1/(2σ²)``.
 
 Why ``log σ²`` is the parameter: it is unconstrained (σ² > 0 automatically) and avoids the
-division by zero of a σ parametrisation (Kendall et al. §3.2). ``L_i`` must be a *mean*
+division by zero of a σ parametrisation; the report learns it too (§4). ``L_i`` must be a *mean*
 per-sample loss (as mmseg/detectron2 losses are): the optimum ``σ_i² = L_i`` (regression)
 then is the noise variance, independent of the batch size.
 """
@@ -33,7 +32,7 @@ TASK_TYPES = ("classification", "regression")
 
 
 class UncertaintyWeightedLoss(nn.Module):
-    """Combine per-task losses with learned weights ``exp(−s_i)`` (Kendall et al. eqs. 7, 10).
+    """Sum of per-task losses weighted by learned ``exp(−s_i)`` (report eqs. 3–4, corrected).
 
     Args:
         task_names: one name per task; the keys expected by :meth:`forward`.

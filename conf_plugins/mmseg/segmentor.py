@@ -14,14 +14,16 @@ class SuccessEncoderDecoder(EncoderDecoder):
     """Identical to ``EncoderDecoder`` except that every predicted ``SegDataSample`` also
     carries the success branch's output:
 
-    * ``success_score``: softmax probability of success s (1, H, W);
-    * ``pred_confidence``: the probability of success P(S|s) from Bayes binning (success
-      paper §3.2), once fitted (``tools/fit_calibration.py``); absent before.
+    * ``success_score``: softmax probability of success s, shape (1, H, W);
+    * ``pred_confidence``: probability of success P(S|s) by Bayes binning (success paper
+      §3.2), once fitted (``tools/fit_calibration.py``); absent before.
 
     The head appends the success log-odds as an extra channel, so the stock whole / slide
     inference and ``postprocess_result`` (padding, flip, resize) treat it exactly like the
-    seg logits; we then split it off. The Bayes-binning counts are buffers of this model:
-    they are saved in, and loaded from, its checkpoint.
+    seg logits; we then split it off. The Bayes-binning counts are buffers of this model, so
+    they are saved in, and loaded from, its checkpoint, together with a fingerprint of the
+    success-predictor weights they were fitted for: a calibration that does not belong to
+    the weights is an error, not a silently wrong PoS.
 
     Args (beyond EncoderDecoder's):
         bayes_num_bins (int): M equal bins of s for Bayes binning. Default 10.
@@ -33,25 +35,48 @@ class SuccessEncoderDecoder(EncoderDecoder):
             raise TypeError("SuccessEncoderDecoder needs a success decode head (FCNSuccessHead,"
                             f" ASPPSuccessHead, ...), got {type(self.decode_head).__name__}")
         self.decode_head.emit_success_channel = True
-        self.out_channels += 1  # slide inference allocates out_channels per pixel
-        calibrator = BayesBinningCalibrator(bayes_num_bins)
+        self.out_channels += 1  # slide inference allocates out_channels channels per pixel
+        self.bayes_num_bins = bayes_num_bins
+        # rows: failure counts, success counts
         self.register_buffer("bayes_counts", torch.zeros(2, bayes_num_bins, dtype=torch.float64))
-        self._bayes_num_bins = bayes_num_bins
-        del calibrator
+        self.register_buffer("bayes_fingerprint", torch.zeros((), dtype=torch.float64))
 
     @property
     def calibrated(self) -> bool:
         return bool(self.bayes_counts.sum() > 0)
 
+    def success_fingerprint(self) -> torch.Tensor:
+        """A checksum of the weights that predict success at test time."""
+        head = self.decode_head
+        branch = head.success_snapshot if bool(head.snapshot_taken) else head.success_branch
+        total = torch.zeros((), dtype=torch.float64)
+        for i, p in enumerate(branch.state_dict().values()):
+            weights = torch.arange(1, p.numel() + 1, dtype=torch.float64) * (i + 1)
+            total = total + (p.detach().double().flatten().cpu() * weights).sum()
+        return total
+
     def calibrator(self) -> BayesBinningCalibrator:
         """The fitted Bayes-binning calibrator held in this model's buffers."""
-        calibrator = BayesBinningCalibrator(self._bayes_num_bins)
-        calibrator.set_counts(self.bayes_counts[0], self.bayes_counts[1])
-        return calibrator
+        if not self.calibrated:
+            raise RuntimeError("Bayes binning is not fitted: run tools/fit_calibration.py")
+        if not torch.isclose(self.success_fingerprint(), self.bayes_fingerprint.cpu(),
+                             rtol=1e-9, atol=0.0):
+            raise RuntimeError("the Bayes-binning calibration in this model was fitted for other "
+                               "success-branch weights (stale calibration): refit it with "
+                               "tools/fit_calibration.py")
+        return BayesBinningCalibrator.from_state_dict({
+            "format_version": 1, "num_bins": self.bayes_num_bins,
+            "failure_counts": self.bayes_counts[0].cpu(),
+            "success_counts": self.bayes_counts[1].cpu()})
 
     def set_calibrator(self, calibrator: BayesBinningCalibrator):
-        failures, successes = calibrator.counts()
-        self.bayes_counts.copy_(torch.stack([failures, successes]).to(self.bayes_counts))
+        """Store a fitted calibrator (and the fingerprint of the current success weights)."""
+        if calibrator.num_bins != self.bayes_num_bins:
+            raise ValueError(f"calibrator has {calibrator.num_bins} bins, the model "
+                             f"{self.bayes_num_bins} (bayes_num_bins)")
+        counts = torch.stack([calibrator.failure_counts, calibrator.success_counts])
+        self.bayes_counts.copy_(counts.to(self.bayes_counts))
+        self.bayes_fingerprint.fill_(self.success_fingerprint().item())
 
     def postprocess_result(self, seg_logits, data_samples=None):
         data_samples = super().postprocess_result(seg_logits, data_samples)

@@ -80,10 +80,12 @@ def test_state_dict_round_trip_and_mismatches():
         BayesBinningCalibrator(10).load_state_dict(state)
     with pytest.raises(ValueError, match="format version"):
         BayesBinningCalibrator(4).load_state_dict({**state, "format_version": 2})
+    negative = {**state, "success_counts": -state["success_counts"] - 1}
     with pytest.raises(ValueError, match="non-negative integer"):
-        BayesBinningCalibrator(4).load_state_dict({**state, "success_counts": -state["success_counts"] - 1})
+        BayesBinningCalibrator(4).load_state_dict(negative)
+    fractional = {**state, "failure_counts": state["failure_counts"] + 0.5}
     with pytest.raises(ValueError, match="non-negative integer"):
-        BayesBinningCalibrator(4).load_state_dict({**state, "failure_counts": state["failure_counts"] + 0.5})
+        BayesBinningCalibrator(4).load_state_dict(fractional)
     with pytest.raises(ValueError, match="shape"):
         BayesBinningCalibrator(4).load_state_dict({**state, "failure_counts": torch.zeros(5)})
 

@@ -77,7 +77,8 @@ def test_closed_form_in_float32_handles_large_scales():
 
 
 def test_mean_is_zero_and_std_is_scaled_l2_norm():
-    features, logits = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    features = torch.randn(4, 6, dtype=torch.float64)
+    logits = torch.randn(4, 3, dtype=torch.float64)
     got = last_layer_gradient_metrics(features, logits)
     torch.testing.assert_close(got["mean"], torch.zeros(4, dtype=torch.float64), atol=1e-15, rtol=0)
     torch.testing.assert_close(got["std"], got["l2_norm"] / (3 * 7) ** 0.5)
@@ -91,6 +92,8 @@ def test_saturated_prediction_gives_zero_gradient_metrics_not_nan():
         assert got[name][0] == 0, name
         assert torch.isfinite(got[name]).all()
     assert got["l2_norm"][1] > 0
+    no_input = last_layer_gradient_metrics(torch.zeros(1, 4), torch.randn(1, 3), include_bias=False)
+    assert all(v.item() == 0 for v in no_input.values())
 
 
 def test_metric_subset_and_input_errors():

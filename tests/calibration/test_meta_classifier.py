@@ -87,7 +87,8 @@ def test_known_unknowns_teach_the_classifier_to_flag_noise():
 
 
 def test_build_meta_features_from_logits_and_gradient_metrics():
-    logits, features = torch.randn(9, 4, dtype=torch.float64), torch.randn(9, 3, dtype=torch.float64)
+    logits = torch.randn(9, 4, dtype=torch.float64)
+    features = torch.randn(9, 3, dtype=torch.float64)
     grads = last_layer_gradient_metrics(features, logits, metrics=("l2_norm", "min"))
     X, names = build_meta_features(logits, grads, include_max_softmax=True)
     assert names == ["entropy", "max_softmax", "l2_norm", "min"]

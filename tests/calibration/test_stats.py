@@ -46,6 +46,8 @@ def test_numpy_int_and_half_inputs():
     assert from_numpy == ref
     as_float = CalibrationStats().update(conf.reshape(20, 25), correct.reshape(20, 25) * 1.0)
     assert as_float.compute() == ref
+    reversed_view = CalibrationStats().update(conf[::-1], correct[::-1]).compute()
+    assert reversed_view == pytest.approx(ref, rel=1e-12)
     half = torch.from_numpy(conf).half()  # upcast exactly to float32
     assert (CalibrationStats().update(half, correct).compute()["count"]
             == CalibrationStats().update(half.float(), correct).compute()["count"] == 500)
@@ -162,3 +164,14 @@ def test_compute_rejects_inexact_bins_and_thresholds():
     assert stats.compute(threshold=0.0)["recall"] == 1.0
     with pytest.raises(ValueError):
         CalibrationStats(0)
+
+
+def test_chunked_accumulation_matches_one_pass(monkeypatch):
+    from conf_plugins.calibration import stats as stats_module
+    conf, correct = quantised_sample(1000, seed=12)
+    mask = np.arange(1000) % 3 > 0
+    one_pass = CalibrationStats().update(conf, correct, mask=mask)
+    monkeypatch.setattr(stats_module, "_CHUNK", 37)
+    chunked = CalibrationStats().update(conf, correct, mask=mask)
+    assert torch.allclose(chunked._state, one_pass._state, rtol=1e-12, atol=0)
+    assert chunked.count == mask.sum()

@@ -63,3 +63,11 @@ def test_constant_logits_keep_temperature_one():
 def test_bad_input_raises_value_error(logits, labels, kw, match):
     with pytest.raises(ValueError, match=match):
         TemperatureScaler().fit(logits, labels, **kw)
+
+
+def test_separable_logits_hit_the_lower_bound_with_a_warning():
+    labels = torch.arange(40) % 4
+    logits = 10.0 * torch.nn.functional.one_hot(labels, 4).double()
+    with pytest.warns(UserWarning, match="bound"):
+        scaler = TemperatureScaler().fit(logits, labels)
+    assert scaler.temperature == pytest.approx(1e-2)

@@ -21,7 +21,7 @@ def _split(name, pipeline):
                 data_prefix=dict(img_path=f'leftImg8bit/{name}', seg_map_path=f'gtFine/{name}'))
 
 
-train_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
+train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
                         sampler=dict(type='InfiniteSampler', shuffle=True),
                         dataset=_split('train', train_pipeline))
 val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,

@@ -1,0 +1,138 @@
+"""Success heads, uncertainty weighting and the PoS segmentor with the real mmseg on CPU."""
+import copy
+
+import pytest
+import torch
+from mmengine.optim import OptimWrapper, build_optim_wrapper
+from mmseg.registry import MODELS
+
+import conf_plugins.mmseg  # noqa: F401  (registers our components)
+from conf_plugins.calibration import BayesBinningCalibrator
+from conf_plugins.mmseg import SuccessEncoderDecoder, success_target
+from tests.fixtures import mmseg_batch, tiny_mmseg_model_cfg
+
+HEADS = {"FCNHead": "FCNSuccessHead", "ASPPHead": "ASPPSuccessHead",
+         "DepthwiseSeparableASPPHead": "DepthwiseSeparableASPPSuccessHead"}
+WEIGHTING = dict(type="UncertaintyWeightedLoss", task_names=["seg", "success"],
+                 task_types=["classification", "classification"])
+
+
+def success_model_cfg(stock_head="FCNHead", weighting=True, **kwargs):
+    cfg = tiny_mmseg_model_cfg(stock_head)
+    cfg.type = "SuccessEncoderDecoder"
+    cfg.decode_head.type = HEADS[stock_head]
+    if weighting:
+        cfg.decode_head.task_weighting = copy.deepcopy(WEIGHTING)
+    cfg.update(kwargs)
+    return cfg
+
+
+def test_success_target_by_hand():
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 0, 0, 0] = logits[0, 1, 0, 1] = logits[0, 2, 1, 0] = logits[0, 2, 1, 1] = 5.0
+    label = torch.tensor([[[[0, 2], [2, 255]]]])  # right, wrong, right, ignored
+    target = success_target(logits, label, ignore_index=255, align_corners=False)
+    assert target.tolist() == [[[1, 0], [1, 255]]]
+
+
+@pytest.mark.parametrize("stock_head", list(HEADS))
+def test_train_step_logs_weighted_tasks_and_sigmas(stock_head):
+    model = MODELS.build(success_model_cfg(stock_head))
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
+    sigmas_before = model.decode_head.task_weighting.sigmas()
+    log_vars = model.train_step(mmseg_batch(), optim)
+    for key in ("loss_seg", "loss_success", "raw_seg", "raw_success", "sigma_seg",
+                "sigma_success", "acc_success"):
+        assert f"decode.{key}" in log_vars, key
+    summed = log_vars["decode.loss_seg"] + log_vars["decode.loss_success"]
+    assert torch.allclose(log_vars["loss"], summed)  # raw terms are logged, never summed
+    sigmas_after = model.decode_head.task_weighting.sigmas()  # got gradients, were updated
+    assert all(sigmas_after[t] != sigmas_before[t] for t in ("seg", "success"))
+
+
+def test_success_branch_reads_the_classifier_features_for_deeplabv3plus():
+    model = MODELS.build(success_model_cfg("DepthwiseSeparableASPPHead"))
+    head = model.decode_head
+    assert head.success_branch[0].conv.in_channels == head.conv_seg.in_channels == head.channels
+
+
+def test_sigmas_get_no_weight_decay_from_paramwise_cfg():
+    model = MODELS.build(success_model_cfg())
+    wrapper = build_optim_wrapper(model, dict(
+        optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4),
+        paramwise_cfg=dict(custom_keys={"log_vars": dict(decay_mult=0.0)})))
+    sigma_ids = {id(p) for p in model.decode_head.task_weighting.parameters()}
+    for group in wrapper.optimizer.param_groups:
+        if any(id(p) in sigma_ids for p in group["params"]):
+            assert group["weight_decay"] == 0.0
+        else:
+            assert group["weight_decay"] == 5e-4
+
+
+def test_snapshot_predicts_success_after_branch_moves_on():
+    model = MODELS.build(success_model_cfg())
+    head = model.decode_head
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+    model.train_step(mmseg_batch(), optim)
+    head.take_success_snapshot()
+    snapshot = copy.deepcopy(head.success_snapshot.state_dict())
+    model.train_step(mmseg_batch(seed=3), optim)
+    for k, v in head.success_snapshot.state_dict().items():
+        assert torch.equal(v, snapshot[k]), k  # the snapshot is frozen
+    assert not torch.equal(head.success_branch[1].weight, head.success_snapshot[1].weight)
+    assert all(not p.requires_grad for p in head.success_snapshot.parameters())
+    model.eval()
+    feat = torch.randn(1, head.channels, 4, 4)
+    packed = head.cls_seg(feat)
+    assert torch.allclose(packed[:, -2:], head.success_snapshot(feat))
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_pos_map_through_inference_flip_and_resize(mode):
+    test_cfg = dict(mode=mode, crop_size=(40, 40), stride=(24, 24)) if mode == "slide" else \
+        dict(mode="whole")
+    model = MODELS.build(success_model_cfg(test_cfg=test_cfg)).eval()
+    calibrator = BayesBinningCalibrator(10).fit(torch.rand(1000), torch.rand(1000) < 0.7)
+    model.set_calibrator(calibrator)
+    batch = mmseg_batch(num_images=2)
+    batch["data_samples"][1].set_metainfo(dict(flip=True, flip_direction="horizontal",
+                                               ori_shape=(48, 80)))
+    with torch.no_grad():
+        samples = model.test_step(batch)
+    assert samples[0].pred_confidence.data.shape == (1, 64, 64)
+    assert samples[1].pred_confidence.data.shape == (1, 48, 80)  # resized to ori_shape
+    for s in samples:
+        assert s.seg_logits.data.shape[0] == 4 and s.pred_sem_seg.data.max() < 4
+        pos, score = s.pred_confidence.data, s.success_score.data
+        assert ((pos >= 0) & (pos <= 1)).all() and ((score >= 0) & (score <= 1)).all()
+        assert torch.allclose(pos, calibrator.predict(score).to(pos))
+
+
+def test_stale_or_missing_calibration_is_a_clear_error():
+    model = MODELS.build(success_model_cfg())
+    with pytest.raises(RuntimeError, match="not fitted"):
+        model.calibrator()
+    model.set_calibrator(BayesBinningCalibrator(10).fit(torch.rand(100), torch.rand(100) < 0.5))
+    model.calibrator()  # matches the current weights
+    model.decode_head.take_success_snapshot()  # a new snapshot: the calibration is stale
+    with torch.no_grad():
+        model.decode_head.success_snapshot[1].weight.add_(0.5)
+    with pytest.raises(RuntimeError, match="stale"):
+        model.calibrator()
+    with pytest.raises(ValueError, match="bins"):
+        model.set_calibrator(BayesBinningCalibrator(5))
+
+
+def test_wrong_head_and_all_ignore_are_clear_errors():
+    cfg = tiny_mmseg_model_cfg()
+    cfg.type = "SuccessEncoderDecoder"
+    with pytest.raises(TypeError, match="success decode head"):
+        MODELS.build(cfg)
+    model = MODELS.build(success_model_cfg())
+    batch = mmseg_batch(ignore_fraction=1.1)
+    with pytest.raises(ValueError, match="ignore_index"):
+        model.train_step(batch, OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01)))
+
+
+def test_segmentor_is_registered_type():
+    assert MODELS.get("SuccessEncoderDecoder") is SuccessEncoderDecoder

@@ -1,0 +1,114 @@
+"""mmseg tools end to end on tiny demo data: training with the snapshot hook, resume (torch's
+safe loader on mmengine checkpoints), Bayes binning / temperature fitting, testing in- and
+off-domain, and torchrun with 2 CPU processes (gloo) giving the metrics of 1."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conf_plugins.mmseg import generate_demo_segmentation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MTL = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_mtl.py")
+STL = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_stl.py")
+FAST = ["train_dataloader.batch_size=2", "default_hooks.logger.interval=1",
+        "train_cfg.val_interval=1000", "default_hooks.checkpoint.interval=2"]
+
+
+def iters(n):
+    return [f"train_cfg.max_iters={n}", f"param_scheduler.0.end={n}"]
+
+
+def run(workdir, script, *args, torchrun=0):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, os.path.join(ROOT, "tools", script), *args]
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}",
+               "--master_port=29533", *cmd[1:], "--launcher", "pytorch"]
+    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+    return result
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("seg")
+    generate_demo_segmentation(str(folder / "datasets" / "conf_demo_seg"),
+                               num_images={"train": 4, "calib": 2, "val": 3, "val_shifted": 3})
+    return folder
+
+
+def load_state(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_snapshot_survives_save_and_resume(workdir):
+    out = str(workdir / "mtl")
+    run(workdir, "seg_train.py", MTL, "--work-dir", out, "--cfg-options", *FAST, *iters(4),
+        "custom_hooks.0.snapshot_iter=2")
+    at2, at4 = load_state(f"{out}/iter_2.pth"), load_state(f"{out}/iter_4.pth")
+    head = "decode_head."
+    assert bool(at2[head + "snapshot_taken"]) and bool(at4[head + "snapshot_taken"])
+    for k in (k for k in at4 if k.startswith(head + "success_snapshot.")):
+        live = k.replace("success_snapshot", "success_branch")
+        assert torch.equal(at4[k], at2[live]), k  # snapshot = the branch at iteration 2
+    assert not torch.equal(at4[head + "success_branch.1.weight"],
+                           at4[head + "success_snapshot.1.weight"])
+    log = run(workdir, "seg_train.py", MTL, "--work-dir", out, "--resume", "--cfg-options",
+              *FAST, *iters(6), "custom_hooks.0.snapshot_iter=2")
+    assert "resumed" in (log.stdout + log.stderr).lower()
+    at6 = load_state(f"{out}/iter_6.pth")
+    assert torch.equal(at6[head + "success_snapshot.1.weight"], at2[head + "success_branch.1.weight"])
+    assert "decode.sigma_seg" in open(next((workdir / "mtl").rglob("*.log"))).read()
+
+
+def test_bayes_binning_then_test_in_and_off_domain(workdir):
+    out = str(workdir / "mtl_fit")
+    run(workdir, "seg_train.py", MTL, "--work-dir", out, "--cfg-options", *FAST, *iters(2),
+        "custom_hooks.0.snapshot_iter=1")
+    fitted = json.loads(run(workdir, "fit_calibration.py", MTL, f"{out}/iter_2.pth")
+                        .stdout.strip().splitlines()[-1])
+    assert fitted["checkpoint"].endswith("iter_2_bayes.pth") and fitted["pixels"] > 0
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fit_calibration.py"),
+                             MTL, f"{out}/iter_2.pth"], cwd=workdir, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    assert result.returncode != 0 and "--force" in result.stderr  # never overwrites silently
+    for split in ("val", "val_shifted"):
+        metrics_file = str(workdir / f"{split}.json")
+        run(workdir, "seg_test.py", MTL, fitted["checkpoint"], "--work-dir", out,
+            "--out", metrics_file, "--cfg-options", "test_evaluator.1.confidence=pred_confidence",
+            f"test_dataloader.dataset.data_prefix.img_path=leftImg8bit/{split}",
+            f"test_dataloader.dataset.data_prefix.seg_map_path=gtFine/{split}")
+        metrics = json.load(open(metrics_file))
+        assert {"mIoU", "calib/ECE", "calib/AUROC", "calib/F0.5"} <= set(metrics)
+        assert 0 <= metrics["calib/ECE"] <= 1
+
+
+def test_temperature_scaling_for_the_stl_baseline(workdir):
+    out = str(workdir / "stl")
+    run(workdir, "seg_train.py", STL, "--work-dir", out, "--cfg-options", *FAST, *iters(2))
+    run(workdir, "fit_calibration.py", STL, f"{out}/iter_2.pth")
+    fitted = json.load(open(f"{out}/temperature.json"))
+    assert fitted["temperature"] > 0 and fitted["pixels"] > 0
+
+
+def test_torchrun_two_cpu_processes_train_and_match_one(workdir):
+    out = str(workdir / "ddp")
+    run(workdir, "seg_train.py", MTL, "--work-dir", out, "--cfg-options", *FAST, *iters(2),
+        "custom_hooks.0.snapshot_iter=1", torchrun=2)
+    checkpoint = f"{out}/iter_2.pth"
+    results = []
+    for procs in (1, 2):
+        metrics_file = str(workdir / f"ddp{procs}.json")
+        args = [MTL, checkpoint, "--work-dir", out, "--out", metrics_file, "--cfg-options",
+                "test_evaluator.1.confidence=success_score"]
+        run(workdir, "seg_test.py", *args, torchrun=procs if procs > 1 else 0)
+        results.append(json.load(open(metrics_file)))
+    assert results[0].keys() == results[1].keys()
+    for k, v in results[0].items():
+        if k.startswith("calib/") or k in ("mIoU", "aAcc"):
+            assert results[1][k] == pytest.approx(v, rel=1e-9), k
