@@ -58,12 +58,17 @@ def generate_demo_detection(root: str, num_images=None, image_size: int = 128,
     """Write ``root/{split}/*.png`` and ``root/annotations/instances_{split}.json``.
 
     ``num_images`` maps split -> count (default 200 train, 60 val). Returns split -> json
-    path. Existing files with the same generation parameters are reused.
+    path. Existing files with the same generation parameters are reused; with
+    ``num_images=None`` an existing dataset of any size is reused.
     """
+    stamp = os.path.join(root, "generation.json")
+    if num_images is None and os.path.exists(stamp):
+        with open(stamp) as f:
+            found = json.load(f)
+        num_images, image_size, seed = found["num_images"], found["image_size"], found["seed"]
     num_images = num_images or {"train": 200, "val": 60}
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
     params = {"num_images": num_images, "image_size": image_size, "seed": seed}
-    stamp = os.path.join(root, "generation.json")
     paths = {s: os.path.join(root, "annotations", f"instances_{s}.json") for s in num_images}
     if os.path.exists(stamp) and all(map(os.path.exists, paths.values())):
         with open(stamp) as f:

@@ -99,10 +99,13 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
             for name, value in s.compute(num_bins=self._num_bins).items():
                 results[f"{name}@IoU{t:g}"] = value
             if self._output_dir:
-                path = os.path.join(self._output_dir, "calibration", f"reliability_iou{t:g}.png")
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                plot_reliability(s, path, num_bins=self._num_bins,
-                                 title=f"{self._dataset_name}, IoU {t:g}")
+                folder = os.path.join(self._output_dir, "calibration")
+                os.makedirs(folder, exist_ok=True)
+                plot_reliability(s, os.path.join(folder, f"reliability_iou{t:g}.png"),
+                                 num_bins=self._num_bins, title=f"{self._dataset_name}, IoU {t:g}")
+        if self._output_dir:  # the statistics themselves, for reports and later merging
+            torch.save({t: s.state_dict() for t, s in zip(self._iou_thresholds, stats)},
+                       os.path.join(self._output_dir, "calibration", "stats.pt"))
         logger.info("Calibration of %s: %s", self._dataset_name,
                     {k: round(v, 4) for k, v in results.items() if k.startswith(("ECE", "MSCE"))})
         return {"calibration": results}

@@ -94,11 +94,14 @@ def generate_demo_segmentation(root: str, num_images=None, height: int = 128, wi
     """Write the demo dataset under ``root`` (Cityscapes layout); return ``root``.
 
     ``num_images`` maps split -> count (default train 80, calib 20, val 24, val_shifted 24).
-    ``val_shifted`` renders the same layouts as ``val`` in the shifted domain.
+    ``val_shifted`` renders the same layouts as ``val`` in the shifted domain. With
+    ``num_images=None`` an existing dataset of any size is reused.
     """
+    stamp = os.path.join(root, "generation.json")
+    if num_images is None and os.path.exists(stamp):
+        return root
     num_images = num_images or {"train": 80, "calib": 20, "val": 24, "val_shifted": 24}
     params = {"num_images": num_images, "height": height, "width": width, "seed": seed}
-    stamp = os.path.join(root, "generation.json")
     if os.path.exists(stamp):
         with open(stamp) as f:
             if json.load(f) == params:

@@ -1,0 +1,177 @@
+"""The demo report: side-by-side tables, reliability diagrams, risk-coverage curves,
+confidence heat-maps and sigma trajectories, from the outputs of tools/run_demo.py."""
+import glob
+import json
+import os
+import shutil
+
+import torch
+
+from conf_plugins.calibration import CalibrationStats, plot_risk_coverage
+
+DET_METHODS = (("Baseline", "baseline"), ("MC-10", "mc10"), ("DDN", "ddn"))
+SEG_METHODS = (("STL", "stl"), ("STL-scaled", "stl_scaled"), ("MTL", "mtl"))
+IOUS = ("0.3", "0.5", "0.7")
+
+
+def _fmt(v, digits=4):
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _stats(state):
+    return CalibrationStats.from_state_dict(state)
+
+
+def detection_section(out, figures):
+    rows, curves, lines = [], {}, []
+    for label, name in DET_METHODS:
+        path = os.path.join(out, "det", name, "eval_results.json")
+        if not os.path.exists(path):
+            continue
+        res = json.load(open(path))
+        bbox, cal = res.get("bbox", {}), res["calibration"]
+        rows.append((label, bbox, cal))
+        inference = glob.glob(os.path.join(out, "det", name, "inference", "*", "calibration"))[0]
+        stats = torch.load(os.path.join(inference, "stats.pt"), weights_only=True)
+        curves[label] = _stats(stats[0.5])
+        for iou in IOUS:
+            src = os.path.join(inference, f"reliability_iou{iou}.png")
+            dst = os.path.join(figures, f"det_reliability_{name}_iou{iou}.png")
+            shutil.copy(src, dst)
+    if not rows:
+        return []
+    lines += ["## Detection (Faster R-CNN R18-FPN, demo data)", "",
+              "mAP / AP50 from COCOEvaluator (in %); calibration of detection scores per IoU "
+              "threshold t (a detection is correct when it matches an unmatched same-class GT "
+              "with IoU >= t). Lower is better for ECE, MSCE, MCE, NLL.", "",
+              "| method | mAP | AP50 | " + " | ".join(
+                  f"{m}@{t}" for t in IOUS for m in ("ECE", "MSCE", "MCE", "NLL")) + " |",
+              "|---|---|---|" + "---|" * 12]
+    for label, bbox, cal in rows:
+        cells = [_fmt(bbox.get("AP"), 2), _fmt(bbox.get("AP50"), 2)]
+        cells += [_fmt(cal.get(f"{m}@IoU{t}")) for t in IOUS for m in ("ECE", "MSCE", "MCE", "NLL")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Detections counted (IoU 0.5): " + ", ".join(
+        f"{label} {int(cal['count@IoU0.5'])}" for label, _, cal in rows), ""]
+    plot_risk_coverage(curves, os.path.join(figures, "det_risk_coverage_iou0.5.png"),
+                       title="Detection risk-coverage, IoU 0.5")
+    lines += ["![risk-coverage](figures/det_risk_coverage_iou0.5.png)", ""]
+    lines += [f"![{label} reliability, IoU 0.5](figures/det_reliability_{name}_iou0.5.png)"
+              for label, name in DET_METHODS if any(r[0] == label for r in rows)]
+    return lines + [""]
+
+
+def segmentation_section(out, figures):
+    table, curves = [], {}
+    for split, domain in (("val", "in-domain"), ("val_shifted", "off-domain")):
+        for label, name in SEG_METHODS:
+            folder = os.path.join(out, "seg", "eval", f"{name}_{split}")
+            path = os.path.join(folder, "metrics.json")
+            if not os.path.exists(path):
+                continue
+            metrics = json.load(open(path))
+            table.append((domain, label, metrics))
+            (stats_file,) = glob.glob(os.path.join(folder, "stats_*.pt"))
+            curves.setdefault(domain, {})[label] = _stats(torch.load(stats_file, weights_only=True))
+            (png,) = glob.glob(os.path.join(folder, "reliability_*.png"))
+            shutil.copy(png, os.path.join(figures, f"seg_reliability_{name}_{split}.png"))
+    if not table:
+        return []
+    keys = ("ECE", "AUROC", "AUPR_In", "AUPR_Out", "accuracy", "precision", "F0.5")
+    lines = ["## Segmentation (FCN R18, demo data)", "",
+             "Per-pixel confidence: STL = max softmax, STL-scaled = max softmax at the temperature "
+             "fitted on the calib split, MTL = probability of success (success branch snapshot + "
+             "Bayes binning on the calib split). Acc / Precision / F0.5 at confidence 0.5 "
+             "(success paper §3.3). mIoU in %.", "",
+             "| domain | method | mIoU | " + " | ".join(keys) + " |",
+             "|---|---|---|" + "---|" * len(keys)]
+    for domain, label, m in table:
+        cells = [_fmt(m.get("mIoU"), 2)] + [_fmt(m.get(f"calib/{k}")) for k in keys]
+        lines.append(f"| {domain} | {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for domain, methods in curves.items():
+        name = f"seg_risk_coverage_{domain}.png"
+        plot_risk_coverage(methods, os.path.join(figures, name), title=f"Segmentation, {domain}")
+        lines.append(f"![risk-coverage {domain}](figures/{name})")
+    lines += ["", "Reliability diagrams: " + ", ".join(
+        f"[{label} {split}](figures/seg_reliability_{name}_{split}.png)"
+        for split in ("val", "val_shifted") for label, name in SEG_METHODS), ""]
+    return lines
+
+
+def heatmap_section(out, figures):
+    """PoS (MTL) and max-softmax (STL) heat-maps on one in- and one off-domain image."""
+    from mmseg.apis import init_model
+
+    from conf_plugins.mmseg.visualization import draw_confidence_heatmaps
+
+    mtl = sorted(glob.glob(os.path.join(out, "seg", "mtl", "*_bayes.pth")))
+    stl = sorted(glob.glob(os.path.join(out, "seg", "stl", "iter_*.pth")))
+    if not (mtl and stl):
+        return []
+    root = os.path.dirname(os.path.abspath(__file__))
+    lines = ["## Confidence heat-maps", "",
+             "The same scene in-domain (val) and off-domain (val_shifted): MTL's probability of "
+             "success next to STL's max softmax (cf. success paper Fig. 4).", ""]
+    for label, cfg, ckpt, field in (
+            ("MTL", "fcn_r18_mtl.py", mtl[-1], "pred_confidence"),
+            ("STL", "fcn_r18_stl.py", stl[-1], "max_softmax")):
+        model = init_model(os.path.join(root, "..", "configs", "mmseg", "demo", cfg), ckpt,
+                           device="cpu")
+        for split in ("val", "val_shifted"):
+            image = sorted(glob.glob(f"datasets/conf_demo_seg/leftImg8bit/{split}/demo/*.png"))[0]
+            (path,) = draw_confidence_heatmaps(model, [image], figures, field,
+                                               prefix=f"{label}_{split}_")
+            lines.append(f"![{label} {split} {field}](figures/{os.path.basename(path)})")
+    return lines + [""]
+
+
+def sigma_section(out, figures):
+    """Trajectories of the learned task sigmas (Kendall et al.) logged while training MTL."""
+    files = glob.glob(os.path.join(out, "seg", "mtl", "*", "vis_data", "scalars.json"))
+    if not files:
+        return []
+    steps, sigmas = [], {}
+    for line in open(max(files, key=os.path.getmtime)):
+        record = json.loads(line)
+        if "decode.sigma_seg" in record:
+            steps.append(record["step"])
+            for task in ("seg", "success"):
+                sigmas.setdefault(task, []).append(record[f"decode.sigma_{task}"])
+    if not steps:
+        return []
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.add_subplot()
+    for task, values in sigmas.items():
+        ax.plot(steps, values, label=f"sigma_{task}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("sigma")
+    ax.legend()
+    fig.tight_layout()
+    FigureCanvasAgg(fig).print_png(os.path.join(figures, "sigma_trajectories.png"))
+    final = ", ".join(f"sigma_{t} = {v[-1]:.3f}" for t, v in sigmas.items())
+    return ["## Uncertainty weighting", "", f"Learned task sigmas at the end: {final}.", "",
+            "![sigma trajectories](figures/sigma_trajectories.png)", ""]
+
+
+def write_report(out, record, tiny=False):
+    figures = os.path.join(out, "figures")
+    os.makedirs(figures, exist_ok=True)
+    lines = ["# conf_plugins demo report", ""]
+    if tiny:
+        lines += ["**Tiny run** (a few images and iterations): the numbers test the pipeline, "
+                  "they mean nothing.", ""]
+    lines += detection_section(out, figures)
+    lines += segmentation_section(out, figures)
+    lines += heatmap_section(out, figures)
+    lines += sigma_section(out, figures)
+    lines += ["## Commands", "", "Each stage, as run (skipped stages show their last run):", ""]
+    for name, info in record.items():
+        lines.append(f"* `{name}` ({info.get('seconds', '?')} s): `{info.get('command', '')}`")
+    path = os.path.join(out, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""The main job: the whole pipeline on the built-in demo data, ending in a report.
+
+    make demo                      # = .venv/bin/python tools/run_demo.py
+    tools/run_demo.py --force      # re-run every stage
+    tools/run_demo.py --only seg   # one half
+
+Detection: dropout teacher -> baseline / MC-10 evaluation -> DDN student -> evaluation.
+Segmentation: STL and MTL training -> temperature scaling / Bayes binning on the calib split
+-> STL / STL-scaled / MTL evaluation in-domain (val) and off-domain (val_shifted).
+Every stage is a documented command (tools/train_net.py, tools/seg_*.py, ...) run as a
+subprocess with the frameworks' own progress logging; a stage whose command, configs and
+upstream stages are unchanged since its last successful run is skipped (cache key: a hash
+of those), unless --force. The report (report.md + PNGs) lists each stage's command.
+"""
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the checkout
+
+# --tiny: a few images and iterations, for the pipeline's own test (numbers meaningless)
+TINY_DET = ["SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
+            "SOLVER.STEPS", "(3,)", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+TINY_SEG = ["train_cfg.max_iters=4", "param_scheduler.0.end=4", "train_dataloader.batch_size=2",
+            "default_hooks.checkpoint.interval=4", "train_cfg.val_interval=1000"]
+
+
+class Stage:
+    """One step of the pipeline: a command, the config files it reads, what it depends on."""
+
+    def __init__(self, name, cmd, configs=(), needs=(), output=None):
+        self.name, self.cmd, self.configs, self.needs, self.output = name, cmd, configs, needs, output
+
+    def key(self, done):
+        h = hashlib.sha256(json.dumps(self.cmd).encode())
+        for cfg in self.configs:  # the config and every config file it may inherit from
+            for folder, _, files in os.walk(os.path.dirname(os.path.join(ROOT, cfg))):
+                for f in sorted(files):
+                    with open(os.path.join(folder, f), "rb") as fh:
+                        h.update(fh.read())
+        for upstream in self.needs:
+            h.update(done[upstream].encode())
+        return h.hexdigest()[:16]
+
+
+def tool(name):
+    return [sys.executable, os.path.join(ROOT, "tools", name)]
+
+
+def detection_stages(out, tiny):
+    det = os.path.join(out, "det")
+    teacher, ddn = f"{det}/teacher/model_final.pth", f"{det}/ddn/model_final.pth"
+    extra = TINY_DET if tiny else []
+    train = tool("train_net.py")
+    t_cfg, d_cfg = "configs/demo/teacher.yaml", "configs/demo/ddn.yaml"
+    cfg = lambda c: ["--config-file", os.path.join(ROOT, c)]  # noqa: E731
+    return [
+        Stage("det_teacher", train + cfg(t_cfg) + ["OUTPUT_DIR", f"{det}/teacher"] + extra,
+              [t_cfg], output=teacher),
+        Stage("det_baseline", train + cfg(t_cfg) + ["--eval-only", "MODEL.WEIGHTS", teacher,
+              "OUTPUT_DIR", f"{det}/baseline"] + extra, [t_cfg], ["det_teacher"]),
+        Stage("det_mc10", train + cfg(t_cfg) + ["--eval-only", "MODEL.WEIGHTS", teacher,
+              "MODEL.ROI_HEADS.NAME", "MCDropoutROIHeads", "MODEL.MC_DROPOUT.NUM_SAMPLES", "10",
+              "OUTPUT_DIR", f"{det}/mc10"] + extra, [t_cfg], ["det_teacher"]),
+        Stage("det_ddn", train + cfg(d_cfg) + ["MODEL.WEIGHTS", teacher, "MODEL.DDN.TEACHER_WEIGHTS",
+              teacher, "OUTPUT_DIR", f"{det}/ddn"] + extra, [d_cfg], ["det_teacher"], output=ddn),
+        Stage("det_ddn_eval", train + cfg(d_cfg) + ["--eval-only", "MODEL.WEIGHTS", ddn,
+              "MODEL.DDN.TEACHER_WEIGHTS", teacher, "OUTPUT_DIR", f"{det}/ddn"] + extra, [d_cfg],
+              ["det_ddn"]),
+    ]
+
+
+def segmentation_stages(out, tiny):
+    seg = os.path.join(out, "seg")
+    stl_cfg, mtl_cfg = "configs/mmseg/demo/fcn_r18_stl.py", "configs/mmseg/demo/fcn_r18_mtl.py"
+    extra = TINY_SEG if tiny else []
+    iters = 4 if tiny else None
+    snapshot = ["custom_hooks.0.snapshot_iter=2"] if tiny else []
+
+    def checkpoint(name):
+        return f"{seg}/{name}/iter_{iters}.pth" if iters else f"{seg}/{name}/iter_600.pth"
+
+    stages = [
+        Stage("seg_stl", tool("seg_train.py") + [os.path.join(ROOT, stl_cfg), "--work-dir",
+              f"{seg}/stl"] + (["--cfg-options", *extra] if extra else []), [stl_cfg],
+              output=checkpoint("stl")),
+        Stage("seg_mtl", tool("seg_train.py") + [os.path.join(ROOT, mtl_cfg), "--work-dir",
+              f"{seg}/mtl"] + (["--cfg-options", *extra, *snapshot] if extra else []), [mtl_cfg],
+              output=checkpoint("mtl")),
+        Stage("seg_temperature", tool("fit_calibration.py") + [os.path.join(ROOT, stl_cfg),
+              checkpoint("stl"), "--split", "calib", "--force"], [stl_cfg], ["seg_stl"]),
+        Stage("seg_bayes", tool("fit_calibration.py") + [os.path.join(ROOT, mtl_cfg),
+              checkpoint("mtl"), "--split", "calib", "--force"], [mtl_cfg], ["seg_mtl"]),
+    ]
+    bayes_ckpt = checkpoint("mtl").replace(".pth", "_bayes.pth")
+    for split in ("val", "val_shifted"):
+        data = [f"test_dataloader.dataset.data_prefix.img_path=leftImg8bit/{split}",
+                f"test_dataloader.dataset.data_prefix.seg_map_path=gtFine/{split}"]
+        for method, cfg, ckpt, needs, conf in (
+                ("stl", stl_cfg, checkpoint("stl"), "seg_stl", ["test_evaluator.1.confidence=max_softmax"]),
+                ("stl_scaled", stl_cfg, checkpoint("stl"), "seg_temperature", None),
+                ("mtl", mtl_cfg, bayes_ckpt, "seg_bayes", ["test_evaluator.1.confidence=pred_confidence"])):
+            folder = f"{seg}/eval/{method}_{split}"
+            if conf is None:  # filled in from the fitted temperature when the stage runs
+                conf = ["test_evaluator.1.temperature=@temperature"]
+            stages.append(Stage(
+                f"seg_eval_{method}_{split}",
+                tool("seg_test.py") + [os.path.join(ROOT, cfg), ckpt, "--work-dir", folder,
+                                       "--out", f"{folder}/metrics.json", "--cfg-options",
+                                       *data, *conf, f"test_evaluator.1.output_dir={folder}"],
+                [cfg], [needs]))
+    return stages
+
+
+def resolve(cmd, out):
+    """Substitute values known only after upstream stages ran (the fitted temperature)."""
+    if not any("@temperature" in c for c in cmd):
+        return cmd
+    with open(os.path.join(out, "seg", "stl", "temperature.json")) as f:
+        t = json.load(f)["temperature"]
+    return [c.replace("@temperature", f"{t:.6f}") for c in cmd]
+
+
+def run_stages(stages, out, force):
+    state_file = os.path.join(out, "stages.json")
+    done = json.load(open(state_file)) if os.path.exists(state_file) else {}
+    record = {}
+    for stage in stages:
+        key = stage.key({**done, **{k: v["key"] for k, v in record.items()}})
+        previous = done.get(stage.name)
+        fresh = (previous and previous["key"] == key
+                 and (stage.output is None or os.path.exists(stage.output)))
+        if fresh and not force:
+            print(f"[demo] {stage.name}: up to date, skipped (--force re-runs it)", flush=True)
+            record[stage.name] = previous
+            continue
+        cmd = resolve(stage.cmd, out)
+        print(f"[demo] {stage.name}: {shlex.join(cmd)}", flush=True)
+        start = time.time()
+        subprocess.run(cmd, check=True)
+        record[stage.name] = {"key": key, "seconds": round(time.time() - start, 1),
+                              "command": shlex.join(cmd)}
+        done[stage.name] = record[stage.name]
+        os.makedirs(out, exist_ok=True)
+        with open(state_file, "w") as f:
+            json.dump({**done, **{k: v for k, v in record.items()}}, f, indent=1)
+    return record
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output", default="output/demo")
+    parser.add_argument("--only", choices=["det", "seg"])
+    parser.add_argument("--force", action="store_true", help="re-run every stage")
+    parser.add_argument("--tiny", action="store_true", help="a few images and iterations")
+    args = parser.parse_args(argv)
+    from conf_plugins.detectron2.demo_data import generate_demo_detection
+    from conf_plugins.mmseg.demo_data import generate_demo_segmentation
+
+    root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+    start = time.time()
+    stages = []
+    if args.only in (None, "det"):
+        generate_demo_detection(os.path.join(root, "conf_demo_det"),
+                                {"train": 8, "val": 4} if args.tiny else {"train": 200, "val": 60})
+        stages += detection_stages(args.output, args.tiny)
+    if args.only in (None, "seg"):
+        generate_demo_segmentation("datasets/conf_demo_seg",
+                                   {"train": 4, "calib": 2, "val": 2, "val_shifted": 2} if args.tiny
+                                   else {"train": 80, "calib": 20, "val": 24, "val_shifted": 24})
+        stages += segmentation_stages(args.output, args.tiny)
+    record = run_stages(stages, args.output, args.force)
+    from demo_report import write_report
+
+    report = write_report(args.output, record, tiny=args.tiny)
+    print(f"[demo] done in {time.time() - start:.0f} s; report: {report}", flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()
