@@ -5,7 +5,8 @@ from conf_plugins.compat import allow_mmengine_checkpoint_globals
 
 allow_mmengine_checkpoint_globals()
 
-from .demo_data import DemoCityscapesDataset, generate_demo_segmentation  # noqa: E402
+from .demo_data import (DemoCityscapesDataset, DemoCityscapesDepthDataset,  # noqa: E402
+                        generate_demo_segmentation)
 from .hooks import SuccessSnapshotHook, success_head_of  # noqa: E402
 from .metric import SegCalibrationMetric  # noqa: E402
 from .segmentor import SuccessEncoderDecoder  # noqa: E402
@@ -14,7 +15,8 @@ from .success_head import (ASPPSuccessHead, DepthwiseSeparableASPPSuccessHead,  
 from . import losses as _losses  # noqa: E402,F401  (registers UncertaintyWeightedLoss)
 
 __all__ = [
-    "ASPPSuccessHead", "DemoCityscapesDataset", "DepthwiseSeparableASPPSuccessHead",
+    "ASPPSuccessHead", "DemoCityscapesDataset", "DemoCityscapesDepthDataset",
+    "DepthwiseSeparableASPPSuccessHead",
     "FCNSuccessHead", "SegCalibrationMetric", "SuccessBranchMixin", "SuccessEncoderDecoder",
     "SuccessSnapshotHook", "generate_demo_segmentation", "success_head_of", "success_target",
 ]

@@ -5,6 +5,13 @@ textures and ignore bands at object borders. Splits: ``train``, ``calib`` (held 
 temperature scaling / Bayes binning), ``val`` (in-domain) and ``val_shifted`` (off-domain:
 the same layouts drawn with other colours, a different texture and blur, for the success
 paper's in- vs off-domain comparison). Same seed, same files.
+
+Every image also has a synthetic depth map (``depth/{split}/demo/*_depth.png``, uint16
+millimetres, 0 = invalid) for the optional depth branch (Kendall et al.'s three-task case):
+a flat road seen from a camera 1.5 m high, so depth falls from the horizon down the image;
+vehicles at the road depth of their bottom edge (nearer than the road behind them); buildings
+and trees at fixed far distances; the sky invalid. It is a function of the layout alone, so
+it never changes the images or labels, and datasets written before it get it on the next call.
 """
 import json
 import os
@@ -22,6 +29,8 @@ SPLITS = {"train": 0, "calib": 1, "val": 2, "val_shifted": 3}
 _COLOURS = {0: ((90, 90, 90), (150, 120, 90)), 1: ((150, 110, 90), (90, 110, 160)),
             2: ((60, 130, 50), (150, 150, 40)), 3: ((150, 190, 230), (230, 180, 140)),
             4: ((180, 30, 30), (40, 160, 160))}
+# synthetic depth: focal length x camera height (px x m), far limit, building / tree depths (m)
+_FOCAL_X_HEIGHT, _MAX_DEPTH, _DEPTH_BUILDING, _DEPTH_VEGETATION = 240.0, 60.0, 45.0, 35.0
 
 
 @DATASETS.register_module()
@@ -31,8 +40,30 @@ class DemoCityscapesDataset(CityscapesDataset):
     METAINFO = dict(classes=CLASSES, palette=PALETTE)
 
 
-def _layout(rng, height, width):
-    """Label map (H, W) uint8 of one street-like scene."""
+@DATASETS.register_module()
+class DemoCityscapesDepthDataset(DemoCityscapesDataset):
+    """``DemoCityscapesDataset`` whose samples also carry ``depth_map_path`` (read by mmseg's
+    ``LoadDepthAnnotation``), found under ``data_prefix['depth_map_path']`` with the image's
+    relative path and ``depth_map_suffix`` in place of the image suffix."""
+
+    def __init__(self, depth_map_suffix: str = "_depth.png", **kwargs):
+        self.depth_map_suffix = depth_map_suffix
+        super().__init__(**kwargs)
+
+    def load_data_list(self):
+        depth_dir = self.data_prefix.get("depth_map_path")
+        if not depth_dir:
+            raise ValueError("DemoCityscapesDepthDataset needs data_prefix['depth_map_path']")
+        img_dir = self.data_prefix["img_path"]
+        data_list = super().load_data_list()
+        for info in data_list:
+            stem = os.path.relpath(info["img_path"], img_dir)[:-len(self.img_suffix)]
+            info["depth_map_path"] = os.path.join(depth_dir, stem + self.depth_map_suffix)
+        return data_list
+
+
+def _scene(rng, height, width):
+    """Label map (H, W) uint8 of one street-like scene, its horizon row and vehicle boxes."""
     label = Image.new("L", (width, height), 3)  # sky
     draw = ImageDraw.Draw(label)
     horizon = int(height * rng.uniform(0.45, 0.6))
@@ -48,13 +79,48 @@ def _layout(rng, height, width):
             cy = int(horizon - rng.uniform(0.05, 0.2) * height)
             draw.ellipse([x, cy - r, x + w, cy + r], fill=2)
         x += w
+    vehicles = []
     for _ in range(rng.integers(1, 4)):  # vehicles on the road, some small and far
         w = int(rng.integers(width // 16, width // 5))
         h = int(w * rng.uniform(0.4, 0.7))
         x0 = int(rng.integers(0, width - w))
         y0 = int(rng.integers(horizon - h // 2, height - h))
         draw.rectangle([x0, y0, x0 + w, y0 + h], fill=4)
-    return np.asarray(label)
+        vehicles.append((x0, y0, x0 + w, y0 + h))
+    return np.asarray(label), horizon, vehicles
+
+
+def _depth(label, horizon, vehicles):
+    """Depth map (H, W) uint16 in millimetres of a scene from :func:`_scene`; 0 = invalid."""
+    height, width = label.shape
+    rows = np.arange(height, dtype=np.float64)[:, None]
+    ground = _FOCAL_X_HEIGHT / np.maximum(rows - horizon, 1e-6)  # flat road: f * h / (y - y_h)
+    depth = np.broadcast_to(np.minimum(ground, _MAX_DEPTH), label.shape).copy()
+    depth[label == 1] = _DEPTH_BUILDING
+    depth[label == 2] = _DEPTH_VEGETATION
+    depth[label == 3] = 0.0  # sky: no depth
+    for x0, y0, x1, y1 in vehicles:  # in drawing order: later ones cover earlier ones
+        depth[y0:y1 + 1, x0:x1 + 1] = min(_FOCAL_X_HEIGHT / max(y1 - horizon, 1), _MAX_DEPTH)
+    return np.round(depth * 1000).astype(np.uint16)
+
+
+def _depth_path(root, split, i):
+    return os.path.join(root, "depth", split, "demo", f"demo_{i:05d}_depth.png")
+
+
+def _write_missing_depth_maps(root, params):
+    """Depth maps of a dataset written before they existed: replay its layouts (the layout
+    random streams are independent of rendering) and write only the missing files."""
+    for split, count in params["num_images"].items():
+        if all(os.path.exists(_depth_path(root, split, i)) for i in range(count)):
+            continue
+        layout_split = "val" if split == "val_shifted" else split
+        rng = np.random.default_rng([params["seed"], SPLITS[layout_split]])
+        os.makedirs(os.path.dirname(_depth_path(root, split, 0)), exist_ok=True)
+        for i in range(count):
+            label, horizon, vehicles = _scene(rng, params["height"], params["width"])
+            if not os.path.exists(_depth_path(root, split, i)):
+                Image.fromarray(_depth(label, horizon, vehicles)).save(_depth_path(root, split, i))
 
 
 def _render(rng, label, shifted: bool):
@@ -95,31 +161,36 @@ def generate_demo_segmentation(root: str, num_images=None, height: int = 128, wi
 
     ``num_images`` maps split -> count (default train 80, calib 20, val 24, val_shifted 24).
     ``val_shifted`` renders the same layouts as ``val`` in the shifted domain. With
-    ``num_images=None`` an existing dataset of any size is reused.
+    ``num_images=None`` an existing dataset of any size is reused (its missing depth maps
+    are added).
     """
     stamp = os.path.join(root, "generation.json")
     if num_images is None and os.path.exists(stamp):
+        with open(stamp) as f:
+            _write_missing_depth_maps(root, json.load(f))
         return root
     num_images = num_images or {"train": 80, "calib": 20, "val": 24, "val_shifted": 24}
     params = {"num_images": num_images, "height": height, "width": width, "seed": seed}
     if os.path.exists(stamp):
         with open(stamp) as f:
             if json.load(f) == params:
+                _write_missing_depth_maps(root, params)
                 return root
     for split, count in num_images.items():
         # val_shifted reuses val's layouts: the same scenes, another domain
         layout_split = "val" if split == "val_shifted" else split
         rng = np.random.default_rng([seed, SPLITS[layout_split]])
         render_rng = np.random.default_rng([seed, SPLITS[split], 1])
-        for folder in ("leftImg8bit", "gtFine"):
+        for folder in ("leftImg8bit", "gtFine", "depth"):
             os.makedirs(os.path.join(root, folder, split, "demo"), exist_ok=True)
         for i in range(count):
-            label = _layout(rng, height, width)
+            label, horizon, vehicles = _scene(rng, height, width)
             image = _render(render_rng, label, shifted=split == "val_shifted")
             stem = os.path.join(split, "demo", f"demo_{i:05d}")
             Image.fromarray(image).save(os.path.join(root, "leftImg8bit", stem + "_leftImg8bit.png"))
             Image.fromarray(_with_ignore_borders(label)).save(
                 os.path.join(root, "gtFine", stem + "_gtFine_labelTrainIds.png"))
+            Image.fromarray(_depth(label, horizon, vehicles)).save(_depth_path(root, split, i))
     with open(stamp, "w") as f:
         json.dump(params, f)
     return root

@@ -6,6 +6,11 @@ a 2-class 1×1 conv: failure / success) on those same features, so for DeepLabV3
 the output of the low-level-feature decoder. Training adds a cross-entropy loss against the
 per-pixel success target; prediction can append the success logit to the seg logits so
 that mmseg's whole / slide inference, flips and resizes carry it (``SuccessEncoderDecoder``).
+
+Optionally (``depth_branch=True``) a third task, per-pixel depth regression with a masked L1
+loss, from the same features: the three-task case of Kendall et al. (seg, success, depth).
+Packed layout of ``cls_seg``: C seg logits, 2 success logits, then 1 depth channel if the
+depth branch is on; ``predict_by_feat`` drops the depth channel, so inference is unchanged.
 """
 import copy
 
@@ -32,6 +37,21 @@ def success_target(seg_logits, seg_label, ignore_index: int, align_corners: bool
     return target
 
 
+def masked_l1_depth_loss(depth_pred, gt_depth, align_corners: bool, valid=None):
+    """Mean absolute error over valid pixels: ``Σ_{p∈V} |d̂_p − d_p| / |V|``, the prediction
+    (N, 1, h, w) resized bilinearly to the ground truth's (N, 1, H, W) resolution; V = pixels
+    with a finite depth > 0 (and ``valid``, if given). No valid pixel is a ValueError."""
+    depth_pred = resize(depth_pred, size=gt_depth.shape[-2:], mode="bilinear",
+                        align_corners=align_corners)
+    mask = torch.isfinite(gt_depth) & (gt_depth > 0)
+    if valid is not None:
+        mask &= valid
+    if not mask.any():
+        raise ValueError("no valid depth pixel in this batch (every gt_depth_map pixel is <= 0, "
+                         "not finite or padding): no depth target")
+    return (depth_pred[mask] - gt_depth[mask]).abs().mean()
+
+
 class SuccessBranchMixin:
     """Adds a success branch to a stock decode head; see the module docstring.
 
@@ -40,7 +60,15 @@ class SuccessBranchMixin:
             and its snapshot under 0.1 % of a ResNet-50 FCN's parameters).
         success_loss_weight (float): weight of the success cross-entropy. Default 1.0.
         task_weighting (dict | None): config of ``UncertaintyWeightedLoss`` over the tasks
-            ``seg`` and ``success`` (Kendall et al.); None adds the losses unweighted.
+            ``seg`` and ``success`` (and ``depth``, as a ``'regression'`` task, with the depth
+            branch) (Kendall et al.); None adds the losses with their weights.
+        depth_branch (bool): add a per-pixel depth (or disparity) regression branch, a hidden
+            1×1 conv + a 1-channel 1×1 conv, trained with an L1 loss against each sample's
+            ``gt_depth_map`` (mmseg's ``LoadDepthAnnotation`` + ``PackSegInputs``) at label
+            resolution; pixels with depth <= 0, non-finite depth or batch padding are
+            ignored. Default False (two tasks, nothing else changes).
+        depth_channels (int): channels of the depth branch's hidden layer. Default 32.
+        depth_loss_weight (float): weight of the depth L1 loss. Default 1.0.
 
     Attributes:
         success_snapshot: a frozen copy of the branch, taken by ``SuccessSnapshotHook`` early
@@ -51,7 +79,8 @@ class SuccessBranchMixin:
     """
 
     def __init__(self, *args, success_channels: int = 32, success_loss_weight: float = 1.0,
-                 task_weighting: dict = None, **kwargs):
+                 task_weighting: dict = None, depth_branch: bool = False,
+                 depth_channels: int = 32, depth_loss_weight: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         if self.out_channels < 2:
             raise ValueError("success heads need a multi-class head (out_channels >= 2)")
@@ -62,7 +91,17 @@ class SuccessBranchMixin:
         self.success_snapshot = copy.deepcopy(self.success_branch).requires_grad_(False)
         self.register_buffer("snapshot_taken", torch.tensor(False))
         self.success_loss_weight = success_loss_weight
+        self.depth_branch = nn.Sequential(
+            ConvModule(self.channels, depth_channels, 1, conv_cfg=self.conv_cfg,
+                       norm_cfg=self.norm_cfg, act_cfg=self.act_cfg),
+            nn.Conv2d(depth_channels, 1, 1)) if depth_branch else None
+        self.depth_loss_weight = depth_loss_weight
         self.task_weighting = MODELS.build(task_weighting) if task_weighting else None
+        tasks = ("seg", "success", "depth") if depth_branch else ("seg", "success")
+        if self.task_weighting is not None and set(self.task_weighting.task_names) != set(tasks):
+            raise ValueError(f"task_weighting must weight the tasks {list(tasks)} of this head "
+                             f"(depth_branch={depth_branch}), got "
+                             f"{list(self.task_weighting.task_names)}")
         self.emit_success_channel = False
 
     @torch.no_grad()
@@ -72,13 +111,23 @@ class SuccessBranchMixin:
         self.snapshot_taken.fill_(True)
 
     def cls_seg(self, feat):
-        """Seg logits (N, C, h, w) and success logits (N, 2, h, w), packed as C + 2 channels."""
+        """Seg logits (N, C, h, w) and success logits (N, 2, h, w), packed as C + 2 channels,
+        then the depth prediction (N, 1, h, w) with the depth branch (C + 3 channels)."""
         branch = (self.success_snapshot if not self.training and bool(self.snapshot_taken)
                   else self.success_branch)
-        return torch.cat([super().cls_seg(feat), branch(feat)], dim=1)
+        outputs = [super().cls_seg(feat), branch(feat)]
+        if self.depth_branch is not None:
+            outputs.append(self.depth_branch(feat))
+        return torch.cat(outputs, dim=1)
 
     def split_logits(self, packed):
-        return packed[:, :self.out_channels], packed[:, self.out_channels:]
+        """Seg logits and success logits of a packed tensor (the depth channel is dropped)."""
+        c = self.out_channels
+        return packed[:, :c], packed[:, c:c + 2]
+
+    def depth_of(self, packed):
+        """The depth prediction (N, 1, h, w) of a packed tensor (``depth_branch=True``)."""
+        return packed[:, self.out_channels + 2:self.out_channels + 3]
 
     def loss_by_feat(self, packed, batch_data_samples):
         seg_logits, success_logits = self.split_logits(packed)
@@ -92,16 +141,40 @@ class SuccessBranchMixin:
         losses["loss_success"] = self.success_loss_weight * F.cross_entropy(
             success_logits, target, ignore_index=self.ignore_index)
         losses["acc_success"] = accuracy(success_logits, target, ignore_index=self.ignore_index)
+        if self.depth_branch is not None:
+            losses["loss_depth"] = self.depth_loss_weight * self._depth_loss(
+                self.depth_of(packed), batch_data_samples)
         if self.task_weighting is not None:
             losses = self._weight_tasks(losses)
         return losses
+
+    def _depth_loss(self, depth_pred, batch_data_samples):
+        """Masked L1 against the samples' ``gt_depth_map``; the batch padding (filled with
+        ``seg_pad_val`` by the data preprocessor, a valid-looking depth) is masked out."""
+        if not all("gt_depth_map" in s for s in batch_data_samples):
+            raise ValueError("depth_branch=True needs gt_depth_map in every SegDataSample (add "
+                             "LoadDepthAnnotation to the train pipeline)")
+        gt_depth = torch.stack([s.gt_depth_map.data for s in batch_data_samples]).float()
+        if gt_depth.dim() == 3:
+            gt_depth = gt_depth.unsqueeze(1)
+        valid = torch.ones_like(gt_depth, dtype=torch.bool)
+        height, width = gt_depth.shape[-2:]
+        for i, sample in enumerate(batch_data_samples):
+            left, right, top, bottom = sample.metainfo.get("padding_size", (0, 0, 0, 0))
+            valid[i, :, :top] = valid[i, :, height - bottom:] = False
+            valid[i, :, :, :left] = valid[i, :, :, width - right:] = False
+        return masked_l1_depth_loss(depth_pred, gt_depth.to(depth_pred.device),
+                                    self.align_corners, valid.to(depth_pred.device))
 
     def _weight_tasks(self, losses):
         """Replace the raw task losses by their uncertainty-weighted terms; keep the raw values
         (and each task's sigma) under names without 'loss', which mmengine logs but never sums.
         """
-        seg = sum(v for k, v in losses.items() if k.startswith("loss") and k != "loss_success")
+        own = ("loss_success", "loss_depth")
+        seg = sum(v for k, v in losses.items() if k.startswith("loss") and k not in own)
         raw = {"seg": seg, "success": losses["loss_success"]}
+        if "loss_depth" in losses:
+            raw["depth"] = losses["loss_depth"]
         weighted = self.task_weighting(raw)
         out = {k: v for k, v in losses.items() if not k.startswith("loss")}
         for task, value in raw.items():

@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Wall-time ratios of DDN, measured side by side in one run (not a test).
+
+* DDN training iteration (M teacher samples) vs a plain fine-tuning iteration of the same
+  Faster R-CNN (stock ROI heads, everything trainable) and vs fine-tuning with the same
+  frozen backbone + RPN but no teacher (isolates the cost of the M samples);
+* student inference vs baseline inference (same architecture: expected 1.00);
+* MC-M inference vs baseline inference.
+
+Default model: the demo config (ResNet-18 FPN, 128 px). --config/--size for others, e.g.
+    .venv/bin/python bench/ddn_speed.py --config configs/teacher_r50.yaml --size 512
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.solver import build_optimizer  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from conf_plugins.detectron2 import add_ddn_config  # noqa: E402
+from conf_plugins.detectron2.config import merge_config_file  # noqa: E402
+from tests.fixtures import d2_batch  # noqa: E402
+
+
+def load_cfg(path, size, **overrides):
+    cfg = add_ddn_config(get_cfg())
+    merge_config_file(cfg, path)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.INPUT.MIN_SIZE_TEST = cfg.INPUT.MAX_SIZE_TEST = size
+    for k, v in overrides.items():
+        node = cfg
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = getattr(node, p)
+        setattr(node, leaf, v)
+    return cfg
+
+
+def time_it(fn, reps, warmup=2):
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def train_step(model, optimizer, batch):
+    def step():
+        with EventStorage():
+            losses = model(batch)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    return step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=os.path.join(ROOT, "configs", "demo", "teacher.yaml"))
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=10, help="M")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    teacher_cfg = load_cfg(args.config, args.size)
+    teacher = build_model(teacher_cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        DetectionCheckpointer(teacher, save_dir=tmp).save("teacher")
+        weights = os.path.join(tmp, "teacher.pth")
+        ddn_cfg = load_cfg(args.config, args.size, **{
+            "MODEL.META_ARCHITECTURE": "DDNRCNN", "MODEL.ROI_HEADS.NAME": "DDNROIHeads",
+            "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT": False, "MODEL.DDN.TEACHER_WEIGHTS": weights,
+            "MODEL.DDN.NUM_SAMPLES": args.samples})
+        student = build_model(ddn_cfg)
+    frozen_cfg = load_cfg(args.config, args.size, **{
+        "MODEL.META_ARCHITECTURE": "DDNRCNN", "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT": False})
+    frozen = build_model(frozen_cfg)
+    mc_cfg = load_cfg(args.config, args.size, **{"MODEL.ROI_HEADS.NAME": "MCDropoutROIHeads",
+                                                 "MODEL.MC_DROPOUT.NUM_SAMPLES": args.samples})
+    mc = build_model(mc_cfg)
+    for m in (student, frozen, mc):
+        m.load_state_dict(teacher.state_dict(), strict=False)
+    batch = d2_batch(num_images=args.images, size=args.size,
+                     num_classes=teacher_cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+
+    train = {}
+    for name, model, cfg in (("plain fine-tuning", teacher, teacher_cfg),
+                             ("frozen backbone+RPN, no teacher", frozen, frozen_cfg),
+                             (f"DDN (M={args.samples})", student, ddn_cfg)):
+        model.train()
+        train[name] = time_it(train_step(model, build_optimizer(cfg, model), batch), args.reps)
+    infer = {}
+    for name, model in (("baseline", teacher), ("DDN student", student),
+                        (f"MC-{args.samples}", mc)):
+        model.eval()
+        with torch.no_grad():
+            infer[name] = time_it(lambda: model(batch), args.reps)
+
+    print(f"config {os.path.relpath(args.config, ROOT)}, {args.images} images of {args.size} px, "
+          f"{args.threads} threads, median of {args.reps}")
+    base = train["plain fine-tuning"]
+    for name, t in train.items():
+        print(f"train  {name:<34} {t * 1000:8.1f} ms  ratio {t / base:.2f}x")
+    ddn = train[f"DDN (M={args.samples})"]
+    print(f"train  DDN vs frozen fine-tuning without teacher: {ddn / train['frozen backbone+RPN, no teacher']:.2f}x")
+    for name, t in infer.items():
+        print(f"infer  {name:<34} {t * 1000:8.1f} ms  ratio {t / infer['baseline']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

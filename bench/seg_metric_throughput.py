@@ -1,0 +1,110 @@
+#!/usr/bin/env python
+"""Throughput and peak memory of the segmentation calibration metric vs torchmetrics.
+
+Streams N pixels of 19-class logits (Cityscapes-sized 1024x2048 images, generated) through
+  ours:         softmax -> max / argmax -> correct -> CalibrationStats.update (what
+                SegCalibrationMetric.process does per image), then compute();
+  torchmetrics: the same softmax, then BinaryCalibrationError.update, then compute();
+each in its own subprocess (peak RSS is per process), side by side in one run. Also times
+the statistics update alone on precomputed confidences. Not a test: numbers depend on the
+machine; the ratios are what to read.
+
+    .venv/bin/python bench/seg_metric_throughput.py --pixels 2e8
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+H, W, C = 1024, 2048, 19
+
+
+def images(num_pixels, seed=0):
+    """Yield (logits (C, H, W), label (H, W)) until num_pixels pixels have been produced."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(C, H, W, generator=g) * 3
+    label = torch.randint(0, C, (H, W), generator=g)
+    done = 0
+    while done < num_pixels:
+        shift = torch.randn(C, 1, 1, generator=g)
+        yield base + shift, label
+        done += H * W
+
+
+def run_ours(num_pixels):
+    from conf_plugins.calibration import CalibrationStats
+
+    stats = CalibrationStats(1500)
+    update_seconds = 0.0
+    for logits, label in images(num_pixels):
+        probs = logits.softmax(dim=0)
+        confidence, pred = probs.max(dim=0)
+        t = time.perf_counter()
+        stats.update(confidence, pred == label)
+        update_seconds += time.perf_counter() - t
+    result = stats.compute(num_bins=15)
+    return {"ECE": result["ECE"], "update_seconds": update_seconds}
+
+
+def run_torchmetrics(num_pixels):
+    from torchmetrics.classification import BinaryCalibrationError
+
+    metric = BinaryCalibrationError(n_bins=15, norm="l1")
+    update_seconds = 0.0
+    for logits, label in images(num_pixels):
+        probs = logits.softmax(dim=0)
+        confidence, pred = probs.max(dim=0)
+        t = time.perf_counter()
+        metric.update(confidence.flatten(), (pred == label).flatten().long())
+        update_seconds += time.perf_counter() - t
+    t = time.perf_counter()
+    ece = float(metric.compute())
+    return {"ECE": ece, "update_seconds": update_seconds + time.perf_counter() - t}
+
+
+def child(which, num_pixels, threads):
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    result = (run_ours if which == "ours" else run_torchmetrics)(num_pixels)
+    result["seconds"] = time.perf_counter() - start
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def measure(which, num_pixels, threads):
+    out = subprocess.run([sys.executable, __file__, "--child", which, "--pixels", str(num_pixels),
+                          "--threads", str(threads)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pixels", type=float, default=1e8)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (per core: 1)")
+    parser.add_argument("--child", choices=["ours", "torchmetrics"])
+    args = parser.parse_args()
+    num_pixels = int(args.pixels)
+    if args.child:
+        return child(args.child, num_pixels, args.threads)
+    print(f"{num_pixels:.2e} pixels of {C}-class logits, {H}x{W} images, "
+          f"{args.threads} thread(s)")
+    rows = {name: measure(name, num_pixels, args.threads) for name in ("ours", "torchmetrics")}
+    for name, r in rows.items():
+        print(f"{name:<13} total {r['seconds']:7.1f} s  {num_pixels / r['seconds'] / 1e6:7.2f} Mpx/s"
+              f"  statistics only {num_pixels / r['update_seconds'] / 1e6:8.1f} Mpx/s"
+              f"  peak RSS {r['peak_rss_mb']:8.0f} MB  ECE {r['ECE']:.6f}")
+    ours, tm = rows["ours"], rows["torchmetrics"]
+    print(f"ratio ours/torchmetrics: end-to-end throughput {tm['seconds'] / ours['seconds']:.2f}x, "
+          f"statistics-only throughput {tm['update_seconds'] / ours['update_seconds']:.2f}x, "
+          f"peak memory {ours['peak_rss_mb'] / tm['peak_rss_mb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
