@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -40,14 +41,28 @@ class Stage:
 
     def key(self, done):
         h = hashlib.sha256(json.dumps(self.cmd).encode())
-        for cfg in self.configs:  # the config and every config file it may inherit from
-            for folder, _, files in os.walk(os.path.dirname(os.path.join(ROOT, cfg))):
-                for f in sorted(files):
-                    with open(os.path.join(folder, f), "rb") as fh:
-                        h.update(fh.read())
+        for cfg in self.configs:
+            for path in config_chain(os.path.join(ROOT, cfg)):
+                with open(path, "rb") as f:
+                    h.update(f.read())
         for upstream in self.needs:
             h.update(done[upstream].encode())
         return h.hexdigest()[:16]
+
+
+def config_chain(path):
+    """A config file and the files of ours it inherits from (``_BASE_`` / ``_base_``); stock
+    framework configs (``model_zoo:``, ``mmseg::``) are fixed by the pinned versions."""
+    with open(path) as f:
+        text = f.read()
+    bases = re.findall(r"_BASE_:\s*\"([^\"]+)\"", text)
+    listed = re.search(r"_base_\s*=\s*\[([^\]]*)\]", text)
+    bases += re.findall(r"'([^']+)'", listed.group(1)) if listed else []
+    chain = [path]
+    for base in bases:
+        if "::" not in base and not base.startswith("model_zoo:"):
+            chain += config_chain(os.path.normpath(os.path.join(os.path.dirname(path), base)))
+    return chain
 
 
 def tool(name):
