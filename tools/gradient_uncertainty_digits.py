@@ -7,15 +7,18 @@ input the normalised entropy (eq. 1), the softmax baseline (eq. 2) and gradient 
 predictions (Tables 1, 2) and (b) correct test digits vs unlearned concepts (Tables 1–3),
 with meta classifiers fitted on the validation split, optionally with a few uniform-noise
 "known unknowns" labelled wrong (§5). Here the same protocol runs on data that ships with
-scikit-learn, so it needs no download and runs in minutes on a CPU:
+scikit-learn, so it needs no download and runs in under a minute on one CPU thread:
 
 * known concept: ``sklearn.datasets.load_digits`` (1797 digits, 8×8, scaled to [0, 1]), one
   random third each for training, validation and test per seed (paper: 60k / 20k / 200k);
-* a CNN with the paper's layout (§3) shrunk to 8×8 inputs: three 3×3 convs with 16 filters
+* a CNN with the paper's layout (§3) on 8×8 inputs: three 3×3 convs with 16 filters
   (padding 1, leaky ReLU 0.1), 2×2 max pooling after the first two, dropout 0.33 after the
-  first and third, a dense 10-way output; SGD (momentum 0.9, batch 64, weight decay 1e-3),
-  lr 0.1 divided by 10 when validation accuracy stagnates, down to 0.001. The paper leaves
-  the third conv's activation open (leaky ReLU here) and uses batch 256 on 60k images;
+  first and third, a dense 10-way output, Glorot-uniform weights and zero biases (Keras'
+  defaults); SGD with momentum 0.9, weight decay 1e-3 (the paper's L2 regularisation) and
+  batch 32, the lr divided by 10 when validation accuracy stagnates for 10 epochs, down to
+  0.001. The paper starts at lr 0.1 with batch 256 on 60k images; on 600 images that
+  diverges, so the lr starts at 0.02. The third conv's activation is left open by the
+  paper (leaky ReLU here);
 * unlearned concepts, each drawn per seed: ``rotated`` — test digits rotated by 90° (a
   concept close to the digits, like the paper's EMNIST letters; a rotated 0 or 8 may still
   look like a digit, as EMNIST letters include O and l); ``natural`` — grey 32×32 crops of
@@ -35,26 +38,35 @@ Table 1 thresholds single metrics of the dense layer (the cheap closed-form laye
 detectron2 / mmseg adapters use) and the L2 norm of the whole gradient; the direction of
 each threshold (is a large value certain or uncertain?) is chosen on the validation split.
 
+``--log-features`` (off by default, a deviation from the paper) feeds the meta classifiers
+``log(|x| + 1e-12)`` of the entropy and of the L1 / L2 norm, std, min and max metrics: these
+span many orders of magnitude (a confident prediction has gradients near 0), which a
+standardised linear model uses poorly. Thresholds (Table 1) do not change: log is monotone
+in |x| and each threshold's direction is chosen on validation.
+
 Tables print mean ± standard deviation over the seeds (one CNN and data split per seed;
 the paper prints the standard deviation of the mean over 10 CNNs), in percent. Table 3's
-NN columns average ``--meta-inits`` initialisations of the meta MLP per CNN (paper: 5).
+NN columns average ``--meta-inits`` initialisations of the meta MLP per CNN (paper: 5;
+here 3 by default).
 Scores: AUROC, AUPR-In (correct = positive) and AUPR-Out (wrong / unlearned = positive).
 
-Run: ``PYTHONPATH=. python tools/gradient_uncertainty_digits.py [--seeds 0 1 2] [--quick]``.
+Run: ``PYTHONPATH=. python tools/gradient_uncertainty_digits.py [--seeds 0 1 2 3 4] [--quick]
+[--log-features]``.
 Deterministic for given seeds (single-threaded torch, seeded splits, noise and estimators).
 """
 import argparse
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
-from conf_plugins.calibration.entropy import entropy_from_logits  # noqa: E402
 from conf_plugins.calibration.gradient_metrics import (WHOLE_NETWORK,  # noqa: E402
                                                        last_layer_gradient_metrics,
                                                        per_layer_gradient_metrics)
@@ -68,6 +80,7 @@ from conf_plugins.calibration.meta_classifier import (add_known_unknowns,  # noq
 MEASURES = ("AUROC", "AUPR_In", "AUPR_Out")
 MEASURE_TITLES = {"AUROC": "AUROC", "AUPR_In": "AUPR-In", "AUPR_Out": "AUPR-Out"}
 UNLEARNED = ("rotated", "natural", "normal", "uniform")
+LOG_METRICS = ("entropy", "l1_norm", "l2_norm", "std", "min", "max")  # --log-features
 # Table 1/2 columns: correct test digits (Dc) against each kind of "wrong"
 PAIR_COLUMNS = ("Dc/Dw",) + tuple(f"Dc/{name}" for name in UNLEARNED)
 TABLE3_ROWS = ("Dw",) + UNLEARNED + ("All",)  # "All": every unlearned concept, not Dw
@@ -128,7 +141,8 @@ def split_indices(n: int, seed: int):
 
 
 def natural_patches(count: int, rng: np.random.Generator) -> np.ndarray:
-    """Grey 32×32 crops of scikit-learn's sample photos, 4×4-averaged to 8×8, min–max scaled."""
+    """Grey 32×32 crops of scikit-learn's sample photos, 4×4-averaged to 8×8, scaled to
+    [0, 1] by their min and max."""
     from sklearn.datasets import load_sample_images
 
     greys = [img @ np.array([0.299, 0.587, 0.114]) for img in load_sample_images().images]
@@ -161,9 +175,9 @@ def train_cnn(x_train, y_train, x_val, y_val, seed: int, epochs: int) -> DigitsC
     """SGD as in §3 (see module docstring); returns the model in eval mode, float64."""
     torch.manual_seed(seed)
     model = DigitsCNN()
-    optim = torch.optim.SGD(model.parameters(), lr=float(os.environ.get("GLR", 0.02)), momentum=0.9, weight_decay=1e-3)
+    optim = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-3)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optim, mode="max", factor=0.1,
-                                                         patience=int(os.environ.get("GPAT", 10)), min_lr=1e-3)
+                                                         patience=10, min_lr=1e-3)
     x_train, y_train = torch.from_numpy(x_train), torch.from_numpy(y_train)
     x_val, y_val = torch.from_numpy(x_val), torch.from_numpy(y_val)
     generator = torch.Generator().manual_seed(seed)
@@ -180,9 +194,10 @@ def train_cnn(x_train, y_train, x_val, y_val, seed: int, epochs: int) -> DigitsC
     return model.double().eval()
 
 
-def uncertainty_features(model: DigitsCNN, images: np.ndarray):
-    """Logits, meta features (entropy, max softmax, per-layer gradient metrics) and the
-    largest relative gap between the dense layer's closed-form and autograd L2 norms."""
+def uncertainty_features(model: DigitsCNN, images: np.ndarray, log_features: bool = False):
+    """Logits, meta features (entropy, max softmax, per-layer gradient metrics), their names
+    and the largest relative gap between the dense layer's closed-form and autograd L2
+    norms."""
     x = torch.from_numpy(images).double()
     with torch.no_grad():
         logits, hidden = model(x), model.embed(x)
@@ -194,90 +209,108 @@ def uncertainty_features(model: DigitsCNN, images: np.ndarray):
     autograd = layers["dense"]["l2_norm"]
     gap = float(((closed - autograd).abs() / autograd.abs().clamp(min=1e-300)).max())
     X, names = build_meta_features(logits, layers, include_max_softmax=True)
+    if log_features:
+        logged = [j for j, n in enumerate(names) if n.rpartition("/")[2] in LOG_METRICS]
+        X[:, logged] = np.log(np.abs(X[:, logged]) + 1e-12)
     return logits, X, names, gap
 
 
 # ----------------------------------------------------------------------------- one seed
-def run_seed(seed: int, args, images, labels) -> dict:
-    """Train one CNN on one split; the scores of every table cell for this seed."""
+def seed_features(seed: int, args, images, labels):
+    """Train one CNN on one split; features of every evaluated and known-unknown set.
+
+    Returns ``(feats, correct, names, gap)``: ``feats[set]`` are ``[N, F]`` feature rows for
+    the sets ``val``, ``test``, the :data:`UNLEARNED` names and ``known/uniform``,
+    ``known/natural``; ``correct[split]`` the 0/1 correctness of the val and test predictions.
+    """
     train, val, test = split_indices(len(images), seed)
     model = train_cnn(images[train], labels[train], images[val], labels[val], seed, args.epochs)
     rng = np.random.default_rng(10_000 + seed)
     pixel_stats = (float(images[train].mean()), float(images[train].std()))
-    unlearned = unlearned_concepts(images[test], args.num_unlearned, pixel_stats, rng)
-    known_unknowns = {"uniform": rng.uniform(0, 1, (args.known_unknowns, 1, 8, 8)
-                                             ).astype(np.float32),
-                      "natural": natural_patches(args.known_unknowns, rng)}
-
+    inputs = unlearned_concepts(images[test], args.num_unlearned, pixel_stats, rng)
+    inputs["known/uniform"] = rng.uniform(0, 1, (args.known_unknowns, 1, 8, 8)
+                                          ).astype(np.float32)
+    inputs["known/natural"] = natural_patches(args.known_unknowns, rng)
+    inputs["val"], inputs["test"] = images[val], images[test]
     feats, correct, gaps = {}, {}, []
-    for split, idx in (("val", val), ("test", test)):
-        logits, feats[split], names, gap = uncertainty_features(model, images[idx])
-        correct[split] = (logits.argmax(1).numpy() == labels[idx]).astype(np.int64)
+    for name, data in inputs.items():
+        logits, feats[name], names, gap = uncertainty_features(model, data, args.log_features)
         gaps.append(gap)
-    for name, data in {**unlearned, **{f"known/{k}": v for k, v in known_unknowns.items()}
-                       }.items():
-        _, feats[name], _, gap = uncertainty_features(model, data)
-        gaps.append(gap)
+        if name in ("val", "test"):
+            truth = labels[val] if name == "val" else labels[test]
+            correct[name] = (logits.argmax(1).numpy() == truth).astype(np.int64)
+    return feats, correct, names, max(gaps)
+
+
+def evaluation_sets(feats, correct) -> dict:
+    """``{"Dc/<wrong>": (X, y)}``: correct test digits (y = 1) against the wrong test digits
+    (``Dc/Dw``), each unlearned concept and all of them together (``Dc/All``), y = 0."""
+    ok = correct["test"] == 1
+    wrong = {"Dw": feats["test"][~ok], **{n: feats[n] for n in UNLEARNED},
+             "All": np.concatenate([feats[n] for n in UNLEARNED])}
+    return {f"Dc/{k}": (np.concatenate([feats["test"][ok], w]),
+                        np.concatenate([np.ones(ok.sum(), np.int64), np.zeros(len(w), np.int64)]))
+            for k, w in wrong.items()}
+
+
+def baseline_scores(pairs, column, key: str) -> dict:
+    """Scores of thresholding the softmax baseline (high = correct) or entropy (low = correct)."""
+    sign = 1.0 if key == "max_softmax" else -1.0
+    return {c: meta_classification_scores(y, sign * X[:, column[key]]) for c, (X, y) in
+            pairs.items()}
+
+
+def run_seed(seed: int, args, images, labels) -> dict:
+    """The scores of every table cell for the CNN of one seed."""
+    feats, correct, names, gap = seed_features(seed, args, images, labels)
+    pairs = evaluation_sets(feats, correct)
     column = {n: i for i, n in enumerate(names)}
-    meta_cols = [i for i, n in enumerate(names) if n != "max_softmax"]  # §3: softmax apart
+    meta = [i for i, n in enumerate(names) if n != "max_softmax"]  # §3: softmax kept apart
 
-    # evaluation sets: label 1 = correct test digit (Dc), 0 = wrong (Dw) or unlearned
-    test_X, ok = feats["test"], correct["test"] == 1
-    pairs = {"Dc/Dw": test_X[~ok], **{f"Dc/{n}": feats[n] for n in UNLEARNED}}
-    pairs["Dc/All"] = np.concatenate([feats[n] for n in UNLEARNED])
-    pairs = {k: (np.concatenate([test_X[ok], wrong]),
-                 np.concatenate([np.ones(ok.sum(), np.int64), np.zeros(len(wrong), np.int64)]))
-             for k, wrong in pairs.items()}
-
-    # Table 1: single-metric thresholds, direction from the validation split
+    # Table 1: single-metric thresholds; direction (is large certain?) from validation
     table1 = {}
     for row, feature in SINGLE_METRICS.items():
         j = column[feature]
-        sign = 1.0 if meta_classification_scores(correct["val"], feats["val"][:, j])[
-            "AUROC"] >= 0.5 else -1.0
+        val_auroc = meta_classification_scores(correct["val"], feats["val"][:, j])["AUROC"]
+        sign = 1.0 if val_auroc >= 0.5 else -1.0
         table1[row] = {c: meta_classification_scores(pairs[c][1], sign * pairs[c][0][:, j])
                        for c in PAIR_COLUMNS}
 
     # Table 2: logistic regressions on entropy + all gradient metrics, fitted on validation
-    fitted = fit_meta_classifiers(feats["val"][:, meta_cols], correct["val"], seed=seed)
-    table2 = {row: {c: evaluate_meta_classifier(fitted[key], pairs[c][0][:, meta_cols],
-                                                pairs[c][1]) for c in PAIR_COLUMNS}
-              for row, key in TABLE2_ROWS.items()}
-    for row, key in (("Softmax baseline", "max_softmax"), ("Entropy", "entropy")):
-        table2[row] = {c: meta_classification_scores(
-            pairs[c][1], (1.0 if key == "max_softmax" else -1.0) * pairs[c][0][:, column[key]])
-            for c in PAIR_COLUMNS}
+    fitted = fit_meta_classifiers(feats["val"][:, meta], correct["val"], seed=seed)
+    table2 = {"Softmax baseline": baseline_scores(pairs, column, "max_softmax"),
+              "Entropy": baseline_scores(pairs, column, "entropy")}
+    for row, key in TABLE2_ROWS.items():
+        table2[row] = {c: evaluate_meta_classifier(fitted[key], pairs[c][0][:, meta],
+                                                   pairs[c][1]) for c in PAIR_COLUMNS}
 
     # Table 3: NN (and LASSO) meta classifiers with and without known unknowns (§5)
-    training_sets = {}
-    for name, extra in TRAINING_SETS.items():
-        X, y = feats["val"][:, meta_cols], correct["val"]
-        for concept in extra:
-            X, y = add_known_unknowns(X, y, feats[f"known/{concept}"][:, meta_cols])
-        training_sets[name] = (X, y)
+    baselines = {"Entropy": baseline_scores(pairs, column, "entropy"),
+                 "Softmax": baseline_scores(pairs, column, "max_softmax")}
     table3 = {row: {} for row in TABLE3_ROWS}
-    for col, kind, tset in TABLE3_COLUMNS:
+    for col, kind, training_set in TABLE3_COLUMNS:
         if kind is None:
-            key, sign = ("entropy", -1.0) if col == "Entropy" else ("max_softmax", 1.0)
             for row in TABLE3_ROWS:
-                X, y = pairs[f"Dc/{row}"]
-                table3[row][col] = meta_classification_scores(y, sign * X[:, column[key]])
+                table3[row][col] = baselines[col][f"Dc/{row}"]
             continue
-        X_fit, y_fit = training_sets[tset]
+        X_fit, y_fit = feats["val"][:, meta], correct["val"]
+        for concept in TRAINING_SETS[training_set]:
+            X_fit, y_fit = add_known_unknowns(X_fit, y_fit, feats[f"known/{concept}"][:, meta])
         runs = []
         for init in range(args.meta_inits if kind == "mlp" else 1):
             estimator = make_meta_classifiers(seed=1000 * seed + init)[kind]
-            if kind == "mlp":
+            if kind == "mlp":  # as fit_meta_classifiers does for small training sets
                 estimator.set_params(mlpclassifier__batch_size=min(256, len(X_fit)))
             estimator.fit(X_fit, y_fit)
             runs.append({row: evaluate_meta_classifier(
-                estimator, pairs[f"Dc/{row}"][0][:, meta_cols], pairs[f"Dc/{row}"][1])
+                estimator, pairs[f"Dc/{row}"][0][:, meta], pairs[f"Dc/{row}"][1])
                 for row in TABLE3_ROWS})
         for row in TABLE3_ROWS:
             table3[row][col] = {m: float(np.mean([r[row][m] for r in runs])) for m in MEASURES}
 
-    return {"accuracy": float(correct["test"].mean()), "num_wrong": int((~ok).sum()),
-            "num_val_wrong": int((correct["val"] == 0).sum()), "closed_form_gap": max(gaps),
+    return {"accuracy": float(correct["test"].mean()),
+            "num_wrong": int((correct["test"] == 0).sum()),
+            "num_val_wrong": int((correct["val"] == 0).sum()), "closed_form_gap": gap,
             "table1": table1, "table2": table2, "table3": table3}
 
 
@@ -309,66 +342,78 @@ def format_table(title: str, table: dict, rows, columns, row_header: str) -> str
 
 
 def findings(t1: dict, t2: dict, t3: dict) -> list[dict]:
-    """Which of the paper's findings (§3–5) hold here, judged on the means."""
-    def mean(table, row, col, m="AUROC"):
-        return table[row][col][m]["mean"]
+    """Which of the paper's findings (§3–5) hold here, judged on the means over seeds.
 
-    def pct(x):
-        return f"{100 * x:.2f}"
-
+    Each is ``{"claim", "holds", "detail"}``; a two-way comparison's detail also gives the
+    paired difference over seeds (mean ± std), to show how much of it is noise.
+    """
     out = []
 
-    def claim(text, holds, detail):
-        out.append({"claim": text, "holds": bool(holds), "detail": detail})
+    def values(table, row, col, m="AUROC"):
+        return np.asarray(table[row][col][m]["values"])
+
+    def pct(x):
+        return f"{100 * float(np.mean(x)):.2f}"
+
+    def compare(text, a, b, label_a, label_b, margin=None):
+        """Claim ``a > b`` (or ``|a − b| <= margin``), a and b per-seed score arrays."""
+        diff = a - b
+        holds = abs(diff.mean()) <= margin if margin is not None else diff.mean() > 0
+        spread = f"{100 * diff.std(ddof=1):.2f}" if len(diff) > 1 else "n/a"
+        out.append({"claim": text, "holds": bool(holds),
+                    "detail": f"{label_a} {pct(a)} vs {label_b} {pct(b)} (paired difference "
+                              f"{100 * diff.mean():+.2f} ± {spread})"})
 
     grad_rows = [r for r in SINGLE_METRICS if r not in ("Softmax baseline", "Entropy")]
-    best = max(grad_rows, key=lambda r: mean(t1, r, "Dc/Dw"))
-    e, g = mean(t1, "Entropy", "Dc/Dw"), mean(t1, best, "Dc/Dw")
-    claim("Table 1: the best single gradient metric is comparable to entropy for correct/wrong "
-          "(AUROC within 2 points)", abs(g - e) <= 0.02,
-          f"{best} {pct(g)} vs entropy {pct(e)}")
+    best = max(grad_rows, key=lambda r: values(t1, r, "Dc/Dw").mean())
+    compare("Table 1: the best single gradient metric is comparable to entropy for "
+            "correct/wrong (AUROC within 2 points)", values(t1, best, "Dc/Dw"),
+            values(t1, "Entropy", "Dc/Dw"), best, "entropy", margin=0.02)
     ood = [f"Dc/{n}" for n in UNLEARNED]
-    wins = [c for c in ood if max(mean(t1, "Entropy", c), mean(t1, "Softmax baseline", c))
-            >= max(mean(t1, r, c) for r in grad_rows)]
-    claim("Table 1: entropy or softmax beat every single gradient metric on unlearned concepts "
-          "(AUROC)", len(wins) == len(ood), f"in {len(wins)}/{len(ood)} columns: "
-          + ", ".join(f"{c[3:]} {pct(max(mean(t1, 'Entropy', c), mean(t1, 'Softmax baseline', c)))}"
-                      f" vs {pct(max(mean(t1, r, c) for r in grad_rows))}" for c in ood))
+    details, wins = [], 0
+    for c in ood:
+        base = max(values(t1, r, c).mean() for r in ("Entropy", "Softmax baseline"))
+        grad = max(values(t1, r, c).mean() for r in grad_rows)
+        wins += int(base >= grad)
+        details.append(f"{c[3:]} {pct(base)} vs {pct(grad)}")
+    out.append({"claim": "Table 1: entropy or softmax beat every single gradient metric on "
+                         "each unlearned concept (AUROC)", "holds": bool(wins == len(ood)),
+                "detail": f"in {wins}/{len(ood)} columns: " + ", ".join(details)})
     regs = ("LASSO", "Ridge", "Elastic net")
-    best_reg = max(regs, key=lambda r: mean(t2, r, "Dc/Dw"))
-    claim("Table 2: the GLM is inferior to the regularised regressions (mean AUROC over columns)",
-          all(np.mean([mean(t2, r, c) for c in PAIR_COLUMNS])
-              > np.mean([mean(t2, "GLM", c) for c in PAIR_COLUMNS]) for r in regs),
-          ", ".join(f"{r} {pct(np.mean([mean(t2, r, c) for c in PAIR_COLUMNS]))}"
-                    for r in ("GLM",) + regs))
-    r, e = mean(t2, best_reg, "Dc/Dw"), mean(t2, "Entropy", "Dc/Dw")
-    claim("Table 2: gradient metrics + entropy beat entropy alone for correct/wrong (AUROC)",
-          r > e, f"{best_reg} {pct(r)} vs entropy {pct(e)}")
-    gains = {c: mean(t2, "LASSO", c, "AUPR_Out") - mean(t2, "Softmax baseline", c, "AUPR_Out")
-             for c in ood}
-    claim("Table 2: LASSO beats the softmax baseline in AUPR-Out on every unlearned concept",
-          all(v > 0 for v in gains.values()),
-          ", ".join(f"{c[3:]} {100 * v:+.2f}" for c, v in gains.items()))
-    nn_val, ent = mean(t3, "All", "NN val"), mean(t3, "All", "Entropy")
-    claim("Table 3: the NN trained on digits alone falls below entropy on All unlearned (AUROC)",
-          nn_val < ent, f"NN val {pct(nn_val)} vs entropy {pct(ent)}")
+    over_columns = {r: np.mean([values(t2, r, c) for c in PAIR_COLUMNS], axis=0)
+                    for r in ("GLM",) + regs}
+    out.append({"claim": "Table 2: the GLM is inferior to the regularised regressions (AUROC "
+                         "averaged over columns)",
+                "holds": bool(all(over_columns[r].mean() > over_columns["GLM"].mean()
+                                  for r in regs)),
+                "detail": ", ".join(f"{r} {pct(v)}" for r, v in over_columns.items())})
+    best_reg = max(regs, key=lambda r: values(t2, r, "Dc/Dw").mean())
+    compare("Table 2: gradient metrics + entropy beat entropy alone for correct/wrong (AUROC)",
+            values(t2, best_reg, "Dc/Dw"), values(t2, "Entropy", "Dc/Dw"), best_reg, "entropy")
+    gains = {c: values(t2, "LASSO", c, "AUPR_Out").mean()
+             - values(t2, "Softmax baseline", c, "AUPR_Out").mean() for c in ood}
+    out.append({"claim": "Table 2: LASSO beats the softmax baseline in AUPR-Out on every "
+                         "unlearned concept", "holds": bool(all(v > 0 for v in gains.values())),
+                "detail": ", ".join(f"{c[3:]} {100 * v:+.2f}" for c, v in gains.items())})
+    compare("Table 3: the NN trained on digits alone falls below entropy on All unlearned "
+            "(AUROC)", values(t3, "All", "Entropy"), values(t3, "All", "NN val"), "entropy",
+            "NN val")
     for m in ("AUROC", "AUPR_Out"):
-        a, b = mean(t3, "All", "NN val", m), mean(t3, "All", "NN val+U", m)
-        claim(f"Table 3: uniform-noise known unknowns improve the NN on All ({MEASURE_TITLES[m]})",
-              b > a, f"{pct(a)} -> {pct(b)}")
-    a, b = mean(t3, "normal", "NN val"), mean(t3, "normal", "NN val+U")
-    claim("Table 3: uniform-noise known unknowns also improve normal-noise detection (AUROC)",
-          b > a, f"{pct(a)} -> {pct(b)}")
-    a, b = mean(t3, "Dw", "NN val"), mean(t3, "Dw", "NN val+U")
-    claim("Table 3: known unknowns also improve correct/wrong on digits (Dw row, AUROC)",
-          b > a, f"{pct(a)} -> {pct(b)}")
+        compare(f"Table 3: uniform-noise known unknowns improve the NN on All "
+                f"({MEASURE_TITLES[m]})", values(t3, "All", "NN val+U", m),
+                values(t3, "All", "NN val", m), "NN val+U", "NN val")
+    compare("Table 3: uniform-noise known unknowns also improve normal-noise detection "
+            "(AUROC)", values(t3, "normal", "NN val+U"), values(t3, "normal", "NN val"),
+            "NN val+U", "NN val")
+    compare("Table 3: known unknowns also improve correct/wrong on digits (Dw row, AUROC)",
+            values(t3, "Dw", "NN val+U"), values(t3, "Dw", "NN val"), "NN val+U", "NN val")
     for m in ("AUROC", "AUPR_Out"):
-        a, b = mean(t3, "All", "Softmax", m), mean(t3, "All", "NN val+U+N", m)
-        claim(f"Table 3: NN val+U+N beats the softmax baseline on All ({MEASURE_TITLES[m]})",
-              b > a, f"{pct(b)} vs {pct(a)}")
-    a, b = mean(t3, "All", "LASSO val+U"), mean(t3, "All", "NN val+U")
-    claim("Table 3: with known unknowns the NN beats LASSO on All (AUROC)", b > a,
-          f"NN {pct(b)} vs LASSO {pct(a)}")
+        compare(f"Table 3: NN val+U+N beats the softmax baseline on All ({MEASURE_TITLES[m]})",
+                values(t3, "All", "NN val+U+N", m), values(t3, "All", "Softmax", m),
+                "NN val+U+N", "softmax")
+    compare("Table 3: with known unknowns the NN beats LASSO on All (AUROC)",
+            values(t3, "All", "NN val+U"), values(t3, "All", "LASSO val+U"), "NN val+U",
+            "LASSO val+U")
     return out
 
 
@@ -380,28 +425,34 @@ def main(argv=None) -> dict:
     "values"}}}}`` with scores in [0, 1].
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                         help="one CNN and data split per seed")
     parser.add_argument("--quick", action="store_true",
                         help="one seed, fewer epochs and samples (a smoke run, ~10 s)")
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--num-unlearned", type=int, default=400,
                         help="images per unlearned concept (rotated: at most the test split)")
     parser.add_argument("--known-unknowns", type=int, default=60,
                         help="images per known-unknown concept added to the validation split")
     parser.add_argument("--meta-inits", type=int, default=3,
                         help="initialisations of the NN meta classifier per CNN (Table 3)")
+    parser.add_argument("--log-features", action="store_true",
+                        help="log |x| of entropy and norm-like metrics as meta features "
+                             "(a deviation from the paper, see the module docstring)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.epochs, args.num_unlearned = args.seeds[:1], 25, 150
+        args.seeds, args.epochs, args.num_unlearned = args.seeds[:1], 30, 150
         args.known_unknowns, args.meta_inits = 40, 1
 
     start = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # deterministic and fastest for a CNN this small
     try:
-        images, labels = load_known_concept()
-        per_seed = [run_seed(seed, args, images, labels) for seed in args.seeds]
+        with warnings.catch_warnings():
+            # the meta MLP often stops at max_iter (meta_classifier.py's schedule): expected
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            images, labels = load_known_concept()
+            per_seed = [run_seed(seed, args, images, labels) for seed in args.seeds]
     finally:
         torch.set_num_threads(threads)
 
@@ -420,17 +471,19 @@ def main(argv=None) -> dict:
           f"layer L2 norm) max relative gap {result['closed_form_gap']:.1e}")
     print("All values in percent, mean ± std over seeds. Dc: correct test digits (positive of "
           "AUROC / AUPR-In), Dw: wrong test digits.\n")
+    features = "log-scaled (--log-features)" if args.log_features else "as in the paper"
     print(format_table("Table 1: threshold on a single metric (gradient of the dense layer "
                        "unless stated)", tables["table1"], list(SINGLE_METRICS), PAIR_COLUMNS,
-                       "Metric"), "\n")
+                       "Metric") + "\n")
     print(format_table("Table 2: logistic regressions on entropy + all layers' gradient "
-                       "metrics, fitted on the validation split", tables["table2"],
-                       ["Softmax baseline", "Entropy", *TABLE2_ROWS], PAIR_COLUMNS,
-                       "Metric / regression"), "\n")
-    print(format_table("Table 3: Dc against each wrong set; meta classifiers trained on "
-                       "validation (+ U: uniform noise, + N: natural crops as known unknowns, "
-                       f"{args.known_unknowns} each)", tables["table3"], TABLE3_ROWS,
-                       [c for c, _, _ in TABLE3_COLUMNS], "Wrong set"), "\n")
+                       f"metrics ({features}), fitted on the validation split",
+                       tables["table2"], ["Softmax baseline", "Entropy", *TABLE2_ROWS],
+                       PAIR_COLUMNS, "Metric / regression") + "\n")
+    print(format_table("Table 3: Dc against each wrong set; NN (MLP, mean of "
+                       f"{args.meta_inits} inits) and LASSO meta classifiers ({features}) "
+                       "trained on validation (+ U: uniform noise, + N: natural crops as known "
+                       f"unknowns, {args.known_unknowns} each)", tables["table3"], TABLE3_ROWS,
+                       [c for c, _, _ in TABLE3_COLUMNS], "Wrong set") + "\n")
     print("Findings of the paper, checked here:")
     for f in result["findings"]:
         print(f"  [{'yes' if f['holds'] else 'no '}] {f['claim']}: {f['detail']}")
