@@ -10,11 +10,13 @@ from .ddn_rcnn import DDNRCNN  # noqa: E402
 from .ddn_roi_heads import DDNROIHeads  # noqa: E402
 from .demo_data import generate_demo_detection, register_demo_detection  # noqa: E402
 from .evaluator import DetectionCalibrationEvaluator  # noqa: E402
+from .gradient_roi_heads import GRADIENT_FIELDS, GradientMetricsROIHeads  # noqa: E402
 from .mc_dropout import MCDropoutROIHeads  # noqa: E402
 from .teacher import DropoutTeacher  # noqa: E402
 
 __all__ = [
     "DDNRCNN", "DDNROIHeads", "DetectionCalibrationEvaluator", "DropoutFastRCNNConvFCHead",
+    "GRADIENT_FIELDS", "GradientMetricsROIHeads",
     "DropoutTeacher", "MCDropoutROIHeads", "add_ddn_config", "generate_demo_detection",
     "register_demo_detection", "sample_predictions",
 ]

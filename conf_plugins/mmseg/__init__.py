@@ -7,6 +7,7 @@ allow_mmengine_checkpoint_globals()
 
 from .demo_data import (DemoCityscapesDataset, DemoCityscapesDepthDataset,  # noqa: E402
                         generate_demo_segmentation)
+from .gradient_maps import pixel_gradient_maps, plot_gradient_heatmap  # noqa: E402
 from .hooks import SuccessSnapshotHook, success_head_of  # noqa: E402
 from .metric import SegCalibrationMetric  # noqa: E402
 from .segmentor import SuccessEncoderDecoder  # noqa: E402
@@ -18,5 +19,6 @@ __all__ = [
     "ASPPSuccessHead", "DemoCityscapesDataset", "DemoCityscapesDepthDataset",
     "DepthwiseSeparableASPPSuccessHead",
     "FCNSuccessHead", "SegCalibrationMetric", "SuccessBranchMixin", "SuccessEncoderDecoder",
-    "SuccessSnapshotHook", "generate_demo_segmentation", "success_head_of", "success_target",
+    "SuccessSnapshotHook", "generate_demo_segmentation", "pixel_gradient_maps",
+    "plot_gradient_heatmap", "success_head_of", "success_target",
 ]
