@@ -33,8 +33,13 @@ TINY_SEG = ["train_cfg.max_iters=4", "param_scheduler.0.end=4", "train_dataloade
             "default_hooks.checkpoint.interval=4", "train_cfg.val_interval=1000"]
 
 
+DET_DATA = "conf_plugins/detectron2/demo_data.py"  # the generators: data changes re-run stages
+SEG_DATA = "conf_plugins/mmseg/demo_data.py"
+
+
 class Stage:
-    """One step of the pipeline: a command, the config files it reads, what it depends on."""
+    """One step of the pipeline: a command, the config (and data-generator) files it reads,
+    the stages it depends on."""
 
     def __init__(self, name, cmd, configs=(), needs=(), output=None):
         self.name, self.cmd, self.configs, self.needs, self.output = name, cmd, configs, needs, output
@@ -74,20 +79,20 @@ def detection_stages(out, tiny):
     teacher, ddn = f"{det}/teacher/model_final.pth", f"{det}/ddn/model_final.pth"
     extra = TINY_DET if tiny else []
     train = tool("train_net.py")
-    t_cfg, d_cfg = "configs/demo/teacher.yaml", "configs/demo/ddn.yaml"
-    cfg = lambda c: ["--config-file", os.path.join(ROOT, c)]  # noqa: E731
+    t_cfg, d_cfg = ("configs/demo/teacher.yaml", DET_DATA), ("configs/demo/ddn.yaml", DET_DATA)
+    cfg = lambda c: ["--config-file", os.path.join(ROOT, c[0])]  # noqa: E731
     return [
         Stage("det_teacher", train + cfg(t_cfg) + ["OUTPUT_DIR", f"{det}/teacher"] + extra,
-              [t_cfg], output=teacher),
+              t_cfg, output=teacher),
         Stage("det_baseline", train + cfg(t_cfg) + ["--eval-only", "MODEL.WEIGHTS", teacher,
-              "OUTPUT_DIR", f"{det}/baseline"] + extra, [t_cfg], ["det_teacher"]),
+              "OUTPUT_DIR", f"{det}/baseline"] + extra, t_cfg, ["det_teacher"]),
         Stage("det_mc10", train + cfg(t_cfg) + ["--eval-only", "MODEL.WEIGHTS", teacher,
               "MODEL.ROI_HEADS.NAME", "MCDropoutROIHeads", "MODEL.MC_DROPOUT.NUM_SAMPLES", "10",
-              "OUTPUT_DIR", f"{det}/mc10"] + extra, [t_cfg], ["det_teacher"]),
+              "OUTPUT_DIR", f"{det}/mc10"] + extra, t_cfg, ["det_teacher"]),
         Stage("det_ddn", train + cfg(d_cfg) + ["MODEL.WEIGHTS", teacher, "MODEL.DDN.TEACHER_WEIGHTS",
-              teacher, "OUTPUT_DIR", f"{det}/ddn"] + extra, [d_cfg], ["det_teacher"], output=ddn),
+              teacher, "OUTPUT_DIR", f"{det}/ddn"] + extra, d_cfg, ["det_teacher"], output=ddn),
         Stage("det_ddn_eval", train + cfg(d_cfg) + ["--eval-only", "MODEL.WEIGHTS", ddn,
-              "MODEL.DDN.TEACHER_WEIGHTS", teacher, "OUTPUT_DIR", f"{det}/ddn"] + extra, [d_cfg],
+              "MODEL.DDN.TEACHER_WEIGHTS", teacher, "OUTPUT_DIR", f"{det}/ddn"] + extra, d_cfg,
               ["det_ddn"]),
     ]
 
@@ -104,15 +109,15 @@ def segmentation_stages(out, tiny):
 
     stages = [
         Stage("seg_stl", tool("seg_train.py") + [os.path.join(ROOT, stl_cfg), "--work-dir",
-              f"{seg}/stl"] + (["--cfg-options", *extra] if extra else []), [stl_cfg],
+              f"{seg}/stl"] + (["--cfg-options", *extra] if extra else []), [stl_cfg, SEG_DATA],
               output=checkpoint("stl")),
         Stage("seg_mtl", tool("seg_train.py") + [os.path.join(ROOT, mtl_cfg), "--work-dir",
-              f"{seg}/mtl"] + (["--cfg-options", *extra, *snapshot] if extra else []), [mtl_cfg],
+              f"{seg}/mtl"] + (["--cfg-options", *extra, *snapshot] if extra else []), [mtl_cfg, SEG_DATA],
               output=checkpoint("mtl")),
         Stage("seg_temperature", tool("fit_calibration.py") + [os.path.join(ROOT, stl_cfg),
-              checkpoint("stl"), "--split", "calib", "--force"], [stl_cfg], ["seg_stl"]),
+              checkpoint("stl"), "--split", "calib", "--force"], [stl_cfg, SEG_DATA], ["seg_stl"]),
         Stage("seg_bayes", tool("fit_calibration.py") + [os.path.join(ROOT, mtl_cfg),
-              checkpoint("mtl"), "--split", "calib", "--force"], [mtl_cfg], ["seg_mtl"]),
+              checkpoint("mtl"), "--split", "calib", "--force"], [mtl_cfg, SEG_DATA], ["seg_mtl"]),
     ]
     bayes_ckpt = checkpoint("mtl").replace(".pth", "_bayes.pth")
     for split in ("val", "val_shifted"):
@@ -130,7 +135,7 @@ def segmentation_stages(out, tiny):
                 tool("seg_test.py") + [os.path.join(ROOT, cfg), ckpt, "--work-dir", folder,
                                        "--out", f"{folder}/metrics.json", "--cfg-options",
                                        *data, *conf, f"test_evaluator.1.output_dir={folder}"],
-                [cfg], [needs]))
+                [cfg, SEG_DATA], [needs]))
     return stages
 
 

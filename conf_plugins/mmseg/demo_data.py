@@ -25,10 +25,12 @@ CLASSES = ("road", "building", "vegetation", "sky", "vehicle")
 PALETTE = [[128, 64, 128], [70, 70, 70], [107, 142, 35], [70, 130, 180], [0, 0, 142]]
 IGNORE_INDEX = 255
 SPLITS = {"train": 0, "calib": 1, "val": 2, "val_shifted": 3}
-# (in-domain colour, off-domain colour) per class
+# (in-domain colour, colour the off-domain split moves towards) per class
 _COLOURS = {0: ((90, 90, 90), (150, 120, 90)), 1: ((150, 110, 90), (90, 110, 160)),
             2: ((60, 130, 50), (150, 150, 40)), 3: ((150, 190, 230), (230, 180, 140)),
             4: ((180, 30, 30), (40, 160, 160))}
+# off-domain: colours moved this fraction of the way to the other hue, plus stripes and blur
+_SHIFT_STRENGTH = 0.4
 # synthetic depth: focal length x camera height (px x m), far limit, building / tree depths (m)
 _FOCAL_X_HEIGHT, _MAX_DEPTH, _DEPTH_BUILDING, _DEPTH_VEGETATION = 240.0, 60.0, 45.0, 35.0
 
@@ -123,25 +125,30 @@ def _write_missing_depth_maps(root, params):
                 Image.fromarray(_depth(label, horizon, vehicles)).save(_depth_path(root, split, i))
 
 
+def _colour(cls: int, shifted: bool):
+    own, other = (np.asarray(c, dtype=np.float64) for c in _COLOURS[cls])
+    return own + _SHIFT_STRENGTH * (other - own) if shifted else own
+
+
 def _render(rng, label, shifted: bool):
     """RGB image of a label map: per-class colour, texture noise, clutter; shifted = off-domain."""
     height, width = label.shape
     image = np.zeros((height, width, 3), dtype=np.float64)
-    for cls, colours in _COLOURS.items():
-        image[label == cls] = colours[1 if shifted else 0]
+    for cls in _COLOURS:
+        image[label == cls] = _colour(cls, shifted)
     image += rng.normal(0, 30, size=(height, width, 1))  # shared texture noise
     image += rng.normal(0, 12, size=image.shape)
     if shifted:  # a stripe texture the model never saw
-        image += 25 * np.sin(np.arange(width) / 2.0)[None, :, None]
+        image += 12 * np.sin(np.arange(width) / 2.0)[None, :, None]
     image = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for _ in range(rng.integers(3, 8)):  # clutter: strokes with colours of other classes
-        colour = _COLOURS[int(rng.integers(5))][int(shifted)]
+        colour = tuple(int(c) for c in _colour(int(rng.integers(5)), shifted))
         pts = [int(rng.integers(0, width)), int(rng.integers(0, height)),
                int(rng.integers(0, width)), int(rng.integers(0, height))]
         draw.line(pts, fill=colour, width=int(rng.integers(1, 3)))
     if shifted:
-        image = image.filter(ImageFilter.GaussianBlur(1.2))
+        image = image.filter(ImageFilter.GaussianBlur(0.8))
     return np.asarray(image)
 
 
