@@ -38,6 +38,7 @@ def load_cfg(path, size, **overrides):
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.INPUT.MIN_SIZE_TEST = cfg.INPUT.MAX_SIZE_TEST = size
+    cfg.SOLVER.BASE_LR = 0.0  # timing only: keep the random-init weights finite across steps
     for k, v in overrides.items():
         node = cfg
         *parents, leaf = k.split(".")

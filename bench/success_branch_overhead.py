@@ -34,11 +34,14 @@ PAIRS = {
 
 
 def build(path):
-    if not path.startswith("mmseg::"):
-        path = os.path.join(ROOT, path)
-        cfg = Config.fromfile(path)
+    if path.startswith("mmseg::"):  # a stock config shipped inside the mmseg package
+        import mmseg
+
+        path = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs",
+                            path[len("mmseg::"):])
     else:
-        cfg = Config.fromfile(path)
+        path = os.path.join(ROOT, path)
+    cfg = Config.fromfile(path)
     cfg.model.pretrained = None
     cfg.model.backbone.norm_cfg = dict(type="BN", requires_grad=True)
     for head in ("decode_head", "auxiliary_head"):
