@@ -25,6 +25,7 @@ CLASSES = ("road", "building", "vegetation", "sky", "vehicle")
 PALETTE = [[128, 64, 128], [70, 70, 70], [107, 142, 35], [70, 130, 180], [0, 0, 142]]
 IGNORE_INDEX = 255
 SPLITS = {"train": 0, "calib": 1, "val": 2, "val_shifted": 3}
+GENERATOR_VERSION = 2  # bump when the rendering changes: existing datasets are regenerated
 # (in-domain colour, colour the off-domain split moves towards) per class
 _COLOURS = {0: ((90, 90, 90), (150, 120, 90)), 1: ((150, 110, 90), (90, 110, 160)),
             2: ((60, 130, 50), (150, 150, 40)), 3: ((150, 190, 230), (230, 180, 140)),
@@ -177,7 +178,8 @@ def generate_demo_segmentation(root: str, num_images=None, height: int = 128, wi
             _write_missing_depth_maps(root, json.load(f))
         return root
     num_images = num_images or {"train": 80, "calib": 20, "val": 24, "val_shifted": 24}
-    params = {"num_images": num_images, "height": height, "width": width, "seed": seed}
+    params = {"num_images": num_images, "height": height, "width": width, "seed": seed,
+              "version": GENERATOR_VERSION}
     if os.path.exists(stamp):
         with open(stamp) as f:
             if json.load(f) == params:
