@@ -5,6 +5,7 @@ from mmseg.models import EncoderDecoder
 from mmseg.registry import MODELS
 
 from conf_plugins.calibration import BayesBinningCalibrator
+from conf_plugins.calibration.bayes_binning import FORMAT_VERSION
 
 from .success_head import SuccessBranchMixin
 
@@ -65,7 +66,7 @@ class SuccessEncoderDecoder(EncoderDecoder):
                                "success-branch weights (stale calibration): refit it with "
                                "tools/fit_calibration.py")
         return BayesBinningCalibrator.from_state_dict({
-            "format_version": 1, "num_bins": self.bayes_num_bins,
+            "format_version": FORMAT_VERSION, "num_bins": self.bayes_num_bins,
             "failure_counts": self.bayes_counts[0].cpu(),
             "success_counts": self.bayes_counts[1].cpu()})
 

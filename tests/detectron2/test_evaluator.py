@@ -98,6 +98,7 @@ def _evaluate_in_process(rank, world_size, port, dataset_root, queue):
     results = evaluator.evaluate()
     if rank == 0:
         queue.put(results)
+    dist.barrier()  # no rank tears gloo down while another still uses it
     dist.destroy_process_group()
 
 
