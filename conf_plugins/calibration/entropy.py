@@ -27,5 +27,7 @@ def entropy_from_logits(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     num_classes = _num_classes(logits, dim)
     log_p = torch.log_softmax(logits, dim)
     p = log_p.exp()
-    terms = torch.where(p > 0, p * log_p, torch.zeros((), dtype=p.dtype, device=p.device))
+    # 0 · log 0 = 0 where p underflows; NaN logits stay NaN (p > 0 is False for NaN)
+    terms = torch.where((p > 0) | p.isnan(), p * log_p, torch.zeros((), dtype=p.dtype,
+                                                                      device=p.device))
     return -terms.sum(dim) / math.log(num_classes)

@@ -31,3 +31,12 @@ def test_single_class_is_rejected():
         normalized_entropy(torch.ones(3, 1))
     with pytest.raises(ValueError, match="at least 2 classes"):
         entropy_from_logits(torch.ones(3, 1))
+
+
+def test_entropy_from_logits_propagates_nan():
+    import torch
+
+    from conf_plugins.calibration import entropy_from_logits
+
+    out = entropy_from_logits(torch.tensor([[0.0, float("nan")], [0.0, 0.0]]))
+    assert out[0].isnan() and out[1] == 1.0
