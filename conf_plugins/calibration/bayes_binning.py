@@ -24,7 +24,7 @@ Defined behaviour where the formula is not:
 import numpy as np
 import torch
 
-from .stats import MAX_FINE_BINS, as_binary, as_mask, as_tensor, as_unit_interval, bin_index
+from .stats import MAX_FINE_BINS, as_unit_interval, bin_index, validated_pairs
 
 FORMAT_VERSION = 1
 
@@ -58,19 +58,10 @@ class BayesBinningCalibrator:
 
     def update(self, score, success, mask=None) -> "BayesBinningCalibrator":
         """Count (score, true success) pairs; same input rules as ``CalibrationStats.update``."""
-        s = as_tensor(score, "score")
-        ok = as_tensor(success, "success").to(s.device)
-        if ok.shape != s.shape:
-            raise ValueError(f"score has shape {tuple(s.shape)} but success has shape "
-                             f"{tuple(ok.shape)}")
-        if mask is not None:
-            mask = as_mask(mask, s.shape).to(s.device)
-            if not mask.any():
-                return self
-        if s.numel() == 0:
+        checked = validated_pairs(score, success, mask, "score", "success")
+        if checked is None:
             return self
-        s = as_unit_interval(s, "score", mask)
-        ok = as_binary(ok, "success", mask)
+        s, ok, mask = checked
         M = self.num_bins
         index = bin_index(s, M).add_(ok, alpha=M).reshape(-1)
         if mask is not None:

@@ -137,6 +137,24 @@ def as_mask(mask, shape) -> torch.Tensor:
     return mask
 
 
+def validated_pairs(values, labels, mask, value_name: str, label_name: str):
+    """Checked (values in [0, 1], binary labels, mask) tensors of equal shape, or None when
+    nothing is left to count (empty input or an all-False mask). Shared input rules of
+    :meth:`CalibrationStats.update` and ``BayesBinningCalibrator.update``."""
+    v = as_tensor(values, value_name)
+    b = as_tensor(labels, label_name).to(v.device)
+    if b.shape != v.shape:
+        raise ValueError(f"{value_name} has shape {tuple(v.shape)} but {label_name} has "
+                         f"shape {tuple(b.shape)}")
+    if mask is not None:
+        mask = as_mask(mask, v.shape).to(v.device)
+        if not mask.any():
+            return None
+    if v.numel() == 0:
+        return None
+    return as_unit_interval(v, value_name, mask), as_binary(b, label_name, mask), mask
+
+
 class CalibrationStats:
     """Sufficient statistics of (confidence, correct) pairs in ``num_fine_bins`` fine bins.
 
@@ -186,18 +204,10 @@ class CalibrationStats:
         conf = as_tensor(confidence, "confidence")
         if conf.is_cuda and torch.are_deterministic_algorithms_enabled():
             conf = conf.cpu()  # CUDA scatter_add_ (float atomics) is not deterministic
-        corr = as_tensor(correct, "correct").to(conf.device)
-        if corr.shape != conf.shape:
-            raise ValueError(f"confidence has shape {tuple(conf.shape)} but correct has "
-                             f"shape {tuple(corr.shape)}")
-        if mask is not None:
-            mask = as_mask(mask, conf.shape).to(conf.device)
-            if not mask.any():
-                return self
-        if conf.numel() == 0:
+        checked = validated_pairs(conf, correct, mask, "confidence", "correct")
+        if checked is None:
             return self
-        conf = as_unit_interval(conf, "confidence", mask)
-        corr = as_binary(corr, "correct", mask)
+        conf, corr, mask = checked
         if entropy is not None:
             self._add_entropy(entropy, conf.shape, mask)
 
