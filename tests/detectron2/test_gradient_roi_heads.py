@@ -27,15 +27,22 @@ def explicit_gradient(cls_score, h):
     return torch.cat([g_w.flatten(), g_b]), z.detach()
 
 
-def test_each_detection_carries_the_autograd_metrics_of_its_proposal():
+def model_features_proposals():
+    """A tiny GradientMetricsROIHeads model in eval mode, its input batch, features and
+    RPN proposals."""
     torch.manual_seed(0)
     model = build_model(gradient_cfg()).eval()
-    heads = model.roi_heads
     batch = d2_batch(num_images=2)
     with torch.no_grad():
         images = model.preprocess_image(batch)
         features = model.backbone(images.tensor)
         proposals, _ = model.proposal_generator(images, features, None)
+    return model, model.roi_heads, batch, features, proposals
+
+
+def test_each_detection_carries_the_autograd_metrics_of_its_proposal():
+    model, heads, batch, features, proposals = model_features_proposals()
+    with torch.no_grad():
         instances = heads._forward_box(features, proposals)
         # the stock path, explicitly: which proposal row produced each detection
         pooled = heads.box_pooler([features[f] for f in heads.box_in_features],
@@ -89,14 +96,8 @@ def test_no_detections_gives_empty_fields():
 
 
 def test_detection_rows_skip_proposals_that_inference_drops():
-    torch.manual_seed(0)
-    model = build_model(gradient_cfg()).eval()
-    heads = model.roi_heads
-    batch = d2_batch(num_images=2)
+    model, heads, batch, features, proposals = model_features_proposals()
     with torch.no_grad():
-        images = model.preprocess_image(batch)
-        features = model.backbone(images.tensor)
-        proposals, _ = model.proposal_generator(images, features, None)
         pooled = heads.box_pooler([features[f] for f in heads.box_in_features],
                                   [p.proposal_boxes for p in proposals])
         logits, deltas = heads.box_predictor(heads.box_head(pooled))
