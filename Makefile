@@ -4,7 +4,6 @@
 # Both build the environment on first use (tools/env/bootstrap.sh, cached by pinned
 # versions) and reuse it afterwards.
 PY := .venv/bin/python
-RUN := PYTHONPATH=$(CURDIR) $(PY)
 
 .PHONY: env demo test versions
 
@@ -12,10 +11,10 @@ env:
 	@bash tools/env/bootstrap.sh
 
 demo: env
-	$(RUN) tools/run_demo.py $(ARGS)
+	$(PY) tools/run_demo.py $(ARGS)
 
 test: env
-	$(RUN) -m pytest $(or $(ARGS),tests)
+	$(PY) -m pytest $(or $(ARGS),tests)
 
 versions: env
-	$(RUN) tools/collect_env.py
+	$(PY) tools/collect_env.py

@@ -13,23 +13,21 @@ Default model: the demo config (ResNet-18 FPN, 128 px). --config/--size for othe
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.solver import build_optimizer  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.solver import build_optimizer
+from detectron2.utils.events import EventStorage
 
-from conf_plugins.detectron2 import add_ddn_config  # noqa: E402
-from conf_plugins.detectron2.config import merge_config_file  # noqa: E402
-from tests.fixtures import d2_batch  # noqa: E402
+from conf_plugins.detectron2 import add_ddn_config
+from conf_plugins.detectron2.config import merge_config_file
+from conf_plugins.detectron2.demo_data import random_detection_batch
 
 
 def load_cfg(path, size, **overrides):
@@ -98,7 +96,7 @@ def main():
     mc = build_model(mc_cfg)
     for m in (student, frozen, mc):
         m.load_state_dict(teacher.state_dict(), strict=False)
-    batch = d2_batch(num_images=args.images, size=args.size,
+    batch = random_detection_batch(num_images=args.images, size=args.size,
                      num_classes=teacher_cfg.MODEL.ROI_HEADS.NUM_CLASSES)
 
     train = {}

@@ -13,15 +13,12 @@ machine; the ratios are what to read.
 """
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import torch  # noqa: E402
+import torch
 
 H, W, C = 1024, 2048, 19
 

@@ -11,19 +11,17 @@ ratios side by side in one run. Not a test.
 import argparse
 import os
 import statistics
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-from mmengine.config import Config  # noqa: E402
-from mmseg.registry import MODELS  # noqa: E402
-from mmseg.structures import SegDataSample  # noqa: E402
-from mmseg.utils import register_all_modules  # noqa: E402
+import torch
+from mmengine.config import Config
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+from mmseg.utils import register_all_modules
 
-import conf_plugins.mmseg  # noqa: E402,F401
+import conf_plugins.mmseg  # noqa: F401
 
 PAIRS = {
     "FCN R50-D8": ("mmseg::fcn/fcn_r50-d8_4xb2-80k_cityscapes-512x1024.py",

@@ -1,5 +1,23 @@
 """Tiny real detectron2 / mmseg configs and generated inputs, shared by all tests (CPU)."""
+import importlib.util
+import os
+
 import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_tool(name: str):
+    """The module ``tools/<name>.py`` of this checkout, loaded from its file.
+
+    Not ``import tools.<name>``: official detectron2 installs a top-level ``tools`` package
+    into site-packages, which shadows our ``tools/`` folder (a directory without __init__).
+    """
+    spec = importlib.util.spec_from_file_location(f"conf_plugins_tool_{name}",
+                                                  os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_d2_cfg(dropout: float = 0.0):
@@ -46,17 +64,9 @@ def tiny_ddn_cfg(teacher_weights: str, num_samples: int = 4):
 
 def d2_batch(num_images=2, size=64, num_classes=3, seed=0):
     """detectron2 model inputs: random images with 2 GT boxes each."""
-    from detectron2.structures import Boxes, Instances
+    from conf_plugins.detectron2.demo_data import random_detection_batch
 
-    g = torch.Generator().manual_seed(seed)
-    batch = []
-    for _ in range(num_images):
-        image = torch.randint(0, 255, (3, size, size), generator=g, dtype=torch.uint8)
-        inst = Instances((size, size))
-        inst.gt_boxes = Boxes(torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 18.0, 60.0, 58.0]]))
-        inst.gt_classes = torch.randint(0, num_classes, (2,), generator=g)
-        batch.append({"image": image, "height": size, "width": size, "instances": inst})
-    return batch
+    return random_detection_batch(num_images, size, num_classes, seed)
 
 
 def tiny_mmseg_model_cfg(decode_head_type="FCNHead", num_classes=4, **head_kwargs):

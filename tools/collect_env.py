@@ -4,10 +4,9 @@
     make versions            # or: .venv/bin/python tools/collect_env.py
 """
 import importlib
-import os
+import importlib.metadata
+import json
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 
 def stack_versions() -> dict:
@@ -29,16 +28,30 @@ def stack_versions() -> dict:
         versions["mmcv compiled ops"] = "present"
     except ImportError as e:
         versions["mmcv compiled ops"] = f"missing ({e})"
+    versions["detectron2 source"] = installed_from("detectron2")
     try:
-        from conf_plugins.compat import detectron2_compiled_ops_available
+        from detectron2 import _C
 
-        versions["detectron2 compiled ops"] = (
-            "present" if detectron2_compiled_ops_available()
-            else "placeholder (pure-Python detectron2: no rotated boxes, deformable conv, "
-                 "fast COCO eval)")
+        versions["detectron2 compiled ops"] = f"present ({len(dir(_C))} symbols in {_C.__file__})"
     except ImportError as e:
-        versions["detectron2 compiled ops"] = f"unknown ({e})"
+        versions["detectron2 compiled ops"] = f"missing ({e})"
     return versions
+
+
+def installed_from(dist: str) -> str:
+    """Where pip installed ``dist`` from (its PEP 610 ``direct_url.json``): the git commit,
+    or the archive and its sha256; 'a package index' when pip recorded no direct url."""
+    try:
+        text = importlib.metadata.distribution(dist).read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+    if not text:
+        return "a package index"
+    info = json.loads(text)
+    if "vcs_info" in info:
+        return f"{info['url']} @ {info['vcs_info'].get('commit_id', '?')}"
+    digest = info.get("archive_info", {}).get("hash", "")
+    return f"{info['url']} ({digest})" if digest else info["url"]
 
 
 def main() -> None:

@@ -12,19 +12,16 @@
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner, load_checkpoint
+from mmseg.registry import MODELS
 
-import torch  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
-from mmengine.runner import Runner, load_checkpoint  # noqa: E402
-from mmseg.registry import MODELS  # noqa: E402
-
-import conf_plugins.mmseg  # noqa: E402,F401  (registers components, safe checkpoint loading)
-from conf_plugins.calibration import BayesBinningCalibrator, TemperatureScaler  # noqa: E402
-from conf_plugins.mmseg import SuccessEncoderDecoder  # noqa: E402
+import conf_plugins.mmseg  # noqa: F401  (registers components, safe checkpoint loading)
+from conf_plugins.calibration import BayesBinningCalibrator, TemperatureScaler
+from conf_plugins.mmseg import SuccessEncoderDecoder
 
 MAX_TEMPERATURE_PIXELS = 2_000_000  # uniform subsample of the split's labelled pixels
 

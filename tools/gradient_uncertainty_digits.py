@@ -50,12 +50,11 @@ NN columns average ``--meta-inits`` initialisations of the meta MLP per CNN (pap
 here 3 by default).
 Scores: AUROC, AUPR-In (correct = positive) and AUPR-Out (wrong / unlearned = positive).
 
-Run: ``PYTHONPATH=. python tools/gradient_uncertainty_digits.py [--seeds 0 1 2 3 4] [--quick]
+Run: ``.venv/bin/python tools/gradient_uncertainty_digits.py [--seeds 0 1 2 3 4] [--quick]
 [--log-features]``.
 Deterministic for given seeds (single-threaded torch, seeded splits, noise and estimators).
 """
 import argparse
-import os
 import sys
 import time
 import warnings
@@ -65,12 +64,10 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
-
-from conf_plugins.calibration.gradient_metrics import (WHOLE_NETWORK,  # noqa: E402
+from conf_plugins.calibration.gradient_metrics import (WHOLE_NETWORK,
                                                        last_layer_gradient_metrics,
                                                        per_layer_gradient_metrics)
-from conf_plugins.calibration.meta_classifier import (add_known_unknowns,  # noqa: E402
+from conf_plugins.calibration.meta_classifier import (add_known_unknowns,
                                                       build_meta_features,
                                                       evaluate_meta_classifier,
                                                       fit_meta_classifiers,

@@ -18,13 +18,10 @@ sampling error of 1000 draws (≈ 2%). Run: ``python tools/kendall_toy.py [--ste
 """
 import argparse
 import math
-import os
 import sys
 
 import torch
 from torch import nn
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 from conf_plugins.losses import UncertaintyWeightedLoss
 

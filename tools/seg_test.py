@@ -8,14 +8,12 @@
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
 
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
-
-from conf_plugins.mmseg.distributed import init_cpu_distributed_if_needed  # noqa: E402
+from conf_plugins.distributed import shutdown_process_group
+from conf_plugins.mmseg.distributed import init_cpu_distributed_if_needed
 
 
 def parse_args(argv=None):
@@ -51,6 +49,7 @@ def main(argv=None):
         if is_main_process():
             with open(args.out, "w") as f:
                 json.dump({k: float(v) for k, v in metrics.items()}, f, indent=1)
+    shutdown_process_group()
     return metrics
 
 

@@ -11,9 +11,6 @@ evaluator beside ``COCOEvaluator``. Examples:
 """
 import json
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -25,6 +22,7 @@ from detectron2.utils import comm
 from conf_plugins.detectron2 import (DetectionCalibrationEvaluator, add_ddn_config,
                                      register_demo_detection)
 from conf_plugins.detectron2.config import merge_config_file
+from conf_plugins.distributed import shutdown_process_group
 
 
 class Trainer(DefaultTrainer):
@@ -32,8 +30,7 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return DatasetEvaluators([
-            # use_fast_impl=False: the fast COCOeval is a compiled op, absent without _C.
-            COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False),
+            COCOEvaluator(dataset_name, output_dir=output_folder),
             DetectionCalibrationEvaluator.from_config(cfg, dataset_name, output_folder),
         ])
 
@@ -67,6 +64,12 @@ def setup(args):
 
 
 def main(args):
+    results = run(args)
+    shutdown_process_group()
+    return results
+
+
+def run(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

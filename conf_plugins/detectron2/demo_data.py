@@ -9,6 +9,7 @@ import json
 import os
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 CLASSES = ("disc", "box", "triangle")
@@ -117,3 +118,18 @@ def register_demo_detection(root: str = None, prefix: str = "conf_demo_det", **k
         register_coco_instances(name, {}, json_file, root)
         names.append(name)
     return names
+
+
+def random_detection_batch(num_images=2, size=64, num_classes=3, seed=0):
+    """detectron2 model inputs: random uint8 images with 2 GT boxes each (tests, benches)."""
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(num_images):
+        image = torch.randint(0, 255, (3, size, size), generator=g, dtype=torch.uint8)
+        inst = Instances((size, size))
+        inst.gt_boxes = Boxes(torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 18.0, 60.0, 58.0]]))
+        inst.gt_classes = torch.randint(0, num_classes, (2,), generator=g)
+        batch.append({"image": image, "height": size, "width": size, "instances": inst})
+    return batch

@@ -20,8 +20,8 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
 
     A detection is correct when it matches an unmatched same-class, non-crowd GT box with
     IoU >= t (greedy by score, :func:`match_detections`); its confidence is its score. Each
-    process accumulates :class:`CalibrationStats` (O(bins) memory); ``evaluate`` gathers and
-    sums them on the main process, so any number of processes gives the same numbers. Results
+    process accumulates :class:`CalibrationStats` (O(bins) memory); ``evaluate`` sums them
+    over processes (all_reduce), so any number of processes gives the same numbers. Results
     come under the ``calibration`` key (beside ``bbox`` of ``COCOEvaluator``) as
     ``{metric}@IoU{t}``; reliability diagrams are written to ``output_dir``.
     """
@@ -73,19 +73,17 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
             self._num_images += 1
 
     def _reduced_stats(self):
+        """The statistics of all processes on the main one (None elsewhere).
+
+        One all_reduce of the O(bins) sufficient statistics per IoU threshold, through
+        torch.distributed directly: no pickled gather, and no cached detectron2 process group
+        outliving ``destroy_process_group`` (such a group is torn down only at interpreter
+        exit, where gloo can abort the process).
+        """
         if not self._distributed or comm.get_world_size() == 1:
             return self._stats
-        comm.synchronize()
-        gathered = comm.gather([s.state_dict() for s in self._stats], dst=0)
-        if not comm.is_main_process():
-            return None
-        merged = [CalibrationStats() for _ in self._iou_thresholds]
-        for rank_states in gathered:
-            for total, state in zip(merged, rank_states):
-                part = CalibrationStats()
-                part.load_state_dict(state)
-                total.merge(part)
-        return merged
+        reduced = [CalibrationStats(s.num_fine_bins).merge(s).all_reduce() for s in self._stats]
+        return reduced if comm.is_main_process() else None  # copies: evaluate() can repeat
 
     def evaluate(self):
         stats = self._reduced_stats()

@@ -1,5 +1,7 @@
 """The frozen MC-dropout teacher of the DDN student (box head + predictor only)."""
 import copy
+import logging
+import math
 import os
 
 import torch
@@ -8,8 +10,6 @@ from torch import nn
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .box_head import DropoutFastRCNNConvFCHead, sample_predictions
-
-_PREFIX = "roi_heads."
 
 
 class DropoutTeacher(nn.Module):
@@ -40,14 +40,7 @@ class DropoutTeacher(nn.Module):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"MODEL.DDN.TEACHER_WEIGHTS: no such file: {path}")
         teacher = cls(box_head, box_predictor, dropout)
-        checkpoint = DetectionCheckpointer(nn.Module())._load_file(path)
-        state = checkpoint["model"] if "model" in checkpoint else checkpoint
-        state = {k[len(_PREFIX):]: torch.as_tensor(v) for k, v in state.items()
-                 if k.startswith(_PREFIX + "box_head.") or k.startswith(_PREFIX + "box_predictor.")}
-        missing, unexpected = teacher.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"MODEL.DDN.TEACHER_WEIGHTS={path} does not match the box head: "
-                             f"missing {missing}, unexpected {unexpected}")
+        _load_box_weights(teacher, path)
         return teacher
 
     def train(self, mode: bool = True):  # always frozen; dropout is switched on per call
@@ -57,3 +50,32 @@ class DropoutTeacher(nn.Module):
     def sample(self, box_features, num_samples: int):
         """(logits (M, R, K+1), deltas (M, R, 4K or 4)) of M dropout samples."""
         return sample_predictions(self.box_head, self.box_predictor, box_features, num_samples)
+
+
+def _load_box_weights(teacher: DropoutTeacher, path: str) -> None:
+    """Load ``roi_heads.box_head.*`` / ``roi_heads.box_predictor.*`` of a detector checkpoint.
+
+    Through detectron2's public ``DetectionCheckpointer.load`` (any format it reads: .pth,
+    model-zoo .pkl), on a view that names the teacher's modules as in the detector. The
+    checkpointer only warns about missing weights, so every tensor starts as NaN and one still
+    NaN afterwards was not in the file (or had another shape): that is an error.
+    """
+    view = nn.Module()
+    view.roi_heads = nn.Module()
+    view.roi_heads.box_head, view.roi_heads.box_predictor = teacher.box_head, teacher.box_predictor
+    tensors = [t for t in (*view.parameters(), *view.buffers()) if t.is_floating_point()]
+    with torch.no_grad():
+        for t in tensors:
+            t.fill_(math.nan)
+    checkpointer = DetectionCheckpointer(view)
+    level = checkpointer.logger.level  # the rest of the detector is "unused" here: not news
+    checkpointer.logger.setLevel(logging.ERROR)
+    try:
+        checkpointer.load(path)
+    finally:
+        checkpointer.logger.setLevel(level)
+    missing = sorted(name for name, t in (*view.named_parameters(), *view.named_buffers())
+                     if t.is_floating_point() and torch.isnan(t).any())
+    if missing:
+        raise ValueError(f"MODEL.DDN.TEACHER_WEIGHTS={path} does not match the box head "
+                         f"(missing or of another shape): {missing}")

@@ -3,7 +3,9 @@ import math
 
 import pytest
 
-from tools import gradient_uncertainty_digits as tool
+from tests.fixtures import load_tool
+
+tool = load_tool("gradient_uncertainty_digits")
 
 
 @pytest.fixture(scope="module")

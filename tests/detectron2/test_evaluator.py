@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, inference_on_dataset
 from detectron2.modeling import build_model
@@ -13,6 +12,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from conf_plugins.calibration import CalibrationStats
 from conf_plugins.detectron2 import DetectionCalibrationEvaluator, register_demo_detection
+from tests.distributed import run_in_processes
 from tests.fixtures import tiny_d2_cfg
 
 
@@ -73,7 +73,7 @@ def test_runs_beside_coco_evaluator_in_detectron2_loop(demo_val, tmp_path):
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # an untrained model: keep its detections
     model = build_model(cfg).eval()
     evaluators = DatasetEvaluators([
-        COCOEvaluator(demo_val, output_dir=str(tmp_path), use_fast_impl=False),
+        COCOEvaluator(demo_val, output_dir=str(tmp_path)),
         DetectionCalibrationEvaluator(demo_val, output_dir=str(tmp_path))])
     results = inference_on_dataset(model, build_detection_test_loader(cfg, demo_val), evaluators)
     assert "AP" in results["bbox"]
@@ -81,11 +81,7 @@ def test_runs_beside_coco_evaluator_in_detectron2_loop(demo_val, tmp_path):
     assert math.isfinite(results["calibration"]["ECE@IoU0.5"])
 
 
-def _evaluate_in_process(rank, world_size, port, dataset_root, queue):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world_size)
+def _evaluate_on_rank(rank, world_size, dataset_root):
     register_demo_detection(dataset_root, prefix="test_demo_det",
                             num_images={"train": 2, "val": 6}, image_size=64)
     evaluator = DetectionCalibrationEvaluator("test_demo_det_val", iou_thresholds=(0.3, 0.5))
@@ -95,31 +91,14 @@ def _evaluate_in_process(rank, world_size, port, dataset_root, queue):
     for i, out in enumerate(outputs):
         out["instances"].scores = out["instances"].scores * (0.5 + 0.08 * i)
     evaluator.process(inputs[rank::world_size], outputs[rank::world_size])
-    results = evaluator.evaluate()
-    if rank == 0:
-        queue.put(results)
-    dist.barrier()  # no rank tears gloo down while another still uses it
-    dist.destroy_process_group()
+    return evaluator.evaluate()
 
 
-def run_world(world_size, dataset_root, port):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_evaluate_in_process,
-                         args=(r, world_size, port, dataset_root, queue)) for r in range(world_size)]
-    for p in procs:
-        p.start()
-    result = queue.get(timeout=120)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    return result
-
-
-def test_two_processes_equal_one(demo_val, tmp_path_factory):
+def test_two_processes_equal_one(demo_val):
     root = os.path.dirname(DatasetCatalog.get(demo_val)[0]["file_name"]).rsplit("/val", 1)[0]
-    single = run_world(1, root, 29511)
-    double = run_world(2, root, 29512)
-    assert single.keys() == double.keys()
+    single, = run_in_processes(_evaluate_on_rank, 1, root)
+    double = run_in_processes(_evaluate_on_rank, 2, root)
+    assert double[1] == {}  # detectron2's convention: results on the main process only
+    assert single.keys() == double[0].keys()
     for k, v in single["calibration"].items():
-        assert double["calibration"][k] == pytest.approx(v, nan_ok=True, rel=1e-12), k
+        assert double[0]["calibration"][k] == pytest.approx(v, nan_ok=True, rel=1e-12), k

@@ -38,6 +38,18 @@ def test_teacher_mc_and_ddn_student_train_and_evaluate(tmp_path, stage):
               "OUTPUT_DIR", str(tmp_path / "mc"), *FAST)
     mc = eval_results(tmp_path / "mc")
     assert "bbox" in mc and "ECE@IoU0.5" in mc["calibration"]
+    # detectron2's own launch, 2 CPU processes (gloo): the numbers of 1 process, and both
+    # processes exit cleanly (each tears its process group down before exiting).
+    baseline = {}
+    for procs in (1, 2):
+        folder = tmp_path / f"baseline{procs}"
+        train_net(tmp_path, "--config-file", f"{cfg}/teacher.yaml", "--eval-only",
+                  "--num-gpus", str(procs), "--dist-url", f"file://{tmp_path}/rendezvous{procs}",
+                  "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(folder), *FAST)
+        baseline[procs] = eval_results(folder)
+    assert baseline[2]["bbox"] == pytest.approx(baseline[1]["bbox"], nan_ok=True)
+    assert baseline[2]["calibration"] == pytest.approx(baseline[1]["calibration"], nan_ok=True,
+                                                       rel=1e-9)
     train_net(tmp_path, "--config-file", f"{cfg}/ddn.yaml", "SOLVER.MAX_ITER", "2",
               "MODEL.WEIGHTS", weights, "MODEL.DDN.TEACHER_WEIGHTS", weights,
               "OUTPUT_DIR", str(ddn_dir), *FAST)

@@ -1,7 +1,9 @@
 """The Kendall report's toy experiment (§2.3): σ's recovered from both initialisations."""
 import pytest
 
-from tools.kendall_toy import main
+from tests.fixtures import load_tool
+
+main = load_tool("kendall_toy").main
 
 
 def test_sigmas_recovered_from_init_1_and_5():
