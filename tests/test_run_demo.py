@@ -7,11 +7,13 @@ import re
 import subprocess
 import sys
 
+from tests.fixtures import load_tool
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_demo(cwd):
-    env = {**os.environ, "PYTHONPATH": ROOT, "DETECTRON2_DATASETS": "datasets"}
+    env = {**os.environ, "DETECTRON2_DATASETS": "datasets"}
     result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "run_demo.py"), "--tiny"],
                             cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -40,9 +42,10 @@ def test_tiny_pipeline_report(tmp_path):
         for key in ("mAP", "ECE@0.5", "MSCE@0.3", "MCE@0.7", "NLL@0.5"):
             assert math.isfinite(float(row[key])), (row["method"], key)
     seg = table_rows(report, "| domain | method")
-    assert len(seg) == 6
+    assert [r["method"] for r in seg] == ["STL", "STL-scaled", "MTL", "MTL max-softmax"] * 2
     for row in seg:
-        for key in ("mIoU", "ECE", "AUROC", "AUPR_In", "AUPR_Out", "accuracy"):
+        for key in ("mIoU", "ECE", "AUROC", "AURC", "AUPR_In", "AUPR_Out", "coverage",
+                    "failure_detection", "accuracy"):
             assert math.isfinite(float(row[key])), (row["method"], key)
     images = re.findall(r"\]\((figures/[^)]+\.png)\)", report)
     assert len(images) >= 17  # 4 detection + 8 segmentation plots, 4 heat-maps, sigmas
@@ -55,3 +58,12 @@ def test_tiny_pipeline_report(tmp_path):
 
     second = run_demo(tmp_path)
     assert second.count("up to date, skipped") == second.count("[demo] ") - 1
+
+
+def test_report_says_when_a_confidence_flags_nothing():
+    report = load_tool("demo_report")
+    table = [("in-domain", "MTL", {"calib/coverage": 0.998, "calib/failure_detection": 0.01}),
+             ("in-domain", "STL", {"calib/coverage": 0.95, "calib/failure_detection": 0.40})]
+    notes = report.flags_nothing_notes(table)
+    assert len(notes) == 2 and notes[0].startswith("* MTL, in-domain: at 0.5 it calls 99.8 %")
+    assert "flags only 1.0 % of the wrong ones" in notes[0]

@@ -7,7 +7,8 @@
 
 Detection: dropout teacher -> baseline / MC-10 evaluation -> DDN student -> evaluation.
 Segmentation: STL and MTL training -> temperature scaling / Bayes binning on the calib split
--> STL / STL-scaled / MTL evaluation in-domain (val) and off-domain (val_shifted).
+-> STL / STL-scaled / MTL (probability of success) / MTL's own max softmax evaluation
+in-domain (val) and off-domain (val_shifted).
 Every stage is a documented command (tools/train_net.py, tools/seg_*.py, ...) run as a
 subprocess with the frameworks' own progress logging; a stage whose command, configs and
 upstream stages are unchanged since its last successful run is skipped (cache key: a hash
@@ -24,7 +25,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # the checkout
 
 # --tiny: a few images and iterations, for the pipeline's own test (numbers meaningless)
 TINY_DET = ["SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
@@ -126,7 +126,10 @@ def segmentation_stages(out, tiny):
         for method, cfg, ckpt, needs, conf in (
                 ("stl", stl_cfg, checkpoint("stl"), "seg_stl", ["test_evaluator.1.confidence=max_softmax"]),
                 ("stl_scaled", stl_cfg, checkpoint("stl"), "seg_temperature", None),
-                ("mtl", mtl_cfg, bayes_ckpt, "seg_bayes", ["test_evaluator.1.confidence=pred_confidence"])):
+                ("mtl", mtl_cfg, bayes_ckpt, "seg_bayes", ["test_evaluator.1.confidence=pred_confidence"]),
+                # the free baseline of the same network: MTL's own max softmax
+                ("mtl_softmax", mtl_cfg, checkpoint("mtl"), "seg_mtl",
+                 ["test_evaluator.1.confidence=max_softmax"])):
             folder = f"{seg}/eval/{method}_{split}"
             if conf is None:  # filled in from the fitted temperature when the stage runs
                 conf = ["test_evaluator.1.temperature=@temperature"]

@@ -28,7 +28,8 @@ Conventions (shared by every class of :mod:`conf_plugins.calibration`):
   tie group; raise ``num_fine_bins`` where the ranking inside it matters.
 * **Undefined values** are ``nan``, never an exception: AUROC when all samples are correct or
   all wrong; AUPR-In when none is correct; AUPR-Out when none is wrong; precision without a
-  confident prediction; recall without a correct one; F0.5 when tp = fp = fn = 0. Empty
+  confident prediction; recall without a correct one; failure_detection without a wrong one;
+  F0.5 when tp = fp = fn = 0. Empty
   coarse bins are skipped in ECE/MSCE/MCE and are ``nan`` in :meth:`reliability`.
 """
 import functools
@@ -397,7 +398,11 @@ class CalibrationStats:
           expectation over their order.
         * At ``threshold`` (success-prediction paper §3.3, confident = c > threshold):
           ``accuracy`` = (tp+tn)/N, ``precision`` = tp/(tp+fp), ``recall`` = tp/(tp+fn),
-          ``F0.5`` = (1+β²)tp / ((1+β²)tp + β²fn + fp), β = 0.5.
+          ``F0.5`` = (1+β²)tp / ((1+β²)tp + β²fn + fp), β = 0.5. These four say little
+          about the confidence when nearly everything is called confident (then accuracy =
+          precision = the success rate), so two more expose it: ``coverage`` = (tp+fp)/N, the
+          share called confident, and ``failure_detection`` = tn/(tn+fp), the share of wrong
+          predictions called unconfident (the specificity of "unconfident" as a failure flag).
         * ``count``, ``mean_confidence``, ``success_rate`` (fraction correct) and, when
           entropies were given to :meth:`update`, ``mean_entropy``.
 
@@ -436,6 +441,8 @@ class CalibrationStats:
             "precision": _ratio(tp, tp + fp),
             "recall": _ratio(tp, tp + fn),
             "F0.5": _ratio((1 + b2) * tp, (1 + b2) * tp + b2 * fn + fp),
+            "coverage": (tp + fp) / n_total,
+            "failure_detection": _ratio(tn, tn + fp),
             "count": n_total,
             "mean_confidence": s["sum_conf"].sum() / n_total,
             "success_rate": n_right / n_total,

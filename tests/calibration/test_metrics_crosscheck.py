@@ -83,6 +83,10 @@ def test_scores_match_sklearn():
     assert out["precision"] == pytest.approx(skm.precision_score(y, confident), rel=1e-12)
     assert out["recall"] == pytest.approx(skm.recall_score(y, confident), rel=1e-12)
     assert out["F0.5"] == pytest.approx(skm.fbeta_score(y, confident, beta=0.5), rel=1e-12)
+    assert out["coverage"] == pytest.approx(confident.mean(), rel=1e-12)
+    # failure detection = recall of "unconfident" among the wrong predictions
+    assert out["failure_detection"] == pytest.approx(skm.recall_score(1 - y, ~confident),
+                                                     rel=1e-12)
     assert out["count"] == len(conf)
     assert out["success_rate"] == pytest.approx(y.mean(), rel=1e-12)
     assert out["mean_confidence"] == pytest.approx(conf.mean(), rel=1e-12)
@@ -155,6 +159,8 @@ def test_one_class_only_gives_documented_nans():
     assert math.isnan(all_right["AUROC"]) and math.isnan(all_right["AUPR_Out"])
     assert all_right["AUPR_In"] == 1.0 and all_right["AURC"] == 0.0
     assert all_right["recall"] == pytest.approx(2 / 3) and all_right["precision"] == 1.0
+    assert math.isnan(all_right["failure_detection"])  # no wrong prediction to flag
+    assert all_right["coverage"] == pytest.approx(2 / 3)
     all_wrong = _stats(conf, np.zeros(3, dtype=bool)).compute()
     assert math.isnan(all_wrong["AUROC"]) and math.isnan(all_wrong["AUPR_In"])
     assert all_wrong["AUPR_Out"] == 1.0 and all_wrong["AURC"] == 1.0
@@ -163,3 +169,4 @@ def test_one_class_only_gives_documented_nans():
     unconfident_wrong = _stats(np.array([0.1, 0.2]), np.zeros(2, dtype=bool)).compute()
     assert math.isnan(unconfident_wrong["precision"]) and math.isnan(unconfident_wrong["F0.5"])
     assert unconfident_wrong["accuracy"] == 1.0  # all tn
+    assert unconfident_wrong["failure_detection"] == 1.0 and unconfident_wrong["coverage"] == 0.0
