@@ -31,7 +31,8 @@ PAIRS = {
 }
 
 
-def build(path):
+def build(path, **model_overrides):
+    """The model of config ``path`` (ours, or ``mmseg::`` stock), CPU-ready, in eval mode."""
     if path.startswith("mmseg::"):  # a stock config shipped inside the mmseg package
         import mmseg
 
@@ -46,6 +47,7 @@ def build(path):
         if cfg.model.get(head):
             cfg.model[head].norm_cfg = dict(type="BN", requires_grad=True)
     cfg.model.auxiliary_head = None  # not used at inference
+    cfg.model.update(model_overrides)
     return MODELS.build(cfg.model).eval()
 
 

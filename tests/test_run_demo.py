@@ -1,11 +1,14 @@
 """The main job (tools/run_demo.py) on a tiny size of the demo data: every stage runs through
 the real frameworks, the report's tables hold finite numbers and its images exist; a second
 run skips every stage."""
+import json
 import math
 import os
 import re
 import subprocess
 import sys
+
+import pytest
 
 from tests.fixtures import load_tool
 
@@ -32,8 +35,16 @@ def table_rows(report, header_start):
     return rows
 
 
-def test_tiny_pipeline_report(tmp_path):
-    run_demo(tmp_path)
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """A folder where the tiny main job has run once."""
+    folder = tmp_path_factory.mktemp("tiny_demo")
+    run_demo(folder)
+    return folder
+
+
+def test_tiny_pipeline_report(tiny_demo):
+    tmp_path = tiny_demo
     out = tmp_path / "output" / "demo"
     report = (out / "report.md").read_text()
     det = table_rows(report, "| method | mAP")
@@ -42,7 +53,8 @@ def test_tiny_pipeline_report(tmp_path):
         for key in ("mAP", "ECE@0.5", "MSCE@0.3", "MCE@0.7", "NLL@0.5"):
             assert math.isfinite(float(row[key])), (row["method"], key)
     seg = table_rows(report, "| domain | method")
-    assert [r["method"] for r in seg] == ["STL", "STL-scaled", "MTL", "MTL max-softmax"] * 2
+    assert [r["method"] for r in seg] == ["STL", "STL-scaled", "MTL", "MTL max-softmax",
+                                           "MC-10"] * 2
     for row in seg:
         for key in ("mIoU", "ECE", "AUROC", "AURC", "AUPR_In", "AUPR_Out", "coverage",
                     "failure_detection", "accuracy"):
@@ -67,3 +79,32 @@ def test_report_says_when_a_confidence_flags_nothing():
     notes = report.flags_nothing_notes(table)
     assert len(notes) == 2 and notes[0].startswith("* MTL, in-domain: at 0.5 it calls 99.8 %")
     assert "flags only 1.0 % of the wrong ones" in notes[0]
+
+
+def test_tiny_success_ablation_reuses_the_demo_and_chooses_on_calib(tiny_demo):
+    """tools/success_ablation.py --tiny beside the tiny demo: its STL / MTL training stages are
+    the demo's (skipped), every variant row has finite numbers, the choice is a PoS row and
+    follows the calib-select rule; a second run trains nothing."""
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "success_ablation.py"), "--tiny"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(cmd, cwd=tiny_demo, env=env, capture_output=True, text=True,
+                           timeout=1200)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert "seg_mtl: up to date, skipped" in first.stdout
+    report = json.loads((tiny_demo / "output" / "ablation" / "report.json").read_text())
+    rows = report["rows"]
+    names = {r["name"] for r in rows}
+    assert {"STL", "kendall snapshot", "kendall live", "kendall net@2", "paper snapshot",
+            "balanced snapshot", "seg_conf snapshot", "kendall max-softmax"} <= names
+    for row in rows:
+        for split in ("calib_select", "val", "val_shifted"):
+            assert math.isfinite(row[split]["ECE"]) and 0 <= row[split]["coverage"] <= 1
+    candidates = [r for r in rows if r["map"] not in ("softmax", "scaled", "raw")]
+    best = max(r["calib_select"]["AUROC"] for r in candidates)
+    chosen = next(r for r in rows if (r["name"], r["map"]) == (report["chosen"]["name"],
+                                                                report["chosen"]["map"]))
+    assert chosen in candidates and round(chosen["calib_select"]["AUROC"], 4) == round(best, 4)
+    second = subprocess.run(cmd, cwd=tiny_demo, env=env, capture_output=True, text=True,
+                            timeout=1200)
+    assert second.returncode == 0
+    assert second.stdout.count("up to date, skipped") == 2 + 3  # STL, MTL, the three variants

@@ -11,7 +11,7 @@ from conf_plugins.calibration import CalibrationStats, plot_risk_coverage
 
 DET_METHODS = (("Baseline", "baseline"), ("MC-10", "mc10"), ("DDN", "ddn"))
 SEG_METHODS = (("STL", "stl"), ("STL-scaled", "stl_scaled"), ("MTL", "mtl"),
-               ("MTL max-softmax", "mtl_softmax"))
+               ("MTL max-softmax", "mtl_softmax"), ("MC-10", "stl_mc10"))
 # A confidence that calls (almost) every pixel confident flags (almost) no failure: then
 # Acc / Precision / F0.5 at 0.5 measure the segmenter, not the confidence.
 FLAGS_NOTHING = 0.05  # failure_detection below this: "flags almost nothing"
@@ -87,7 +87,8 @@ def segmentation_section(out, figures):
              "Per-pixel confidence: STL = max softmax, STL-scaled = max softmax at the temperature "
              "fitted on the calib split, MTL = probability of success (success branch snapshot + "
              "Bayes binning on the calib split), MTL max-softmax = the same MTL network's own max "
-             "softmax (the free baseline it must beat). At confidence 0.5 (success paper §3.3): "
+             "softmax (the free baseline it must beat), MC-10 = mean softmax of 10 dropout samples of "
+             "the STL model's decode head. At confidence 0.5 (success paper §3.3): "
              "coverage = share of pixels called confident, failure_detection = share of wrong "
              "pixels called unconfident, and Acc / Precision / F0.5. Lower is better for ECE and "
              "AURC. mIoU in %.", "",

@@ -7,8 +7,8 @@
 
 Detection: dropout teacher -> baseline / MC-10 evaluation -> DDN student -> evaluation.
 Segmentation: STL and MTL training -> temperature scaling / Bayes binning on the calib split
--> STL / STL-scaled / MTL (probability of success) / MTL's own max softmax evaluation
-in-domain (val) and off-domain (val_shifted).
+-> STL / STL-scaled / MTL (probability of success) / MTL's own max softmax / MC-10 dropout
+(of the STL model) evaluation in-domain (val) and off-domain (val_shifted).
 Every stage is a documented command (tools/train_net.py, tools/seg_*.py, ...) run as a
 subprocess with the frameworks' own progress logging; a stage whose command, configs and
 upstream stages are unchanged since its last successful run is skipped (cache key: a hash
@@ -31,6 +31,9 @@ TINY_DET = ["SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_
             "SOLVER.STEPS", "(3,)", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
 TINY_SEG = ["train_cfg.max_iters=4", "param_scheduler.0.end=4", "train_dataloader.batch_size=2",
             "default_hooks.checkpoint.interval=4", "train_cfg.val_interval=1000"]
+TINY_SNAPSHOT = ["custom_hooks.0.snapshot_iter=2", "default_hooks.checkpoint.interval=2"]
+TINY_SEG_DATA = {"train": 4, "calib": 2, "val": 2, "val_shifted": 2}
+SEG_DATA_SIZES = {"train": 80, "calib": 20, "val": 24, "val_shifted": 24}
 
 
 DET_DATA = "conf_plugins/detectron2/demo_data.py"  # the generators: data changes re-run stages
@@ -100,9 +103,10 @@ def detection_stages(out, tiny):
 def segmentation_stages(out, tiny):
     seg = os.path.join(out, "seg")
     stl_cfg, mtl_cfg = "configs/mmseg/demo/fcn_r18_stl.py", "configs/mmseg/demo/fcn_r18_mtl.py"
+    mc_cfg = "configs/mmseg/demo/fcn_r18_stl_mc10.py"
     extra = TINY_SEG if tiny else []
     iters = 4 if tiny else None
-    snapshot = ["custom_hooks.0.snapshot_iter=2"] if tiny else []
+    snapshot = TINY_SNAPSHOT if tiny else []
 
     def checkpoint(name):
         return f"{seg}/{name}/iter_{iters}.pth" if iters else f"{seg}/{name}/iter_600.pth"
@@ -129,6 +133,9 @@ def segmentation_stages(out, tiny):
                 ("mtl", mtl_cfg, bayes_ckpt, "seg_bayes", ["test_evaluator.1.confidence=pred_confidence"]),
                 # the free baseline of the same network: MTL's own max softmax
                 ("mtl_softmax", mtl_cfg, checkpoint("mtl"), "seg_mtl",
+                 ["test_evaluator.1.confidence=max_softmax"]),
+                # MC dropout of the STL model's decode head: mean softmax of 10 samples
+                ("stl_mc10", mc_cfg, checkpoint("stl"), "seg_stl",
                  ["test_evaluator.1.confidence=max_softmax"])):
             folder = f"{seg}/eval/{method}_{split}"
             if conf is None:  # filled in from the fitted temperature when the stage runs
@@ -196,8 +203,7 @@ def main(argv=None):
         stages += detection_stages(args.output, args.tiny)
     if args.only in (None, "seg"):
         generate_demo_segmentation("datasets/conf_demo_seg",
-                                   {"train": 4, "calib": 2, "val": 2, "val_shifted": 2} if args.tiny
-                                   else {"train": 80, "calib": 20, "val": 24, "val_shifted": 24})
+                                   TINY_SEG_DATA if args.tiny else SEG_DATA_SIZES)
         stages += segmentation_stages(args.output, args.tiny)
     record = run_stages(stages, args.output, args.force)
     from demo_report import write_report

@@ -1,5 +1,5 @@
 """mmsegmentation components: success heads, the PoS segmentor, the snapshot hook, the
-calibration metric and the built-in demo dataset. Import (or ``custom_imports``) registers
+MC-dropout segmentor, the calibration metric and the built-in demo dataset. Import (or ``custom_imports``) registers
 them and lets torch's safe loader read mmengine checkpoints (conf_plugins.compat)."""
 from conf_plugins.compat import allow_mmengine_checkpoint_globals
 
@@ -9,6 +9,7 @@ from .demo_data import (DemoCityscapesDataset, DemoCityscapesDepthDataset,  # no
                         generate_demo_segmentation)
 from .gradient_maps import pixel_gradient_maps, plot_gradient_heatmap  # noqa: E402
 from .hooks import SuccessSnapshotHook, success_head_of  # noqa: E402
+from .mc_dropout import MCDropoutEncoderDecoder, mc_dropout_statistics  # noqa: E402
 from .metric import SegCalibrationMetric  # noqa: E402
 from .segmentor import SuccessEncoderDecoder  # noqa: E402
 from .success_head import (ASPPSuccessHead, DepthwiseSeparableASPPSuccessHead,  # noqa: E402
@@ -18,7 +19,7 @@ from . import losses as _losses  # noqa: E402,F401  (registers UncertaintyWeight
 __all__ = [
     "ASPPSuccessHead", "DemoCityscapesDataset", "DemoCityscapesDepthDataset",
     "DepthwiseSeparableASPPSuccessHead",
-    "FCNSuccessHead", "SegCalibrationMetric", "SuccessBranchMixin", "SuccessEncoderDecoder",
+    "FCNSuccessHead", "MCDropoutEncoderDecoder", "SegCalibrationMetric", "SuccessBranchMixin", "SuccessEncoderDecoder",
     "SuccessSnapshotHook", "generate_demo_segmentation", "pixel_gradient_maps",
-    "plot_gradient_heatmap", "success_head_of", "success_target",
+    "mc_dropout_statistics", "plot_gradient_heatmap", "success_head_of", "success_target",
 ]

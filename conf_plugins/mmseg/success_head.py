@@ -52,6 +52,28 @@ def masked_l1_depth_loss(depth_pred, gt_depth, align_corners: bool, valid=None):
     return (depth_pred[mask] - gt_depth[mask]).abs().mean()
 
 
+SUCCESS_INPUTS = ("features", "seg_confidence")
+
+
+def seg_confidence_channels(seg_logits):
+    """Two per-pixel channels of the (detached) seg logits: the max softmax and the margin
+    between the two largest logits. An optional input of the success branch: the evidence
+    the free max-softmax baseline uses, so the branch can refine it rather than relearn it."""
+    logits = seg_logits.detach()
+    top2 = logits.topk(2, dim=1).values
+    max_softmax = logits.softmax(dim=1).amax(dim=1, keepdim=True)
+    return torch.cat([max_softmax, top2[:, :1] - top2[:, 1:]], dim=1)
+
+
+def balanced_class_weight(target, ignore_index: int):
+    """Cross-entropy class weights (failure, success) = N / (2 N_c) over the batch's labelled
+    pixels, so both classes weigh half of the loss (a class absent from the batch gets 0)."""
+    labelled = target[target != ignore_index]
+    counts = torch.stack([(labelled == 0).sum(), (labelled == 1).sum()]).float()
+    return torch.where(counts > 0, labelled.numel() / (2 * counts.clamp(min=1)),
+                       torch.zeros_like(counts))
+
+
 class SuccessBranchMixin:
     """Adds a success branch to a stock decode head; see the module docstring.
 
@@ -59,6 +81,13 @@ class SuccessBranchMixin:
         success_channels (int): channels of the hidden layer. Default 32 (keeps the branch
             and its snapshot under 0.1 % of a ResNet-50 FCN's parameters).
         success_loss_weight (float): weight of the success cross-entropy. Default 1.0.
+        success_class_weight (str | None): None: plain cross-entropy (the paper); 'balanced':
+            failure and success pixels weighted to half of the loss each, per batch (the
+            target is mostly successes: ~3 % failures on the demo data).
+        success_inputs (tuple): what the branch reads: ``('features',)`` (the paper: the
+            features that feed ``conv_seg``) or ``('features', 'seg_confidence')``, which
+            adds the detached max softmax and top-2 logit margin of the seg logits
+            (:func:`seg_confidence_channels`).
         task_weighting (dict | None): config of ``UncertaintyWeightedLoss`` over the tasks
             ``seg`` and ``success`` (and ``depth``, as a ``'regression'`` task, with the depth
             branch) (Kendall et al.); None adds the losses with their weights.
@@ -79,13 +108,24 @@ class SuccessBranchMixin:
     """
 
     def __init__(self, *args, success_channels: int = 32, success_loss_weight: float = 1.0,
+                 success_class_weight: str = None, success_inputs=("features",),
                  task_weighting: dict = None, depth_branch: bool = False,
                  depth_channels: int = 32, depth_loss_weight: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         if self.out_channels < 2:
             raise ValueError("success heads need a multi-class head (out_channels >= 2)")
+        if success_class_weight not in (None, "balanced"):
+            raise ValueError(f"success_class_weight must be None or 'balanced', got "
+                             f"{success_class_weight!r}")
+        success_inputs = tuple(success_inputs)
+        if success_inputs not in (SUCCESS_INPUTS[:1], SUCCESS_INPUTS):
+            raise ValueError(f"success_inputs must be {SUCCESS_INPUTS[:1]} or {SUCCESS_INPUTS},"
+                             f" got {success_inputs}")
+        self.success_class_weight = success_class_weight
+        self.success_inputs = success_inputs
+        extra = 2 if "seg_confidence" in success_inputs else 0
         self.success_branch = nn.Sequential(
-            ConvModule(self.channels, success_channels, 1, conv_cfg=self.conv_cfg,
+            ConvModule(self.channels + extra, success_channels, 1, conv_cfg=self.conv_cfg,
                        norm_cfg=self.norm_cfg, act_cfg=self.act_cfg),
             nn.Conv2d(success_channels, 2, 1))
         self.success_snapshot = copy.deepcopy(self.success_branch).requires_grad_(False)
@@ -115,7 +155,11 @@ class SuccessBranchMixin:
         then the depth prediction (N, 1, h, w) with the depth branch (C + 3 channels)."""
         branch = (self.success_snapshot if not self.training and bool(self.snapshot_taken)
                   else self.success_branch)
-        outputs = [super().cls_seg(feat), branch(feat)]
+        seg_logits = super().cls_seg(feat)
+        success_in = feat
+        if "seg_confidence" in self.success_inputs:
+            success_in = torch.cat([feat, seg_confidence_channels(seg_logits)], dim=1)
+        outputs = [seg_logits, branch(success_in)]
         if self.depth_branch is not None:
             outputs.append(self.depth_branch(feat))
         return torch.cat(outputs, dim=1)
@@ -138,8 +182,10 @@ class SuccessBranchMixin:
                                 align_corners=self.align_corners)
         if (target == self.ignore_index).all():
             raise ValueError("every pixel of this batch has ignore_index: no success target")
+        weight = (balanced_class_weight(target, self.ignore_index)
+                  if self.success_class_weight == "balanced" else None)
         losses["loss_success"] = self.success_loss_weight * F.cross_entropy(
-            success_logits, target, ignore_index=self.ignore_index)
+            success_logits, target, weight=weight, ignore_index=self.ignore_index)
         losses["acc_success"] = accuracy(success_logits, target, ignore_index=self.ignore_index)
         if self.depth_branch is not None:
             losses["loss_depth"] = self.depth_loss_weight * self._depth_loss(

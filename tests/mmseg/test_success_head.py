@@ -136,3 +136,52 @@ def test_wrong_head_and_all_ignore_are_clear_errors():
 
 def test_segmentor_is_registered_type():
     assert MODELS.get("SuccessEncoderDecoder") is SuccessEncoderDecoder
+
+
+def test_balanced_class_weight_gives_each_class_half_the_loss():
+    from conf_plugins.mmseg.success_head import balanced_class_weight
+
+    target = torch.tensor([[1, 1, 1, 0], [1, 1, 255, 255]])  # 5 successes, 1 failure, 2 ignored
+    weight = balanced_class_weight(target, ignore_index=255)
+    assert weight.tolist() == pytest.approx([6 / 2, 6 / 10])
+    assert (weight * torch.tensor([1.0, 5.0])).tolist() == pytest.approx([3.0, 3.0])
+    only_success = balanced_class_weight(torch.ones(2, 2, dtype=torch.long), 255)
+    assert only_success.tolist() == [0.0, 0.5]  # 4 / (2 · 4); the absent class gets 0
+
+
+@pytest.mark.parametrize("stock_head", list(HEADS))
+def test_success_branch_options_train_and_predict(stock_head):
+    cfg = success_model_cfg(stock_head)
+    cfg.decode_head.update(success_class_weight="balanced",
+                           success_inputs=("features", "seg_confidence"))
+    model = MODELS.build(cfg)
+    head = model.decode_head
+    assert head.success_branch[0].conv.in_channels == head.channels + 2
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
+    log_vars = model.train_step(mmseg_batch(), optim)
+    assert torch.isfinite(log_vars["decode.raw_success"])
+    model.eval()
+    with torch.no_grad():
+        (sample, *_) = model.test_step(mmseg_batch(num_images=1))
+    score = sample.success_score.data
+    assert score.shape == sample.pred_sem_seg.data.shape and ((score >= 0) & (score <= 1)).all()
+
+
+def test_seg_confidence_channels_by_hand():
+    from conf_plugins.mmseg.success_head import seg_confidence_channels
+
+    logits = torch.tensor([2.0, 0.0, -1.0]).view(1, 3, 1, 1)
+    channels = seg_confidence_channels(logits)
+    assert channels[0, 0].item() == pytest.approx(torch.tensor([2.0, 0.0, -1.0]).softmax(0).max())
+    assert channels[0, 1].item() == pytest.approx(2.0)
+
+
+def test_success_branch_options_are_validated():
+    cfg = success_model_cfg()
+    cfg.decode_head.success_class_weight = "inverse"
+    with pytest.raises(ValueError, match="success_class_weight"):
+        MODELS.build(cfg)
+    cfg = success_model_cfg()
+    cfg.decode_head.success_inputs = ("margin",)
+    with pytest.raises(ValueError, match="success_inputs"):
+        MODELS.build(cfg)

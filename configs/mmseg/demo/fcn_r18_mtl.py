@@ -16,3 +16,6 @@ val_evaluator = [dict(type='IoUMetric', iou_metrics=['mIoU']),
                  dict(type='SegCalibrationMetric', confidence='success_score')]
 test_evaluator = val_evaluator
 work_dir = 'output/demo/seg/fcn_r18_mtl'
+# checkpoints at 200 / 400 / 600: iter_200.pth is the whole network at the snapshot iteration
+# (a row of tools/success_ablation.py)
+default_hooks = dict(checkpoint=dict(interval=200))

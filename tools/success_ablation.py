@@ -1,0 +1,300 @@
+#!/usr/bin/env python
+"""The success-prediction study on the demo data (issue 11): one command, cached like the demo.
+
+    .venv/bin/python tools/success_ablation.py            # -> output/ablation/report.md + .json
+
+What it varies (the design choices the success paper leaves open), each as a row:
+
+* **training** (one seg_train run each, cached by command + configs, like ``make demo``):
+  ``paper`` = the demo MTL config with the paper's additive loss (``task_weighting=None``);
+  ``kendall`` = the demo MTL config (uncertainty weighting); ``balanced`` = + class-balanced
+  success loss; ``seg_conf`` = + the seg logits' max softmax and margin as branch inputs.
+* **what predicts success at test time**: ``snapshot`` (the branch frozen at iteration 200,
+  paper §3.2), ``live`` (the branch at the end of training = no snapshot) and, for the demo
+  config, ``net@200`` (the whole network at iteration 200 predicts success, the final one
+  segments: two backbone passes).
+* **the map from score to probability of success**, fitted on held-out data: ``raw`` (the
+  success softmax itself), ``bayes10`` (the paper: 10 equal-width bins), ``bayes100``,
+  ``mass100`` (100 equal-mass bins, same Bayes rule), ``isotonic`` (scikit-learn).
+
+Baselines in the same table: STL (max softmax), STL-scaled (temperature fitted on held-out
+data), STL MC-10 (mean softmax of 10 dropout samples of its decode head) and each MTL
+network's own max softmax. Metrics per row: AUROC, AURC, ECE (15 bins),
+coverage and failure detection at 0.5, mIoU of the segmenter, in-domain (val) and off-domain
+(val_shifted). Ranking metrics come from :class:`CalibrationStats` with 600 000 fine bins, so
+ties (near-1 max softmax) are resolved finely.
+
+**Selection never sees val.** The calib split is halved by image (even / odd): maps and
+temperature are fitted on one half and the choice is made on the other (``calib-select``
+columns): the row with the highest calib-select AUROC among the MTL probability-of-success
+rows, ties broken by ECE. The reported val / val_shifted numbers use maps fitted on the whole
+calib split. Evaluation is re-run each time (about a minute); training is cached.
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+
+from run_demo import (ROOT, SEG_DATA_SIZES, TINY_SEG, TINY_SEG_DATA, TINY_SNAPSHOT, Stage,
+                      run_stages, segmentation_stages, tool)
+
+FINE_BINS = 600_000
+SPLITS = ("calib", "val", "val_shifted")
+MTL_CFG = "configs/mmseg/demo/fcn_r18_mtl.py"
+TRAINING = {  # variant -> overrides of the demo MTL config ("kendall": the demo MTL itself)
+    "paper": {"model.decode_head.task_weighting": None},
+    "balanced": {"model.decode_head.success_class_weight": "balanced"},
+    "seg_conf": {"model.decode_head.success_inputs": ["features", "seg_confidence"]},
+}
+MAPS = ("raw", "bayes10", "bayes100", "mass100", "isotonic")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--demo-output", default="output/demo",
+                        help="where make demo keeps its stages (STL and the demo MTL are reused)")
+    parser.add_argument("--output", default="output/ablation")
+    parser.add_argument("--force", action="store_true", help="re-train every variant")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a few images and iterations (the tool's own test; numbers meaningless)")
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- training
+def training_stages(demo_out, out, tiny):
+    """The demo's STL / MTL training (shared with make demo) and one run per variant."""
+    demo = [s for s in segmentation_stages(demo_out, tiny) if s.name in ("seg_stl", "seg_mtl")]
+    variants = []
+    for name, overrides in TRAINING.items():
+        options = [f"{key}={cfg_option(value)}" for key, value in overrides.items()]
+        options += TINY_SEG + TINY_SNAPSHOT if tiny else []
+        variants.append(Stage(f"ablation_{name}", tool("seg_train.py") + [
+            os.path.join(ROOT, MTL_CFG), "--work-dir", f"{out}/{name}", "--cfg-options", *options],
+            [MTL_CFG, "conf_plugins/mmseg/demo_data.py"],
+            output=f"{out}/{name}/iter_{4 if tiny else 600}.pth"))
+    return demo, variants
+
+
+def cfg_option(value):
+    """A Python value as mmengine's ``--cfg-options`` (DictAction) writes it."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(str, value)) + "]"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- inference
+def load_model(config, checkpoint, overrides=None):
+    """(model in eval mode, its config): ``config`` of this checkout with ``overrides``."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import load_checkpoint
+    from mmseg.registry import MODELS
+
+    import conf_plugins.mmseg  # noqa: F401
+
+    cfg = Config.fromfile(os.path.join(ROOT, config))
+    cfg.merge_from_dict(overrides or {})
+    init_default_scope("mmseg")
+    model = MODELS.build(cfg.model)
+    load_checkpoint(model, checkpoint, map_location="cpu", strict=True, logger="silent")
+    return model.eval(), cfg
+
+
+def pixels(model, cfg, split, live_branch=False):
+    """Labelled pixels of a split: dict of flat arrays (image index, label, prediction, max
+    softmax, success score if any, logits)."""
+    from mmengine.runner import Runner
+
+    loader_cfg = cfg.test_dataloader.copy()
+    loader_cfg.dataset.data_prefix = dict(img_path=f"leftImg8bit/{split}",
+                                          seg_map_path=f"gtFine/{split}")
+    head = model.decode_head
+    taken = bool(getattr(head, "snapshot_taken", False))
+    if live_branch:
+        head.snapshot_taken.fill_(False)  # the live branch predicts: no snapshot
+    parts = {k: [] for k in ("image", "label", "pred", "max_softmax", "success", "logits")}
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(Runner.build_dataloader(loader_cfg)):
+                for sample in model.test_step(batch):
+                    label = sample.gt_sem_seg.data.squeeze(0)
+                    keep = label != head.ignore_index
+                    logits = sample.seg_logits.data[:, keep].T.float()
+                    parts["image"].append(torch.full((int(keep.sum()),), i))
+                    parts["label"].append(label[keep])
+                    parts["pred"].append(sample.pred_sem_seg.data.squeeze(0)[keep])
+                    parts["max_softmax"].append(logits.softmax(1).amax(1))
+                    parts["logits"].append(logits)
+                    if "success_score" in sample:
+                        parts["success"].append(sample.success_score.data.squeeze(0)[keep])
+    finally:
+        if live_branch:
+            head.snapshot_taken.fill_(taken)
+    return {k: torch.cat(v).numpy() for k, v in parts.items() if v}
+
+
+def mean_iou(pred, label, num_classes):
+    """mmseg's mIoU: per-class IoU over the split, mean over classes with a non-empty union."""
+    inter = np.bincount(label[pred == label], minlength=num_classes)
+    union = (np.bincount(pred, minlength=num_classes) + np.bincount(label, minlength=num_classes)
+             - inter)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.nanmean(np.where(union > 0, inter / union, np.nan)) * 100)
+
+
+# ----------------------------------------------------------------------------- maps
+def fit_map(kind, score, correct):
+    """A function score -> probability of success, fitted on (score, correct)."""
+    from conf_plugins.calibration import BayesBinningCalibrator
+
+    if kind == "raw":
+        return lambda s: s
+    if kind.startswith("bayes"):
+        calibrator = BayesBinningCalibrator(int(kind[5:])).fit(score, correct)
+        return lambda s: calibrator.predict(torch.from_numpy(s)).numpy()
+    if kind == "mass100":  # equal-mass bins; Bayes rule with empirical priors = bin frequency
+        edges = np.unique(np.quantile(score, np.linspace(0, 1, 101)[1:-1]))
+        bins = np.searchsorted(edges, score, side="left")
+        pos = (np.bincount(bins, weights=correct, minlength=len(edges) + 1)
+               / np.maximum(np.bincount(bins, minlength=len(edges) + 1), 1))
+        return lambda s: pos[np.searchsorted(edges, s, side="left")]
+    if kind == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+        iso.fit(score.astype(np.float64), correct.astype(np.float64))
+        return lambda s: iso.predict(s.astype(np.float64))
+    raise ValueError(kind)
+
+
+def metrics(confidence, correct, pred=None, label=None, num_classes=None):
+    from conf_plugins.calibration import CalibrationStats
+
+    stats = CalibrationStats(FINE_BINS).update(np.clip(confidence, 0.0, 1.0), correct)
+    m = stats.compute(num_bins=15, threshold=0.5)
+    out = {k: m[k] for k in ("AUROC", "AURC", "ECE", "coverage", "failure_detection")}
+    if pred is not None:
+        out["mIoU"] = mean_iou(pred, label, num_classes)
+    return out
+
+
+# ----------------------------------------------------------------------------- study
+def fit_confidence(kind, calib, mask):
+    """Fit a confidence of kind ``kind`` on the calib pixels under ``mask``; returns
+    ``(confidence(pixels) -> per-pixel confidence, fitted temperature or None)``."""
+    if kind == "softmax":
+        return (lambda d: d["max_softmax"]), None
+    if kind == "scaled":
+        from conf_plugins.calibration import TemperatureScaler
+
+        t = TemperatureScaler().fit(torch.from_numpy(calib["logits"][mask]),
+                                    torch.from_numpy(calib["label"][mask])).temperature
+        return (lambda d: (torch.from_numpy(d["logits"]) / t).softmax(1).amax(1).numpy()), t
+    correct = calib["pred"][mask] == calib["label"][mask]
+    pos = fit_map(kind, calib["success"][mask], correct)
+    return (lambda d: pos(d["success"])), None
+
+
+def evaluate(sources, num_classes):
+    """Rows: {name, map, calib_select / val / val_shifted: metrics} for every (source, map)."""
+    rows = []
+    for name, data, kinds in sources:
+        calib = data["calib"]
+        select = calib["image"] % 2 == 1  # fit on even images, choose on odd ones
+        for kind in kinds:
+            row = {"name": name, "map": kind}
+            confidence, _ = fit_confidence(kind, calib, ~select)
+            held_out = {k: v[select] for k, v in calib.items()}
+            row["calib_select"] = metrics(confidence(held_out),
+                                          held_out["pred"] == held_out["label"])
+            confidence, temperature = fit_confidence(kind, calib, np.ones_like(select))
+            for split in ("val", "val_shifted"):
+                d = data[split]
+                row[split] = metrics(confidence(d), d["pred"] == d["label"], d["pred"],
+                                     d["label"], num_classes)
+            if temperature is not None:
+                row["temperature"] = temperature
+            rows.append(row)
+    return rows
+
+
+def choose(rows):
+    """The MTL probability-of-success row with the highest calib-select AUROC (then lowest ECE)."""
+    candidates = [r for r in rows if r["map"] in MAPS and r["map"] != "raw"]
+    return max(candidates, key=lambda r: (round(r["calib_select"]["AUROC"], 4),
+                                          -r["calib_select"]["ECE"]))
+
+
+def write_report(rows, chosen, out):
+    keys = ("AUROC", "AURC", "ECE", "coverage", "failure_detection")
+    head = ("| confidence | map | calib-select AUROC | calib-select ECE | "
+            + " | ".join(f"val {k}" for k in keys + ("mIoU",)) + " | "
+            + " | ".join(f"val_shifted {k}" for k in keys) + " |")
+    lines = ["# Success-prediction study (demo data)", "",
+             "Written by `tools/success_ablation.py`. Maps and temperatures are fitted on half of "
+             "the calib split and the choice is made on the other half (calib-select); val and "
+             "val_shifted use maps fitted on the whole calib split. Lower is better for AURC and "
+             "ECE.", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        mark = " **(chosen)**" if r is chosen else ""
+        cells = [f"{r['calib_select']['AUROC']:.4f}", f"{r['calib_select']['ECE']:.4f}"]
+        cells += [f"{r['val'][k]:.4f}" for k in keys] + [f"{r['val']['mIoU']:.2f}"]
+        cells += [f"{r['val_shifted'][k]:.4f}" for k in keys]
+        lines.append(f"| {r['name']}{mark} | {r['map']} | " + " | ".join(cells) + " |")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump({"rows": rows, "chosen": {"name": chosen["name"], "map": chosen["map"]}}, f,
+                  indent=1)
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from conf_plugins.mmseg.demo_data import generate_demo_segmentation
+
+    generate_demo_segmentation("datasets/conf_demo_seg", TINY_SEG_DATA if args.tiny else SEG_DATA_SIZES)
+    demo, variants = training_stages(args.demo_output, args.output, args.tiny)
+    run_stages(demo, args.demo_output, args.force)
+    run_stages(variants, args.output, args.force)
+    seg = os.path.join(args.demo_output, "seg")
+    last, snapshot = (4, 2) if args.tiny else (600, 200)
+    models = [("STL", "configs/mmseg/demo/fcn_r18_stl.py", f"{seg}/stl/iter_{last}.pth", {}),
+              ("kendall", MTL_CFG, f"{seg}/mtl/iter_{last}.pth", {})]
+    models += [(name, MTL_CFG, f"{args.output}/{name}/iter_{last}.pth", TRAINING[name])
+               for name in TRAINING]
+    sources = []
+    num_classes = None
+    for name, config, checkpoint, options in models:
+        model, cfg = load_model(config, checkpoint, options)
+        num_classes = model.decode_head.num_classes
+        data = {s: pixels(model, cfg, s) for s in SPLITS}
+        if name == "STL":
+            sources.append(("STL", data, ("softmax", "scaled")))
+            mc, mc_cfg = load_model("configs/mmseg/demo/fcn_r18_stl_mc10.py", checkpoint)
+            sources.append(("STL MC-10", {s: pixels(mc, mc_cfg, s) for s in SPLITS}, ("softmax",)))
+            continue
+        sources.append((f"{name} max-softmax", data, ("softmax",)))
+        sources.append((f"{name} snapshot", data, MAPS))
+        live = {s: pixels(model, cfg, s, live_branch=True) for s in SPLITS}
+        sources.append((f"{name} live", live, MAPS))
+        if name == "kendall":
+            early, early_cfg = load_model(config, f"{seg}/mtl/iter_{snapshot}.pth", {})
+            net200 = {}
+            for s in SPLITS:
+                final, at200 = data[s], pixels(early, early_cfg, s, live_branch=True)
+                net200[s] = {**final, "success": at200["success"]}
+            sources.append((f"kendall net@{snapshot}", net200, MAPS))
+        print(f"[ablation] evaluated {name}", flush=True)
+    rows = evaluate(sources, num_classes)
+    chosen = choose(rows)
+    print(write_report(rows, chosen, args.output))
+    print(f"[ablation] chosen: {chosen['name']} / {chosen['map']}")
+    return rows, chosen
+
+
+if __name__ == "__main__":
+    main()
