@@ -1,7 +1,13 @@
 """Test-wide settings; the tiny model configs and inputs live in tests/fixtures.py."""
+import os
+
 import numpy as np
 import pytest
 import torch
+
+# Every subprocess a test starts (tools, torchrun ranks, spawned ranks) prints the Python
+# stacks of all its threads if it dies of a signal, so a rare abort explains itself in CI.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -5,11 +5,10 @@ What keeps it from flaking on a loaded machine:
   no store-server thread in rank 0;
 * results travel through ``torch.save`` files, not a ``multiprocessing.Queue`` (whose feeder
   thread must flush before exit);
-* each rank ends with a barrier and ``destroy_process_group()`` in ``finally``, so gloo's
-  threads are shut down while the interpreter is alive. A process group still alive at
-  interpreter exit (never destroyed, or held by a cache such as detectron2's
-  ``comm._get_global_gloo_group``) is torn down during finalisation, where gloo can abort
-  the process ("terminate called without an active exception", exit -6).
+* each rank ends with :func:`conf_plugins.distributed.shutdown_process_group` (gc, barrier,
+  destroy), as our tools do, so nothing that holds the gloo group is left for interpreter
+  finalisation, where its destruction can abort the process ("terminate called without an
+  active exception", exit -6).
 """
 import os
 import tempfile
@@ -18,16 +17,18 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conf_plugins.distributed import shutdown_process_group
+
 
 def _rank_main(rank, world_size, folder, fn, args):
     dist.init_process_group("gloo", init_method="file://" + os.path.join(folder, "store"),
                             rank=rank, world_size=world_size)
     try:
-        result = fn(rank, world_size, *args)
-        torch.save(result, os.path.join(folder, f"result{rank}.pt"))
-        dist.barrier()  # no rank tears gloo down while another still uses it
-    finally:
-        dist.destroy_process_group()
+        torch.save(fn(rank, world_size, *args), os.path.join(folder, f"result{rank}.pt"))
+    except BaseException:
+        dist.destroy_process_group()  # no barrier: the other ranks may never reach it
+        raise
+    shutdown_process_group()  # gc, barrier, destroy: nothing of gloo left for finalisation
 
 
 def run_in_processes(fn, world_size: int, *args):

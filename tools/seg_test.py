@@ -49,7 +49,7 @@ def main(argv=None):
         if is_main_process():
             with open(args.out, "w") as f:
                 json.dump({k: float(v) for k, v in metrics.items()}, f, indent=1)
-    shutdown_process_group()
+    shutdown_process_group()  # the runner is unreachable now: freed before the groups go
     return metrics
 
 

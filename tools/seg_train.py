@@ -44,10 +44,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_config(args)
     init_cpu_distributed_if_needed(cfg)
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    shutdown_process_group()
-    return runner
+    Runner.from_cfg(cfg).train()
+    shutdown_process_group()  # the runner is unreachable now: freed before the groups go
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ def run(workdir, script, *args, torchrun=0):
                "--standalone", *cmd[1:], "--launcher", "pytorch"]
     result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True,
                             timeout=600)
-    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+    assert result.returncode == 0, (f"{' '.join(cmd)}\nrc={result.returncode}\n"
+                                    f"stdout:\n{result.stdout[-2000:]}\nstderr:\n{result.stderr[-6000:]}")
     return result
 
 
