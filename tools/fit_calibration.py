@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fit post-hoc calibration of an mmseg model on a held-out split.
+"""Fit post-hoc calibration of an mmseg model on held-out labelled data.
 
 * a success model (``SuccessEncoderDecoder``): Bayes binning of the success score against
   true success (success paper §3.2), stored in a *new* checkpoint next to the given one
@@ -7,11 +7,18 @@
 * any other model: temperature scaling of the seg logits (the STL-scaled baseline), written
   to ``<work-dir>/temperature.json``.
 
-    tools/fit_calibration.py configs/mmseg/demo/fcn_r18_mtl.py CKPT --split calib
+The data is the config's ``calib_dataloader`` (any dataset type and layout; another
+dataloader key with ``--dataloader``). The tool refuses to fit on the data that the config
+evaluates on (``val_dataloader`` / ``test_dataloader``) unless ``--allow-eval-split`` says so:
+a calibration fitted on the reported split flatters it. Outputs are written atomically,
+only once the fit succeeded.
+
+    tools/fit_calibration.py configs/mmseg/demo/fcn_r18_mtl.py CKPT
 """
 import argparse
 import json
 import os
+import tempfile
 
 import torch
 from mmengine.config import Config, DictAction
@@ -23,23 +30,62 @@ import conf_plugins.mmseg  # noqa: F401  (registers components, safe checkpoint 
 from conf_plugins.calibration import BayesBinningCalibrator, TemperatureScaler
 from conf_plugins.mmseg import SuccessEncoderDecoder
 
-MAX_TEMPERATURE_PIXELS = 2_000_000  # uniform subsample of the split's labelled pixels
+MAX_TEMPERATURE_PIXELS = 2_000_000  # uniform sample of the labelled pixels, drawn streaming
+EVALUATED = ("val_dataloader", "test_dataloader")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config")
     parser.add_argument("checkpoint")
-    parser.add_argument("--split", default="calib", help="folder under leftImg8bit/ and gtFine/")
+    parser.add_argument("--dataloader", default="calib_dataloader",
+                        help="the config key of the held-out data (default: calib_dataloader)")
+    parser.add_argument("--allow-eval-split", action="store_true",
+                        help="fit even when that data is what the config evaluates on")
     parser.add_argument("--work-dir", help="where temperature.json goes (default: the "
-                        "checkpoint's folder)")
+                        "checkpoint's folder); created if missing")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
     return parser.parse_args(argv)
 
 
+def data_identity(loader_cfg) -> str:
+    """What a dataloader reads, independent of its pipeline, batching and sampler."""
+    dataset = dict(loader_cfg.get("dataset", {}))
+    for key in ("pipeline", "lazy_init", "serialize_data", "test_mode", "max_refetch"):
+        dataset.pop(key, None)
+    return json.dumps(dataset, sort_keys=True, default=str)
+
+
+def held_out_dataloader(cfg, key: str, allow_eval_split: bool):
+    """The config of dataloader ``key``; SystemExit if missing or if it is an evaluated split."""
+    loader_cfg = cfg.get(key)
+    if loader_cfg is None:
+        raise SystemExit(f"the config has no '{key}': add a dataloader over held-out labelled "
+                         "data (see configs/mmseg/_base_/demo_data.py), or name another one "
+                         "with --dataloader")
+    for other in EVALUATED:
+        if other != key and cfg.get(other) is not None and not allow_eval_split \
+                and data_identity(cfg[other]) == data_identity(loader_cfg):
+            raise SystemExit(f"'{key}' reads the same data as '{other}', which the config "
+                             "evaluates on: fitting a calibration there flatters the reported "
+                             "numbers. Point it at held-out data, or pass --allow-eval-split")
+    return loader_cfg
+
+
+def build_dataloader(loader_cfg):
+    """The dataloader of ``loader_cfg``; SystemExit when its dataset has no image."""
+    loader_cfg = loader_cfg.copy()
+    # unserialised: an empty dataset then has length 0 instead of failing in np.concatenate
+    loader_cfg.dataset = dict(loader_cfg.dataset, serialize_data=False)
+    dataloader = Runner.build_dataloader(loader_cfg)
+    if len(dataloader.dataset) == 0:
+        raise SystemExit(f"the calibration data has no images: {data_identity(loader_cfg)}")
+    return dataloader
+
+
 def predictions(model, dataloader):
-    """(SegDataSample, ignore-aware label) for every image of the split."""
+    """(SegDataSample, label) for every image of the dataloader."""
     with torch.no_grad():
         for batch in dataloader:
             for sample in model.test_step(batch):
@@ -55,22 +101,60 @@ def fit_bayes(model, dataloader, ignore_index):
     return calibrator
 
 
+class UniformPixelSample:
+    """A uniform sample without replacement of at most ``size`` pixels of a stream, in
+    bounded memory: every pixel draws a random key and the ``size`` smallest keys are kept
+    (the keys are i.i.d., so the kept set is uniform among all subsets of that size)."""
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size = size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.keys = torch.empty(0)
+        self.logits, self.labels = None, torch.empty(0, dtype=torch.int64)
+        self.seen = 0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor):
+        """``logits`` (N, C) and ``labels`` (N,) of N new labelled pixels."""
+        self.seen += len(labels)
+        keys = torch.rand(len(labels), generator=self.generator)
+        if self.logits is None:
+            self.logits = logits[:0].cpu()
+        keys = torch.cat([self.keys, keys])
+        logits = torch.cat([self.logits, logits.cpu()])
+        labels = torch.cat([self.labels, labels.cpu()])
+        if len(keys) > self.size:
+            keys, keep = keys.topk(self.size, largest=False)
+            logits, labels = logits[keep], labels[keep]
+        self.keys, self.logits, self.labels = keys, logits, labels
+
+
 def fit_temperature(model, dataloader, ignore_index, seed=0):
-    logits, labels = [], []
-    for sample, label in predictions(model, dataloader):
+    sample = UniformPixelSample(MAX_TEMPERATURE_PIXELS, seed)
+    for prediction, label in predictions(model, dataloader):
         keep = label != ignore_index
-        logits.append(sample.seg_logits.data[:, keep].T)
-        labels.append(label[keep])
-    logits, labels = torch.cat(logits), torch.cat(labels)
-    if len(labels) > MAX_TEMPERATURE_PIXELS:
-        pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-        logits, labels = logits[pick[:MAX_TEMPERATURE_PIXELS]], labels[pick[:MAX_TEMPERATURE_PIXELS]]
-    return TemperatureScaler().fit(logits, labels), len(labels)
+        sample.add(prediction.seg_logits.data[:, keep].T, label[keep])
+    if sample.seen == 0:
+        raise SystemExit("no labelled pixels to fit on: every pixel of the split is "
+                         f"ignore_index={ignore_index}")
+    return TemperatureScaler().fit(sample.logits, sample.labels), len(sample.labels)
 
 
 def refuse_overwrite(path, force):
     if os.path.exists(path) and not force:
         raise SystemExit(f"{path} exists; pass --force to overwrite it")
+
+
+def write_atomically(path, write):
+    """``write(tmp_path)`` then rename onto ``path``: a failure leaves no partial file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="tmp_", suffix="_" + os.path.basename(path), dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def main(argv=None):
@@ -81,36 +165,40 @@ def main(argv=None):
     init_default_scope(cfg.get("default_scope", "mmseg"))
     if not os.path.isfile(args.checkpoint):
         raise SystemExit(f"checkpoint not found: {args.checkpoint}")
+    loader_cfg = held_out_dataloader(cfg, args.dataloader, args.allow_eval_split)
     model = MODELS.build(cfg.model)
     checkpoint = load_checkpoint(model, args.checkpoint, map_location="cpu", strict=True)
     model.eval()
-    loader_cfg = cfg.test_dataloader.copy()
-    loader_cfg.dataset.data_prefix = dict(img_path=f"leftImg8bit/{args.split}",
-                                          seg_map_path=f"gtFine/{args.split}")
-    dataloader = Runner.build_dataloader(loader_cfg)
     ignore_index = model.decode_head.ignore_index
-    stem = os.path.splitext(args.checkpoint)[0]
+    fitted_on = dict(dataloader=args.dataloader, data=json.loads(data_identity(loader_cfg)))
     if isinstance(model, SuccessEncoderDecoder):
-        out = f"{stem}_bayes.pth"
+        out = f"{os.path.splitext(args.checkpoint)[0]}_bayes.pth"
         refuse_overwrite(out, args.force)
-        calibrator = fit_bayes(model, dataloader, ignore_index)
+        calibrator = fit_bayes(model, build_dataloader(loader_cfg), ignore_index)
+        if calibrator.count == 0:
+            raise SystemExit("no labelled pixels to fit on: every pixel of the split is "
+                             f"ignore_index={ignore_index}; nothing was written")
         model.set_calibrator(calibrator)
         checkpoint["state_dict"] = model.state_dict()
-        checkpoint.setdefault("meta", {})["bayes_binning"] = dict(split=args.split,
+        checkpoint.setdefault("meta", {})["bayes_binning"] = dict(fitted_on,
                                                                    pixels=calibrator.count)
-        torch.save(checkpoint, out)
-        result = {"method": "bayes_binning", "checkpoint": out, "split": args.split,
+        write_atomically(out, lambda tmp: torch.save(checkpoint, tmp))
+        result = {"method": "bayes_binning", "checkpoint": out, **fitted_on,
                   "pixels": calibrator.count,
                   "pos_per_bin": [round(float(p), 4) for p in calibrator.probabilities()]}
     else:
         work_dir = args.work_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+        os.makedirs(work_dir, exist_ok=True)  # before the fit, not after it
         out = os.path.join(work_dir, "temperature.json")
         refuse_overwrite(out, args.force)
-        scaler, pixels = fit_temperature(model, dataloader, ignore_index)
+        scaler, pixels = fit_temperature(model, build_dataloader(loader_cfg), ignore_index)
         result = {"method": "temperature_scaling", "temperature": scaler.temperature,
-                  "checkpoint": args.checkpoint, "split": args.split, "pixels": pixels}
-        with open(out, "w") as f:
-            json.dump(result, f, indent=1)
+                  "checkpoint": args.checkpoint, **fitted_on, "pixels": pixels}
+
+        def dump(tmp):
+            with open(tmp, "w") as f:
+                json.dump(result, f, indent=1)
+        write_atomically(out, dump)
     print(json.dumps(result))
     return result
 

@@ -119,9 +119,9 @@ def segmentation_stages(out, tiny):
               f"{seg}/mtl"] + (["--cfg-options", *extra, *snapshot] if extra else []), [mtl_cfg, SEG_DATA],
               output=checkpoint("mtl")),
         Stage("seg_temperature", tool("fit_calibration.py") + [os.path.join(ROOT, stl_cfg),
-              checkpoint("stl"), "--split", "calib", "--force"], [stl_cfg, SEG_DATA], ["seg_stl"]),
+              checkpoint("stl"), "--force"], [stl_cfg, SEG_DATA], ["seg_stl"]),
         Stage("seg_bayes", tool("fit_calibration.py") + [os.path.join(ROOT, mtl_cfg),
-              checkpoint("mtl"), "--split", "calib", "--force"], [mtl_cfg, SEG_DATA], ["seg_mtl"]),
+              checkpoint("mtl"), "--force"], [mtl_cfg, SEG_DATA], ["seg_mtl"]),
     ]
     bayes_ckpt = checkpoint("mtl").replace(".pth", "_bayes.pth")
     for split in ("val", "val_shifted"):

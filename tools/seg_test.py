@@ -13,6 +13,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from conf_plugins.distributed import shutdown_process_group
+from conf_plugins.mmseg.checkpoints import require_complete_checkpoint
 from conf_plugins.mmseg.distributed import init_cpu_distributed_if_needed
 
 
@@ -42,7 +43,10 @@ def main(argv=None):
     elif cfg.get("work_dir") is None:
         cfg.work_dir = os.path.join("output", os.path.splitext(os.path.basename(args.config))[0])
     init_cpu_distributed_if_needed(cfg)
-    metrics = Runner.from_cfg(cfg).test()
+    runner = Runner.from_cfg(cfg)
+    require_complete_checkpoint(runner.model, args.checkpoint)  # load_from is non-strict
+    metrics = runner.test()
+    del runner
     if args.out:  # machine-readable copy of what mmengine logged
         from mmengine.dist import is_main_process
 

@@ -27,11 +27,15 @@ from conf_plugins.distributed import shutdown_process_group
 
 class Trainer(DefaultTrainer):
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None, allow_empty=True):
+        """COCOEvaluator + calibration. ``allow_empty`` (the default, used by evaluations
+        during training): a model that predicts nothing yet gets NaN calibration metrics and a
+        warning instead of killing the run; ``--eval-only`` makes it an error."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return DatasetEvaluators([
             COCOEvaluator(dataset_name, output_dir=output_folder),
-            DetectionCalibrationEvaluator.from_config(cfg, dataset_name, output_folder),
+            DetectionCalibrationEvaluator.from_config(cfg, dataset_name, output_folder,
+                                                      allow_empty=allow_empty),
         ])
 
 
@@ -75,7 +79,9 @@ def run(args):
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = Trainer.test(cfg, model)
+        evaluators = [Trainer.build_evaluator(cfg, name, allow_empty=False)
+                      for name in cfg.DATASETS.TEST]
+        results = Trainer.test(cfg, model, evaluators)
         if comm.is_main_process():  # machine-readable copy of what detectron2 printed
             with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
                 json.dump(results, f, indent=1)

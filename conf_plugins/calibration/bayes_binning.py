@@ -24,7 +24,7 @@ Defined behaviour where the formula is not:
 import numpy as np
 import torch
 
-from .stats import MAX_FINE_BINS, as_unit_interval, bin_index, validated_pairs
+from .stats import as_count, as_unit_interval, bin_index, validated_pairs
 
 FORMAT_VERSION = 1
 
@@ -40,9 +40,7 @@ class BayesBinningCalibrator:
     """
 
     def __init__(self, num_bins: int = 10):
-        if not isinstance(num_bins, int) or not 1 <= num_bins <= MAX_FINE_BINS:
-            raise ValueError(f"num_bins must be an int in [1, {MAX_FINE_BINS}], got {num_bins!r}")
-        self.num_bins = num_bins
+        self.num_bins = as_count(num_bins, "num_bins")
         self.reset()
 
     def reset(self) -> "BayesBinningCalibrator":

@@ -19,7 +19,9 @@ Conventions (shared by every class of :mod:`conf_plugins.calibration`):
 * **Thresholded metrics** (success-prediction paper §3.3): a prediction is *confident* when
   ``c > threshold``. The paper calls a PoS below 0.5 unconfident, i.e. confident when
   ``c >= 0.5``; the two differ only for ``c`` exactly equal to the threshold. Strict ``>``
-  is what the ``(…, k/K]`` bins can represent exactly, so the threshold must be a fine edge.
+  is what the ``(…, k/K]`` bins can represent exactly, so the threshold must be a fine edge
+  in (0, 1] (at 0, ``c == 0`` and ``c`` in ``(0, 1/K]`` share the first bin). A numpy
+  float32 threshold stands for the decimal it prints as (``np.float32(0.3)`` -> 0.3).
 * **Ranking metrics** (AUROC, AUPR-In, AUPR-Out, AURC) treat each fine bin as one group of
   tied scores: exact for data whose confidences are constant within each fine bin (e.g.
   quantised scores), otherwise exact up to the order *inside* a fine bin (width 1/K).
@@ -34,6 +36,7 @@ Conventions (shared by every class of :mod:`conf_plugins.calibration`):
 """
 import functools
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -44,6 +47,10 @@ LOG_EPS = float(np.finfo(np.float64).eps)
 FORMAT_VERSION = 1
 F_BETA = 0.5  # success-prediction paper §3.3: precision weighted double
 _CHUNK = 1 << 18  # samples per pass: bounds temporaries (~8 MB) and keeps them in cache
+# the keys of CalibrationStats.compute (plus "mean_entropy" when entropies were given)
+METRIC_NAMES = ("ECE", "MSCE", "MCE", "NLL", "NLL_DDN", "Brier", "AUROC", "AUPR_In", "AUPR_Out",
+                "AURC", "accuracy", "precision", "recall", "F0.5", "coverage",
+                "failure_detection", "count", "mean_confidence", "success_rate")
 _STATS = ("count", "sum_conf", "sum_conf_sq", "sum_neg_log_conf", "sum_neg_log_one_minus_conf")
 
 
@@ -60,6 +67,31 @@ def _upper_edges(num_bins: int, dtype: torch.dtype, device: str) -> torch.Tensor
     too_big = edges.to(torch.float64) > exact
     edges[too_big] = torch.nextafter(edges[too_big], torch.tensor(-1.0, dtype=dtype))
     return edges.to(device)
+
+
+def as_count(value, name: str, upper: int = MAX_FINE_BINS) -> int:
+    """``value`` (int or numpy integer, not bool) as an int in [1, upper]; else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or not 1 <= int(value) <= upper:
+        raise ValueError(f"{name} must be an integer in [1, {upper}], got {value!r}")
+    return int(value)
+
+
+def as_threshold(value, name: str = "threshold") -> float:
+    """``value`` as a Python float in (0, 1]; ValueError otherwise.
+
+    A numpy float32 / float16 scalar stands for the decimal it prints as
+    (``np.float32(0.3)`` -> 0.3), not for its binary expansion 0.30000001192…
+    """
+    if isinstance(value, (np.float32, np.float16)):
+        value = float(str(value))
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number in (0, 1], got {value!r}")
+    value = float(value)
+    if not 0 < value <= 1:  # also refuses NaN; at 0, c == 0 and c in (0, 1/K] share a bin
+        raise ValueError(f"{name} must be in (0, 1] (confident = confidence > {name}), "
+                         f"got {value!r}")
+    return value
 
 
 def compute_dtype(values: torch.Tensor) -> torch.dtype:
@@ -100,6 +132,8 @@ def as_unit_interval(x, name: str, mask=None) -> torch.Tensor:
     masked-out entries may hold anything and are replaced by 0.
     """
     x = as_tensor(x, name)
+    if x.is_complex():
+        raise ValueError(f"{name} must be real, got {x.dtype}")
     x = x.to(compute_dtype(x)) if x.is_floating_point() else x.to(torch.float64)
     if x.numel() == 0:
         return x
@@ -169,11 +203,23 @@ class CalibrationStats:
     """
 
     def __init__(self, num_fine_bins: int = DEFAULT_FINE_BINS):
-        if not isinstance(num_fine_bins, int) or not 1 <= num_fine_bins <= MAX_FINE_BINS:
-            raise ValueError(f"num_fine_bins must be an int in [1, {MAX_FINE_BINS}], "
-                             f"got {num_fine_bins!r}")
-        self.num_fine_bins = num_fine_bins
+        self.num_fine_bins = as_count(num_fine_bins, "num_fine_bins")
         self.reset()
+
+    def check_metric_args(self, num_bins, threshold, names=("num_bins", "threshold")):
+        """``(num_bins, threshold)`` as (int, float) if :meth:`compute` accepts them, else
+        ValueError naming them by ``names`` (e.g. config keys): for components that take
+        them from a config, to fail when built rather than after inference."""
+        num_bins = as_count(num_bins, names[0])
+        if self.num_fine_bins % num_bins:
+            raise ValueError(f"{names[0]}={num_bins} must divide the {self.num_fine_bins} fine "
+                             "bins so that coarse bins are exact (e.g. 10, 15, 20, 25, 30, 50)")
+        threshold = as_threshold(threshold, names[1])
+        k = round(threshold * self.num_fine_bins)
+        if k / self.num_fine_bins != threshold:
+            raise ValueError(f"{names[1]}={threshold!r} must be a fine-bin edge k/"
+                             f"{self.num_fine_bins} for exact thresholded metrics")
+        return num_bins, threshold
 
     def reset(self) -> "CalibrationStats":
         """Forget every sample."""
@@ -310,9 +356,16 @@ class CalibrationStats:
         entropy = torch.tensor([float(state["entropy_sum"]), float(state["entropy_count"])],
                                dtype=torch.float64)
         new = torch.stack(tensors)
-        if not (torch.isfinite(new).all() and torch.isfinite(entropy).all()
-                and (new[0] >= 0).all() and (new[0] == new[0].round()).all()):
-            raise ValueError("CalibrationStats state holds NaN/inf or non-integer counts")
+        if not (torch.isfinite(new).all() and torch.isfinite(entropy).all()):
+            raise ValueError("CalibrationStats state holds NaN or inf")
+        if not ((new >= 0).all() and (entropy >= 0).all()):
+            raise ValueError("CalibrationStats state holds negative sums or counts")
+        if not ((new[0] == new[0].round()).all() and entropy[1] == entropy[1].round()):
+            raise ValueError("CalibrationStats state holds non-integer counts")
+        slack = 1e-9 * (1 + new[0])
+        if not ((new[1] <= new[0] + slack).all() and (new[2] <= new[0] + slack).all()):
+            raise ValueError("CalibrationStats state is inconsistent: a bin's sum of "
+                             "confidences exceeds its count (confidences are <= 1)")
         self._state, self._entropy = new, entropy
         return self
 
@@ -330,14 +383,16 @@ class CalibrationStats:
 
     def _coarse(self, num_bins: int) -> np.ndarray:
         """State summed over wrong+correct and into ``num_bins`` coarse bins: (stat, bin)."""
-        if not isinstance(num_bins, int) or num_bins < 1 or self.num_fine_bins % num_bins:
+        num_bins = as_count(num_bins, "num_bins")
+        if self.num_fine_bins % num_bins:
             raise ValueError(f"num_bins={num_bins!r} must divide num_fine_bins="
                              f"{self.num_fine_bins} so that coarse bins are exact")
         return self._state.sum(1).view(len(_STATS), num_bins, -1).sum(2).numpy()
 
     def _edge_index(self, threshold: float) -> int:
-        k = round(float(threshold) * self.num_fine_bins)
-        if not 0 <= k <= self.num_fine_bins or k / self.num_fine_bins != float(threshold):
+        threshold = as_threshold(threshold)
+        k = round(threshold * self.num_fine_bins)
+        if not 0 < k <= self.num_fine_bins or k / self.num_fine_bins != threshold:
             raise ValueError(f"threshold={threshold!r} must be a fine-bin edge k/"
                              f"{self.num_fine_bins} in [0, 1] for exact thresholded metrics")
         return k
@@ -348,6 +403,7 @@ class CalibrationStats:
         Returns ``edges`` (num_bins + 1), ``count``, ``mean_confidence`` = conf(D_k) (eq. 14)
         and ``accuracy`` = freq(D_k) (eq. 13); the last two are nan for empty bins.
         """
+        num_bins = as_count(num_bins, "num_bins")
         coarse = self._coarse(num_bins)
         count = coarse[0]
         correct = self._state[0, 1].view(num_bins, -1).sum(1).numpy()
@@ -413,6 +469,7 @@ class CalibrationStats:
         if n_total == 0:
             raise ValueError("CalibrationStats.compute: no samples were accumulated "
                              "(empty input, or everything masked out)")
+        num_bins = as_count(num_bins, "num_bins")
         coarse = self._coarse(num_bins)
         k = self._edge_index(threshold)
         s = self._numpy()

@@ -27,7 +27,7 @@ def _flatten_logits(logits, labels, dim: int, ignore_index):
                          f"for logits of shape {tuple(logits.shape)} with classes on dim {dim}")
     num_classes = logits.shape[dim]
     logits = logits.movedim(dim, -1).reshape(-1, num_classes)
-    labels = labels.reshape(-1).to(logits.device)
+    labels = labels.reshape(-1).to(logits.device, torch.int64)  # uint8 / int16 labels too
     if ignore_index is not None:
         keep = labels != ignore_index
         logits, labels = logits[keep], labels[keep]
@@ -54,6 +54,18 @@ def _nll_slope(beta: float, logits: torch.Tensor, labels: torch.Tensor):
     return float(slope), float(var_z.mean())
 
 
+def _check_loaded_temperature(module, state_dict, prefix, *args):
+    """Refuse a saved temperature that is not a finite number in [T_MIN, T_MAX]."""
+    value = state_dict.get(prefix + "log_temperature")
+    if value is None:
+        return  # reported by load_state_dict as a missing key
+    value = torch.as_tensor(value)
+    if value.numel() != 1 or not torch.isfinite(value).all() \
+            or not math.log(T_MIN) - 1e-9 <= float(value) <= math.log(T_MAX) + 1e-9:
+        raise ValueError(f"{prefix}log_temperature must be one finite value in "
+                         f"[log {T_MIN:g}, log {T_MAX:g}], got {value.flatten()[:4].tolist()}")
+
+
 class TemperatureScaler(nn.Module):
     """Divides logits by a fitted temperature T (identity until :meth:`fit`).
 
@@ -66,6 +78,7 @@ class TemperatureScaler(nn.Module):
     def __init__(self):
         super().__init__()
         self.register_buffer("log_temperature", torch.zeros((), dtype=torch.float64))
+        self.register_load_state_dict_pre_hook(_check_loaded_temperature)
 
     @property
     def temperature(self) -> float:

@@ -70,3 +70,52 @@ def merge_config_file(cfg, path: str):
     for data in chain:
         cfg.merge_from_other_cfg(CfgNode(data))
     return cfg
+
+
+def _check(ok: bool, key: str, value, rule: str):
+    if not ok:
+        raise ValueError(f"{key} must be {rule}, got {value!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_ddn_config(cfg):
+    """Check the keys of :func:`add_ddn_config` when a component is built (not after a run),
+    naming the bad key and value. Returns the effective teacher dropout rate."""
+    ddn = cfg.MODEL.DDN
+    _check(_is_int(cfg.MODEL.MC_DROPOUT.NUM_SAMPLES) and cfg.MODEL.MC_DROPOUT.NUM_SAMPLES >= 1,
+           "MODEL.MC_DROPOUT.NUM_SAMPLES", cfg.MODEL.MC_DROPOUT.NUM_SAMPLES, "an integer >= 1")
+    _check(_is_int(ddn.NUM_SAMPLES) and ddn.NUM_SAMPLES >= 1, "MODEL.DDN.NUM_SAMPLES",
+           ddn.NUM_SAMPLES, "an integer >= 1")
+    _check(_is_real(ddn.TEACHER_DROPOUT) and (ddn.TEACHER_DROPOUT == -1
+                                              or 0 < ddn.TEACHER_DROPOUT < 1),
+           "MODEL.DDN.TEACHER_DROPOUT", ddn.TEACHER_DROPOUT,
+           "in (0, 1), or -1 for MODEL.ROI_BOX_HEAD.DROPOUT")
+    _check(_is_real(ddn.MATCH_IOU) and 0 < ddn.MATCH_IOU <= 1, "MODEL.DDN.MATCH_IOU",
+           ddn.MATCH_IOU, "in (0, 1]")
+    for key in ("DISTILL_WEIGHT", "GT_WEIGHT"):
+        _check(_is_real(ddn[key]) and ddn[key] >= 0, f"MODEL.DDN.{key}", ddn[key],
+               "a finite number >= 0")
+    return ddn.TEACHER_DROPOUT if ddn.TEACHER_DROPOUT >= 0 else cfg.MODEL.ROI_BOX_HEAD.DROPOUT
+
+
+def validate_calibration_config(cfg):
+    """Check ``TEST.CALIBRATION`` when the evaluator is built; returns (thresholds, bins)."""
+    from conf_plugins.calibration import CalibrationStats
+
+    calib = cfg.TEST.CALIBRATION
+    thresholds = calib.IOU_THRESHOLDS
+    _check(isinstance(thresholds, (list, tuple)) and len(thresholds) > 0
+           and all(_is_real(t) and 0 < t <= 1 for t in thresholds),
+           "TEST.CALIBRATION.IOU_THRESHOLDS", thresholds, "a non-empty list of IoUs in (0, 1]")
+    num_bins, _ = CalibrationStats().check_metric_args(
+        calib.NUM_BINS, 0.5, names=("TEST.CALIBRATION.NUM_BINS", "threshold"))
+    return tuple(float(t) for t in thresholds), num_bins

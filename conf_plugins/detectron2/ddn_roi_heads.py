@@ -6,6 +6,7 @@ from detectron2.structures import Boxes, pairwise_iou
 
 from conf_plugins.losses import logit_distillation_loss
 
+from .config import validate_ddn_config
 from .teacher import DropoutTeacher
 
 
@@ -41,7 +42,7 @@ class DDNROIHeads(StandardROIHeads):
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ddn = cfg.MODEL.DDN
-        dropout = ddn.TEACHER_DROPOUT if ddn.TEACHER_DROPOUT >= 0 else cfg.MODEL.ROI_BOX_HEAD.DROPOUT
+        dropout = validate_ddn_config(cfg)
         ret["teacher"] = DropoutTeacher.from_checkpoint(
             ddn.TEACHER_WEIGHTS, ret["box_head"], ret["box_predictor"], dropout)
         ret.update(num_samples=ddn.NUM_SAMPLES, match_iou=ddn.MATCH_IOU,

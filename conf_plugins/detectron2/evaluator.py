@@ -1,16 +1,21 @@
 """detectron2 evaluator for the calibration of detection scores (DDN paper §V, Fig. 4)."""
+import json
 import logging
+import math
 import os
 
 import torch
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
 from conf_plugins.calibration import CalibrationStats
+from conf_plugins.calibration.stats import METRIC_NAMES
 from conf_plugins.calibration.detection_matching import match_detections
 from conf_plugins.calibration.plots import plot_reliability
+
+from .config import validate_calibration_config
 
 logger = logging.getLogger(__name__)
 
@@ -24,25 +29,42 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
     over processes (all_reduce), so any number of processes gives the same numbers. Results
     come under the ``calibration`` key (beside ``bbox`` of ``COCOEvaluator``) as
     ``{metric}@IoU{t}``; reliability diagrams are written to ``output_dir``.
+
+    No detection at all is an error, unless ``allow_empty`` (during training: an early model
+    may predict nothing yet), where it logs a warning and every metric is NaN, as
+    ``COCOEvaluator`` does. A dataset without ground truth (a COCO JSON without
+    ``annotations``, e.g. test-dev, or no GT box in any image) is an error when built: every
+    detection would count as wrong.
     """
 
     def __init__(self, dataset_name: str, iou_thresholds=(0.3, 0.5, 0.7), num_bins: int = 10,
-                 output_dir: str = None, distributed: bool = True):
+                 output_dir: str = None, distributed: bool = True, allow_empty: bool = False):
         self._dataset_name = dataset_name
+        if not iou_thresholds or not all(
+                isinstance(t, (int, float)) and 0 < t <= 1 for t in iou_thresholds):
+            raise ValueError(f"iou_thresholds must be IoUs in (0, 1], got {iou_thresholds!r}")
         self._iou_thresholds = tuple(float(t) for t in iou_thresholds)
-        self._num_bins = num_bins
+        self._num_bins, _ = CalibrationStats().check_metric_args(num_bins, 0.5)
+        self._allow_empty = allow_empty
         self._output_dir = output_dir
         self._distributed = distributed
         self._gt = self._load_ground_truth(dataset_name)
         self.reset()
 
     @classmethod
-    def from_config(cls, cfg, dataset_name, output_dir=None):
-        return cls(dataset_name, cfg.TEST.CALIBRATION.IOU_THRESHOLDS,
-                   cfg.TEST.CALIBRATION.NUM_BINS, output_dir)
+    def from_config(cls, cfg, dataset_name, output_dir=None, allow_empty=False):
+        thresholds, num_bins = validate_calibration_config(cfg)
+        return cls(dataset_name, thresholds, num_bins, output_dir, allow_empty=allow_empty)
 
     @staticmethod
     def _load_ground_truth(dataset_name):
+        json_file = MetadataCatalog.get(dataset_name).get("json_file")
+        if json_file and os.path.isfile(json_file):
+            with open(json_file) as f:  # load_coco_json gives [] to every image either way
+                if "annotations" not in json.load(f):
+                    raise ValueError(f"dataset '{dataset_name}' has no ground truth: {json_file} "
+                                     "holds no 'annotations' (e.g. COCO test-dev); calibration "
+                                     "needs labelled images")
         gt = {}
         for record in DatasetCatalog.get(dataset_name):
             if "annotations" not in record:
@@ -53,6 +75,9 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
             gt[record["image_id"]] = (torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4),
                                       torch.tensor([a["category_id"] for a in anns],
                                                    dtype=torch.int64))
+        if gt and not any(len(classes) for _, classes in gt.values()):
+            raise ValueError(f"dataset '{dataset_name}' has no (non-crowd) ground-truth box in "
+                             "any image: every detection would count as wrong")
         return gt
 
     def reset(self):
@@ -90,8 +115,13 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         if stats is None:
             return {}
         if stats[0].count == 0:
-            raise ValueError(f"no detections on '{self._dataset_name}': the model predicted "
-                             "nothing above its score threshold, so calibration is undefined")
+            message = (f"no detections on '{self._dataset_name}': the model predicted nothing "
+                       "above its score threshold, so calibration is undefined")
+            if not self._allow_empty:
+                raise ValueError(message)
+            logger.warning(message + "; reporting NaN")
+            return {"calibration": {f"{name}@IoU{t:g}": math.nan for t in self._iou_thresholds
+                                    for name in METRIC_NAMES}}
         results = {}
         for t, s in zip(self._iou_thresholds, stats):
             for name, value in s.compute(num_bins=self._num_bins).items():

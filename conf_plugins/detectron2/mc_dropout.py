@@ -4,6 +4,7 @@ from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
 from .box_head import sample_predictions
+from .config import validate_ddn_config
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -22,6 +23,7 @@ class MCDropoutROIHeads(StandardROIHeads):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        validate_ddn_config(cfg)
         return {**super().from_config(cfg, input_shape),
                 "mc_samples": cfg.MODEL.MC_DROPOUT.NUM_SAMPLES}
 

@@ -1,4 +1,6 @@
 """Training hook for the success branch's early checkpoint (success-prediction paper §3.2)."""
+import numbers
+
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
@@ -29,8 +31,11 @@ class SuccessSnapshotHook(Hook):
     priority = "NORMAL"
 
     def __init__(self, snapshot_iter: int):
-        if snapshot_iter < 1:
-            raise ValueError(f"snapshot_iter must be >= 1, got {snapshot_iter}")
+        if isinstance(snapshot_iter, bool) or not isinstance(snapshot_iter, numbers.Integral) \
+                or snapshot_iter < 1:  # 5.5 would never equal an iteration: no snapshot
+            raise ValueError(f"SuccessSnapshotHook.snapshot_iter must be an integer >= 1, "
+                             f"got {snapshot_iter!r}")
+        snapshot_iter = int(snapshot_iter)
         self.snapshot_iter = snapshot_iter
 
     def before_train(self, runner):

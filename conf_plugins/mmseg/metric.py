@@ -1,4 +1,5 @@
 """mmengine metric for the per-pixel calibration of segmentation confidence maps."""
+import math
 import os
 
 import torch
@@ -44,8 +45,18 @@ class SegCalibrationMetric(BaseMetric):
                  threshold: float = 0.5, output_dir: str = None, collect_device: str = "cpu",
                  prefix: str = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not isinstance(confidence, str) or not confidence:
+            raise ValueError(f"confidence must be 'max_softmax' or the name of a per-pixel "
+                             f"field, got {confidence!r}")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+                and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        if temperature != 1 and confidence != "max_softmax":
+            raise ValueError(f"temperature={temperature} applies to confidence='max_softmax' "
+                             f"only; '{confidence}' is used as it is")
+        # bins and threshold are checked now, not after the whole inference
+        num_bins, threshold = CalibrationStats(num_fine_bins).check_metric_args(num_bins,
+                                                                                threshold)
         self.confidence = confidence
         self.temperature = temperature
         self.ignore_index = ignore_index
@@ -65,10 +76,30 @@ class SegCalibrationMetric(BaseMetric):
                            "(tools/fit_calibration.py)")
         return sample[self.confidence]["data"].float().squeeze(0)
 
+    @staticmethod
+    def check_maps_match_prediction(sample, pred):
+        """The maps must come from the pass that made ``pred_sem_seg``: mmseg's stock
+        ``SegTTAModel`` replaces the prediction by the merged one but keeps the last
+        augmentation's ``seg_logits`` (and other maps)."""
+        logits = sample.get("seg_logits", {}).get("data")
+        if logits is None or logits.shape[0] < 2:
+            return
+        differ = int((logits.argmax(dim=0) != pred.to(logits.device)).sum())
+        if differ:
+            raise ValueError(f"{sample.get('img_path')}: pred_sem_seg is not the argmax of "
+                             f"seg_logits at {differ} pixels, so the confidence maps do not "
+                             "belong to the prediction (with test-time augmentation use "
+                             "tta_model=dict(type='ConfidenceSegTTAModel'))")
+
     def process(self, data_batch, data_samples):
         for sample in data_samples:
             pred = sample["pred_sem_seg"]["data"].squeeze(0)
+            if "gt_sem_seg" not in sample:
+                raise ValueError(f"{sample.get('img_path')}: no ground truth (gt_sem_seg); "
+                                 "calibration needs labelled images (LoadAnnotations in the "
+                                 "test pipeline)")
             label = sample["gt_sem_seg"]["data"].squeeze(0).to(pred.device)
+            self.check_maps_match_prediction(sample, pred)
             confidence = self.confidence_map(sample).to(pred.device)
             if not pred.shape == label.shape == confidence.shape:
                 raise ValueError(f"shape mismatch in {sample.get('img_path')}: prediction "

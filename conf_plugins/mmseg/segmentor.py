@@ -1,4 +1,6 @@
 """EncoderDecoder that turns the success branch into a per-pixel probability of success."""
+import hashlib
+
 import torch
 from mmengine.structures import PixelData
 from mmseg.models import EncoderDecoder
@@ -22,9 +24,11 @@ class SuccessEncoderDecoder(EncoderDecoder):
     The head appends the success log-odds as an extra channel, so the stock whole / slide
     inference and ``postprocess_result`` (padding, flip, resize) treat it exactly like the
     seg logits; we then split it off. The Bayes-binning counts are buffers of this model, so
-    they are saved in, and loaded from, its checkpoint, together with a fingerprint of the
-    success-predictor weights they were fitted for: a calibration that does not belong to
-    the weights is an error, not a silently wrong PoS.
+    they are saved in, and loaded from, its checkpoint, together with a fingerprint (SHA-256)
+    of every weight and buffer of the model they were fitted for — backbone, neck, both
+    branches: the PoS depends on all of them — so a calibration that does not belong to the
+    weights (e.g. after fine-tuning from a ``*_bayes.pth``) is an error, not a silently wrong
+    PoS.
 
     Args (beyond EncoderDecoder's):
         bayes_num_bins (int): M equal bins of s for Bayes binning. Default 10.
@@ -40,31 +44,42 @@ class SuccessEncoderDecoder(EncoderDecoder):
         self.bayes_num_bins = bayes_num_bins
         # rows: failure counts, success counts
         self.register_buffer("bayes_counts", torch.zeros(2, bayes_num_bins, dtype=torch.float64))
-        self.register_buffer("bayes_fingerprint", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("bayes_fingerprint", torch.zeros(32, dtype=torch.uint8))
+        self._fingerprint_checked = False  # weights change only in train mode or on loading
+        self.register_load_state_dict_post_hook(lambda module, _: module.forget_checked())
+
+    def forget_checked(self):
+        self._fingerprint_checked = False
+
+    def train(self, mode: bool = True):
+        self.forget_checked()
+        return super().train(mode)
 
     @property
     def calibrated(self) -> bool:
         return bool(self.bayes_counts.sum() > 0)
 
-    def success_fingerprint(self) -> torch.Tensor:
-        """A checksum of the weights that predict success at test time."""
-        head = self.decode_head
-        branch = head.success_snapshot if bool(head.snapshot_taken) else head.success_branch
-        total = torch.zeros((), dtype=torch.float64)
-        for i, p in enumerate(branch.state_dict().values()):
-            weights = torch.arange(1, p.numel() + 1, dtype=torch.float64) * (i + 1)
-            total = total + (p.detach().double().flatten().cpu() * weights).sum()
-        return total
+    def weights_fingerprint(self) -> torch.Tensor:
+        """SHA-256 (32 uint8) of every weight and buffer except the calibration's own."""
+        digest = hashlib.sha256()
+        for name, tensor in self.state_dict().items():
+            if name in ("bayes_counts", "bayes_fingerprint"):
+                continue
+            t = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8)
 
     def calibrator(self) -> BayesBinningCalibrator:
         """The fitted Bayes-binning calibrator held in this model's buffers."""
         if not self.calibrated:
             raise RuntimeError("Bayes binning is not fitted: run tools/fit_calibration.py")
-        if not torch.isclose(self.success_fingerprint(), self.bayes_fingerprint.cpu(),
-                             rtol=1e-9, atol=0.0):
-            raise RuntimeError("the Bayes-binning calibration in this model was fitted for other "
-                               "success-branch weights (stale calibration): refit it with "
-                               "tools/fit_calibration.py")
+        if not self._fingerprint_checked:
+            if not torch.equal(self.weights_fingerprint(), self.bayes_fingerprint.cpu()):
+                raise RuntimeError("the Bayes-binning calibration in this model was fitted for "
+                                   "other weights (stale calibration, e.g. after fine-tuning): "
+                                   "refit it with tools/fit_calibration.py")
+            self._fingerprint_checked = not self.training
         return BayesBinningCalibrator.from_state_dict({
             "format_version": FORMAT_VERSION, "num_bins": self.bayes_num_bins,
             "failure_counts": self.bayes_counts[0].cpu(),
@@ -77,7 +92,8 @@ class SuccessEncoderDecoder(EncoderDecoder):
                              f"{self.bayes_num_bins} (bayes_num_bins)")
         counts = torch.stack([calibrator.failure_counts, calibrator.success_counts])
         self.bayes_counts.copy_(counts.to(self.bayes_counts))
-        self.bayes_fingerprint.fill_(self.success_fingerprint().item())
+        self.bayes_fingerprint.copy_(self.weights_fingerprint())
+        self.forget_checked()
 
     def postprocess_result(self, seg_logits, data_samples=None):
         data_samples = super().postprocess_result(seg_logits, data_samples)

@@ -15,3 +15,14 @@ custom_hooks = [dict(type='SuccessSnapshotHook', snapshot_iter=8000)]
 val_evaluator = [dict(type='IoUMetric', iou_metrics=['mIoU']),
                  dict(type='SegCalibrationMetric', confidence='success_score')]
 test_evaluator = val_evaluator
+# Calibration discipline: train on train minus a held-out part, fit temperature / Bayes
+# binning on that part (tools/fit_calibration.py reads calib_dataloader), report on val.
+# Both lists come from: tools/split_holdout.py data/cityscapes leftImg8bit/train --holdout 300
+train_dataloader = dict(dataset=dict(ann_file='splits/train_fit.txt'))
+calib_dataloader = dict(
+    batch_size=1, num_workers=4, persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type={{_base_.dataset_type}}, data_root={{_base_.data_root}},
+                 ann_file='splits/train_calib.txt', pipeline={{_base_.test_pipeline}},
+                 data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train')))
+tta_model = dict(type='ConfidenceSegTTAModel')  # --tta: confidence maps of the merged prediction

@@ -6,10 +6,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conf_plugins.mmseg import generate_demo_segmentation
+from tests.fixtures import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MTL = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_mtl.py")
@@ -95,6 +98,65 @@ def test_temperature_scaling_for_the_stl_baseline(workdir):
     run(workdir, "fit_calibration.py", STL, f"{out}/iter_2.pth")
     fitted = json.load(open(f"{out}/temperature.json"))
     assert fitted["temperature"] > 0 and fitted["pixels"] > 0
+    assert fitted["dataloader"] == "calib_dataloader"
+    assert fitted["data"]["data_prefix"]["img_path"] == "leftImg8bit/calib"
+
+
+def split_options(loader, split):
+    return [f"{loader}.dataset.data_prefix.img_path=leftImg8bit/{split}",
+            f"{loader}.dataset.data_prefix.seg_map_path=gtFine/{split}"]
+
+
+def test_fit_calibration_refuses_bad_splits_and_writes_nothing(workdir, monkeypatch, tmp_path):
+    """Issue 11.5 / 15.6: the split comes from the config; the evaluated split, an empty
+    split and an all-ignore split are clear errors that leave no file behind."""
+    fit = load_tool("fit_calibration").main
+    stl, mtl = str(workdir / "stl" / "iter_2.pth"), str(workdir / "mtl_fit" / "iter_2.pth")
+    if not (os.path.exists(stl) and os.path.exists(mtl)):
+        pytest.skip("needs the checkpoints of the two tests above")
+    monkeypatch.chdir(workdir)
+    with pytest.raises(SystemExit, match="evaluates on"):
+        fit([STL, stl, "--cfg-options", *split_options("calib_dataloader", "val")])
+    with pytest.raises(SystemExit, match="has no 'held_out'"):
+        fit([STL, stl, "--dataloader", "held_out"])
+    (workdir / "datasets" / "conf_demo_seg" / "leftImg8bit" / "empty").mkdir(exist_ok=True)
+    (workdir / "datasets" / "conf_demo_seg" / "gtFine" / "empty").mkdir(exist_ok=True)
+    with pytest.raises(SystemExit, match="has no images"):
+        fit([STL, stl, "--work-dir", str(tmp_path / "t"), "--cfg-options",
+             *split_options("calib_dataloader", "empty")])
+    # an all-ignore split: a copy of calib whose labels are all ignore_index
+    root = workdir / "datasets" / "conf_demo_seg"
+    for kind in ("leftImg8bit", "gtFine"):
+        (root / kind / "blank" / "demo").mkdir(parents=True, exist_ok=True)
+    for img in (root / "leftImg8bit" / "calib" / "demo").iterdir():
+        (root / "leftImg8bit" / "blank" / "demo" / img.name).write_bytes(img.read_bytes())
+    for lab in (root / "gtFine" / "calib" / "demo").glob("*_labelTrainIds.png"):
+        blank = np.full(np.asarray(Image.open(lab)).shape, 255, np.uint8)
+        Image.fromarray(blank).save(root / "gtFine" / "blank" / "demo" / lab.name)
+    before = set(os.listdir(workdir / "mtl_fit"))
+    with pytest.raises(SystemExit, match="every pixel of the split is ignore_index"):
+        fit([MTL, mtl, "--force", "--cfg-options", *split_options("calib_dataloader", "blank")])
+    with pytest.raises(SystemExit, match="every pixel of the split is ignore_index"):
+        fit([STL, stl, "--work-dir", str(tmp_path / "t"), "--cfg-options",
+             *split_options("calib_dataloader", "blank")])
+    assert set(os.listdir(workdir / "mtl_fit")) == before  # no half-written *_bayes.pth
+    assert not (tmp_path / "t" / "temperature.json").exists()
+    new_dir = tmp_path / "not" / "yet"  # a missing --work-dir is created, before fitting
+    result = fit([STL, stl, "--work-dir", str(new_dir), "--allow-eval-split", "--cfg-options",
+                  *split_options("calib_dataloader", "val")])
+    assert json.load(open(new_dir / "temperature.json"))["temperature"] == result["temperature"]
+    assert [f for f in os.listdir(new_dir) if f.startswith("tmp_")] == []
+
+
+def test_seg_test_refuses_a_checkpoint_without_the_success_branch(workdir):
+    stl = str(workdir / "stl" / "iter_2.pth")
+    if not os.path.exists(stl):
+        pytest.skip("needs the STL checkpoint of test_temperature_scaling_for_the_stl_baseline")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "seg_test.py"), MTL,
+                             stl, "--work-dir", str(workdir / "refused")], cwd=workdir,
+                            capture_output=True, text=True, env=dict(os.environ), timeout=600)
+    assert result.returncode != 0
+    assert "lacks" in result.stderr and "decode_head.success_branch" in result.stderr
 
 
 def test_torchrun_two_cpu_processes_train_and_match_one(workdir):

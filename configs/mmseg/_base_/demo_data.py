@@ -28,6 +28,10 @@ val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
                       sampler=dict(type='DefaultSampler', shuffle=False),
                       dataset=_split('val', test_pipeline))
 test_dataloader = val_dataloader
+# held-out labelled data for post-hoc calibration (tools/fit_calibration.py): never val / test
+calib_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
+                        sampler=dict(type='DefaultSampler', shuffle=False),
+                        dataset=_split('calib', test_pipeline))
 val_evaluator = [dict(type='IoUMetric', iou_metrics=['mIoU']),
                  dict(type='SegCalibrationMetric', confidence='max_softmax')]
 test_evaluator = val_evaluator
