@@ -108,3 +108,24 @@ def test_tiny_success_ablation_reuses_the_demo_and_chooses_on_calib(tiny_demo):
                             timeout=1200)
     assert second.returncode == 0
     assert second.stdout.count("up to date, skipped") == 2 + 3  # STL, MTL, the three variants
+
+
+def test_cache_key_covers_the_code_a_stage_runs(monkeypatch, tmp_path):
+    """Issue 13.6: a change to the package re-runs exactly the stages whose code changed."""
+    demo = load_tool("run_demo")
+    seg = next(s for s in demo.segmentation_stages(str(tmp_path), tiny=True) if s.name == "seg_mtl")
+    det = next(s for s in demo.detection_stages(str(tmp_path), tiny=True)
+               if s.name == "det_teacher")
+    seg_files = {os.path.relpath(p, ROOT) for p in seg.sources()}
+    det_files = {os.path.relpath(p, ROOT) for p in det.sources()}
+    assert {"conf_plugins/mmseg/metric.py", "tools/seg_train.py", "requirements/pins.txt",
+            "conf_plugins/calibration/stats.py"} <= seg_files
+    assert not any(f.startswith("conf_plugins/detectron2") for f in seg_files)
+    assert {"conf_plugins/detectron2/evaluator.py", "tools/train_net.py"} <= det_files
+    assert not any(f.startswith("conf_plugins/mmseg") for f in det_files)
+    module = tmp_path / "adapter_module.py"
+    module.write_text("A = 1\n")
+    monkeypatch.setattr(demo, "SHARED_SOURCES", demo.SHARED_SOURCES + (str(module),))
+    before = seg.key({}), det.key({})
+    module.write_text("A = 2\n")
+    assert seg.key({}) != before[0] and det.key({}) != before[1]

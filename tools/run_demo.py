@@ -10,9 +10,11 @@ Segmentation: STL and MTL training -> temperature scaling / Bayes binning on the
 -> STL / STL-scaled / MTL (probability of success) / MTL's own max softmax / MC-10 dropout
 (of the STL model) evaluation in-domain (val) and off-domain (val_shifted).
 Every stage is a documented command (tools/train_net.py, tools/seg_*.py, ...) run as a
-subprocess with the frameworks' own progress logging; a stage whose command, configs and
-upstream stages are unchanged since its last successful run is skipped (cache key: a hash
-of those), unless --force. The report (report.md + PNGs) lists each stage's command.
+subprocess with the frameworks' own progress logging; a stage whose command, configs,
+upstream stages, code (the tool it runs, the framework-free subpackages, the adapter of its
+framework) and pinned environment are unchanged since its last successful run is skipped
+(cache key: a hash of those), unless --force: a change to conf_plugins/mmseg re-runs the
+segmentation stages and leaves detection cached. The report (report.md + PNGs) lists each stage's command.
 """
 import argparse
 import hashlib
@@ -38,6 +40,24 @@ SEG_DATA_SIZES = {"train": 80, "calib": 20, "val": 24, "val_shifted": 24}
 
 DET_DATA = "conf_plugins/detectron2/demo_data.py"  # the generators: data changes re-run stages
 SEG_DATA = "conf_plugins/mmseg/demo_data.py"
+# code every stage runs, beside its tool and its framework's adapter; the pinned environment
+SHARED_SOURCES = ("conf_plugins/__init__.py", "conf_plugins/calibration", "conf_plugins/losses",
+                  "conf_plugins/compat", "conf_plugins/distributed.py", "requirements",
+                  "tools/env/bootstrap.sh")
+
+
+def source_files(paths):
+    """The .py / requirement files under ``paths`` (files or folders of ROOT), sorted."""
+    files = []
+    for rel in paths:
+        path = os.path.join(ROOT, rel)
+        if os.path.isfile(path):
+            files.append(path)
+        for folder, dirs, names in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            files += [os.path.join(folder, n) for n in sorted(names)
+                      if n.endswith((".py", ".txt", ".sh", ".in"))]
+    return files
 
 
 class Stage:
@@ -47,12 +67,22 @@ class Stage:
     def __init__(self, name, cmd, configs=(), needs=(), output=None):
         self.name, self.cmd, self.configs, self.needs, self.output = name, cmd, configs, needs, output
 
+    def sources(self):
+        """The code this stage runs: its tool scripts, the shared subpackages and the adapter
+        of its framework (mmseg for configs/mmseg, detectron2 otherwise)."""
+        tools = [os.path.relpath(c, ROOT) for c in self.cmd
+                 if c.endswith(".py") and os.path.dirname(c) == os.path.join(ROOT, "tools")]
+        seg = any(c.startswith("configs/mmseg") for c in self.configs)
+        adapter = "conf_plugins/mmseg" if seg else "conf_plugins/detectron2"
+        return source_files([*tools, *SHARED_SOURCES, adapter])
+
     def key(self, done):
         h = hashlib.sha256(json.dumps(self.cmd).encode())
-        for cfg in self.configs:
-            for path in config_chain(os.path.join(ROOT, cfg)):
-                with open(path, "rb") as f:
-                    h.update(f.read())
+        files = [p for cfg in self.configs for p in config_chain(os.path.join(ROOT, cfg))]
+        for path in files + self.sources():
+            h.update(os.path.relpath(path, ROOT).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
         for upstream in self.needs:
             h.update(done[upstream].encode())
         return h.hexdigest()[:16]

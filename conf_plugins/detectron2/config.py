@@ -27,6 +27,10 @@ def add_ddn_config(cfg):
     _C.MODEL.DDN.DISTILL_WEIGHT = 0.5
     _C.MODEL.DDN.GT_WEIGHT = 1.0
 
+    # COCO-format datasets to register before training / testing: [name, json_file, image_root]
+    # triples (tools/train_net.py --coco NAME JSON IMAGE_ROOT adds more).
+    _C.DATASETS.COCO = []
+
     _C.TEST.CALIBRATION = CN()
     # IoU thresholds that decide whether a detection is correct (DDN paper Fig. 4).
     _C.TEST.CALIBRATION.IOU_THRESHOLDS = (0.3, 0.5, 0.7)

@@ -72,3 +72,41 @@ def test_missing_dataset_points_at_demo_configs(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "configs/demo/teacher.yaml" in result.stderr
+
+
+def test_your_own_coco_data_from_the_command_line(tmp_path):
+    """Issue 13.1: a COCO JSON of the user's, registered by --coco, no code; the demo data is
+    not generated when the config does not use it."""
+    from conf_plugins.detectron2 import generate_demo_detection
+
+    own = tmp_path / "my_data"
+    paths = generate_demo_detection(str(own), {"train": 4, "val": 2}, image_size=64)
+    out = tmp_path / "own"
+    train_net(tmp_path, "--config-file", os.path.join(ROOT, "configs", "demo", "teacher.yaml"),
+              "--coco", "mine_train", paths["train"], str(own),
+              "--coco", "mine_val", paths["val"], str(own),
+              "DATASETS.TRAIN", "('mine_train',)", "DATASETS.TEST", "('mine_val',)",
+              "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(out), *FAST)
+    assert (out / "model_final.pth").exists()
+    assert not (tmp_path / "datasets").exists()  # no demo images written
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file",
+         os.path.join(ROOT, "configs", "demo", "teacher.yaml"), "DATASETS.TEST", "('theirs',)"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "DETECTRON2_DATASETS": str(tmp_path / "datasets")})
+    assert result.returncode != 0 and "--coco theirs JSON IMAGE_ROOT" in result.stderr
+
+
+def test_the_engine_is_a_library(tmp_path, monkeypatch):
+    from detectron2.evaluation import DatasetEvaluators
+
+    from conf_plugins.detectron2.engine import CalibrationTrainer, argument_parser, setup
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
+    args = argument_parser().parse_args(
+        ["--config-file", os.path.join(ROOT, "configs", "demo", "teacher.yaml"),
+         "OUTPUT_DIR", str(tmp_path / "lib"), "MODEL.DEVICE", "cpu"])
+    cfg = setup(args)  # registers (and generates) the demo data the config names
+    assert (tmp_path / "datasets" / "conf_demo_det" / "annotations").is_dir()
+    evaluator = CalibrationTrainer.build_evaluator(cfg, "conf_demo_det_val")
+    assert isinstance(evaluator, DatasetEvaluators)

@@ -175,3 +175,31 @@ def test_torchrun_two_cpu_processes_train_and_match_one(workdir):
     for k, v in results[0].items():
         if k.startswith("calib/") or k in ("mIoU", "aAcc"):
             assert results[1][k] == pytest.approx(v, rel=1e-9), k
+
+
+def test_resume_after_a_kill(workdir):
+    """SIGKILL mid-training (after the first checkpoint), then --resume: the run completes
+    from the saved iteration with the snapshot it had taken."""
+    import time
+
+    out = workdir / "killed"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "seg_train.py"), MTL, "--work-dir",
+           str(out), "--cfg-options", *FAST, *iters(200), "custom_hooks.0.snapshot_iter=1"]
+    proc = subprocess.Popen(cmd, cwd=workdir, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    try:
+        while not (out / "iter_4.pth").exists():  # iter_2 complete once iter_4 is being made
+            assert proc.poll() is None and time.time() < deadline, "training ended early"
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (out / "iter_200.pth").exists()
+    log = run(workdir, "seg_train.py", MTL, "--work-dir", str(out), "--resume",
+              "--cfg-options", *FAST, *iters(6), "custom_hooks.0.snapshot_iter=1",
+              f"load_from={out}/iter_2.pth")
+    assert "resumed" in (log.stdout + log.stderr).lower()
+    at2, at6 = load_state(f"{out}/iter_2.pth"), load_state(f"{out}/iter_6.pth")
+    assert torch.equal(at6["decode_head.success_snapshot.1.weight"],
+                       at2["decode_head.success_snapshot.1.weight"])

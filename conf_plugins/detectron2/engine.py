@@ -1,0 +1,131 @@
+"""detectron2's stock trainer and launcher with our evaluator and datasets from the command line.
+
+``tools/train_net.py`` is this module's :func:`main` under detectron2's ``launch``; a project
+of its own imports the pieces instead::
+
+    from conf_plugins.detectron2.engine import CalibrationTrainer, argument_parser, setup
+    cfg = setup(argument_parser().parse_args(["--config-file", "my.yaml",
+                                              "--coco", "mine_val", "val.json", "images/"]))
+    trainer = CalibrationTrainer(cfg)
+"""
+import json
+import os
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+from detectron2.utils import comm
+
+from conf_plugins.distributed import shutdown_process_group
+
+from .config import add_ddn_config, merge_config_file
+from .demo_data import register_demo_detection
+from .evaluator import DetectionCalibrationEvaluator
+
+DEMO_PREFIX = "conf_demo_det"
+
+
+class CalibrationTrainer(DefaultTrainer):
+    """``DefaultTrainer`` whose evaluation adds calibration beside ``COCOEvaluator``."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None, allow_empty=True):
+        """COCOEvaluator + calibration. ``allow_empty`` (the default, used by evaluations
+        during training): a model that predicts nothing yet gets NaN calibration metrics and a
+        warning instead of killing the run; ``--eval-only`` makes it an error."""
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return DatasetEvaluators([
+            COCOEvaluator(dataset_name, output_dir=output_folder),
+            DetectionCalibrationEvaluator.from_config(cfg, dataset_name, output_folder,
+                                                      allow_empty=allow_empty),
+        ])
+
+
+def argument_parser():
+    """detectron2's ``default_argument_parser`` plus ``--coco NAME JSON IMAGE_ROOT``."""
+    parser = default_argument_parser()
+    parser.add_argument("--coco", nargs=3, action="append", default=[],
+                        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+                        help="register a COCO-format dataset (repeatable); the same as an "
+                             "entry of DATASETS.COCO")
+    return parser
+
+
+def register_datasets(cfg, coco=()):
+    """Register the COCO-format datasets of ``DATASETS.COCO`` and ``coco`` (name, JSON, image
+    root), and the demo data, generated on first use, only when the config names it."""
+    for entry in [*cfg.DATASETS.COCO, *coco]:
+        if len(entry) != 3:
+            raise SystemExit(f"DATASETS.COCO / --coco entries are (name, json_file, image_root), "
+                             f"got {entry!r}")
+        name, json_file, image_root = entry
+        if not os.path.isfile(json_file):
+            raise SystemExit(f"dataset '{name}': no such COCO JSON: {json_file}")
+        if name in DatasetCatalog.list():
+            raise SystemExit(f"dataset '{name}' is already registered (a detectron2 builtin or "
+                             "a repeated entry): choose another name")
+        register_coco_instances(name, {}, json_file, image_root)
+    used = (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)
+    if any(name.startswith(DEMO_PREFIX + "_") for name in used):
+        register_demo_detection()
+
+
+def check_datasets(cfg):
+    """Fail early, with directions, when a dataset of the config is unknown or not on disk."""
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        if name not in DatasetCatalog.list():
+            raise SystemExit(f"dataset '{name}' is not registered: register a COCO-format "
+                             f"dataset with --coco {name} JSON IMAGE_ROOT (or DATASETS.COCO in "
+                             "the config), or use the demo data (configs/demo/teacher.yaml)")
+        try:
+            DatasetCatalog.get(name)
+        except (FileNotFoundError, OSError, AssertionError) as e:
+            root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+            raise SystemExit(
+                f"dataset '{name}' is not available ({e}).\nCOCO is expected under {root}/coco "
+                "(set DETECTRON2_DATASETS). To try conf_plugins without COCO, use the built-in "
+                "demo data: tools/train_net.py --config-file configs/demo/teacher.yaml") from None
+
+
+def setup(args):
+    """The frozen config of ``args`` (our keys added, ``model_zoo:`` bases resolved), with
+    its datasets registered and checked; detectron2's ``default_setup`` (logging, seed)."""
+    if not args.config_file:
+        raise SystemExit("--config-file is required (e.g. configs/demo/teacher.yaml)")
+    cfg = add_ddn_config(get_cfg())
+    merge_config_file(cfg, args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    register_datasets(cfg, getattr(args, "coco", ()))
+    check_datasets(cfg)
+    return cfg
+
+
+def run(args):
+    """Train (``DefaultTrainer`` with our evaluator) or, with ``--eval-only``, evaluate."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = CalibrationTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        evaluators = [CalibrationTrainer.build_evaluator(cfg, name, allow_empty=False)
+                      for name in cfg.DATASETS.TEST]
+        results = CalibrationTrainer.test(cfg, model, evaluators)
+        if comm.is_main_process():  # machine-readable copy of what detectron2 printed
+            with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
+                json.dump(results, f, indent=1)
+        return results
+    trainer = CalibrationTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def main(args):
+    """:func:`run`, then the process group torn down (the entry point given to ``launch``)."""
+    results = run(args)
+    shutdown_process_group()
+    return results
