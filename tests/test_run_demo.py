@@ -60,12 +60,17 @@ def test_tiny_pipeline_report(tiny_demo):
                     "failure_detection", "accuracy"):
             assert math.isfinite(float(row[key])), (row["method"], key)
     images = re.findall(r"\]\((figures/[^)]+\.png)\)", report)
-    assert len(images) >= 17  # 4 detection + 8 segmentation plots, 4 heat-maps, sigmas
+    assert len(images) >= 19  # 4 + 2 detection, 8 segmentation plots, 4 panels, sigmas
     for image in images:
         assert (out / image).stat().st_size > 1000, image
     for needed in ("sigma_trajectories.png", "seg_risk_coverage_off-domain.png",
-                   "MTL_val_shifted_demo_00000_leftImg8bit_pred_confidence.png"):
+                   "MTL_val_shifted_pred_confidence.png", "STL_val_max_softmax.png"):
         assert (out / "figures" / needed).exists(), needed
+    import numpy as np
+    from PIL import Image
+    panels = np.asarray(Image.open(out / "figures" / "MTL_val_shifted_pred_confidence.png"))
+    assert panels.shape[1] == 4 * 256  # image | prediction | errors | confidence
+    assert len(list((out / "figures").glob("det_detections_*/*_detections.png"))) == 2
     assert "tools/train_net.py" in report and "tools/fit_calibration.py" in report
 
     second = run_demo(tmp_path)

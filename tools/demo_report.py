@@ -65,6 +65,30 @@ def detection_section(out, figures):
     return lines + [""]
 
 
+def detection_figures(out, figures):
+    """Baseline and DDN detections on the first val image, coloured by score
+    (tools/visualize_detections.py, usable on any registered dataset)."""
+    from visualize_detections import main as visualize
+
+    root = os.path.dirname(os.path.abspath(__file__))
+    lines = []
+    for label, name, cfg in (("Baseline", "teacher", "teacher.yaml"), ("DDN", "ddn", "ddn.yaml")):
+        weights = os.path.join(out, "det", name, "model_final.pth")
+        if not os.path.exists(weights):
+            continue
+        folder = os.path.join(figures, f"det_detections_{name}")
+        extra = ["MODEL.DDN.TEACHER_WEIGHTS", os.path.join(out, "det", "teacher", "model_final.pth")]
+        (path,) = visualize(["--config-file", os.path.join(root, "..", "configs", "demo", cfg),
+                             "--dataset", "conf_demo_det_val", "--num-images", "1",
+                             "--min-score", "0.3", "--output", folder, "MODEL.WEIGHTS", weights,
+                             "OUTPUT_DIR", folder, *(extra if name == "ddn" else [])])
+        lines.append(f"![{label} detections](figures/{os.path.relpath(path, figures)})")
+    if not lines:
+        return []
+    return ["Detections with score >= 0.3 on the first val image, each box coloured by its score "
+            "(viridis: dark = unconfident, yellow = confident):", "", *lines, ""]
+
+
 def segmentation_section(out, figures):
     table, curves = [], {}
     for split, domain in (("val", "in-domain"), ("val_shifted", "off-domain")):
@@ -123,10 +147,11 @@ def flags_nothing_notes(table):
 
 
 def heatmap_section(out, figures):
-    """PoS (MTL) and max-softmax (STL) heat-maps on one in- and one off-domain image."""
+    """Image | prediction | errors | confidence (ConfidenceSegVisualizer, the one used by
+    SegVisualizationHook) for MTL's probability of success and STL's max softmax."""
     from mmseg.apis import init_model
 
-    from conf_plugins.mmseg.visualization import draw_confidence_heatmaps
+    from conf_plugins.mmseg import draw_confidence_panels
 
     mtl = sorted(glob.glob(os.path.join(out, "seg", "mtl", "*_bayes.pth")))
     stl = sorted(glob.glob(os.path.join(out, "seg", "stl", "iter_*.pth")))
@@ -134,8 +159,10 @@ def heatmap_section(out, figures):
         return []
     root = os.path.dirname(os.path.abspath(__file__))
     lines = ["## Confidence heat-maps", "",
-             "The same scene in-domain (val) and off-domain (val_shifted): MTL's probability of "
-             "success next to STL's max softmax (cf. success paper Fig. 4).", ""]
+             "The same scene in-domain (val) and off-domain (val_shifted): image | prediction | "
+             "errors (red; dark = ignored) | confidence, for MTL's probability of success and "
+             "STL's max softmax (cf. success paper Fig. 4). Drawn by `ConfidenceSegVisualizer`, "
+             "the visualizer `tools/seg_test.py --show-dir` uses.", ""]
     for label, cfg, ckpt, field in (
             ("MTL", "fcn_r18_mtl.py", mtl[-1], "pred_confidence"),
             ("STL", "fcn_r18_stl.py", stl[-1], "max_softmax")):
@@ -143,9 +170,11 @@ def heatmap_section(out, figures):
                            device="cpu")
         for split in ("val", "val_shifted"):
             image = sorted(glob.glob(f"datasets/conf_demo_seg/leftImg8bit/{split}/demo/*.png"))[0]
-            (path,) = draw_confidence_heatmaps(model, [image], figures, field,
-                                               prefix=f"{label}_{split}_")
-            lines.append(f"![{label} {split} {field}](figures/{os.path.basename(path)})")
+            label_path = image.replace("leftImg8bit", "gtFine", 1).replace(
+                "_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+            name = f"{label}_{split}_{field}.png"
+            draw_confidence_panels(model, image, os.path.join(figures, name), field, label_path)
+            lines.append(f"![{label} {split} {field}](figures/{name})")
     return lines + [""]
 
 
@@ -188,6 +217,7 @@ def write_report(out, record, tiny=False):
         lines += ["**Tiny run** (a few images and iterations): the numbers test the pipeline, "
                   "they mean nothing.", ""]
     lines += detection_section(out, figures)
+    lines += detection_figures(out, figures)
     lines += segmentation_section(out, figures)
     lines += heatmap_section(out, figures)
     lines += sigma_section(out, figures)

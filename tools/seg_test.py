@@ -23,6 +23,8 @@ def parse_args(argv=None):
     parser.add_argument("checkpoint")
     parser.add_argument("--work-dir")
     parser.add_argument("--out", help="write the metrics as JSON to this file")
+    parser.add_argument("--show-dir", help="draw every prediction (the config's visualizer, e.g. "
+                        "ConfidenceSegVisualizer: image | prediction | errors | confidence) here")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
@@ -42,6 +44,9 @@ def main(argv=None):
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = os.path.join("output", os.path.splitext(os.path.basename(args.config))[0])
+    if args.show_dir:  # as mmseg's tools/test.py --show-dir
+        cfg.default_hooks.visualization.update(draw=True, interval=1)
+        cfg.visualizer["save_dir"] = args.show_dir
     init_cpu_distributed_if_needed(cfg)
     runner = Runner.from_cfg(cfg)
     require_complete_checkpoint(runner.model, args.checkpoint)  # load_from is non-strict

@@ -26,3 +26,4 @@ calib_dataloader = dict(
                  ann_file='splits/train_calib.txt', pipeline={{_base_.test_pipeline}},
                  data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train')))
 tta_model = dict(type='ConfidenceSegTTAModel')  # --tta: confidence maps of the merged prediction
+visualizer = dict(type='ConfidenceSegVisualizer')  # --show-dir: image | prediction | errors | confidence

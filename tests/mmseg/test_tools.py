@@ -83,13 +83,18 @@ def test_bayes_binning_then_test_in_and_off_domain(workdir):
     assert result.returncode != 0 and "--force" in result.stderr  # never overwrites silently
     for split in ("val", "val_shifted"):
         metrics_file = str(workdir / f"{split}.json")
-        run(workdir, "seg_test.py", MTL, fitted["checkpoint"], "--work-dir", out,
+        show = ["--show-dir", str(workdir / "show")] if split == "val" else []
+        run(workdir, "seg_test.py", MTL, fitted["checkpoint"], "--work-dir", out, *show,
             "--out", metrics_file, "--cfg-options", "test_evaluator.1.confidence=pred_confidence",
             f"test_dataloader.dataset.data_prefix.img_path=leftImg8bit/{split}",
             f"test_dataloader.dataset.data_prefix.seg_map_path=gtFine/{split}")
         metrics = json.load(open(metrics_file))
         assert {"mIoU", "calib/ECE", "calib/AUROC", "calib/F0.5"} <= set(metrics)
         assert 0 <= metrics["calib/ECE"] <= 1
+    drawn = sorted((workdir / "show").rglob("*.png"))  # SegVisualizationHook + our visualizer
+    assert len(drawn) == 3  # one per val image: image | prediction | errors | confidence
+    height, width = np.asarray(Image.open(drawn[0])).shape[:2]
+    assert (height, width) == (128 + 18, 4 * 256)
 
 
 def test_temperature_scaling_for_the_stl_baseline(workdir):

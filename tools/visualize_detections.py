@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Draw a detector's detections on images of any registered dataset, coloured by confidence.
+
+Boxes are coloured by score (viridis: dark = unconfident, yellow = confident) and labelled
+with class, score and any uncertainty fields of the heads (entropy, mutual information, box
+std). Config, weights and datasets as in tools/train_net.py (``--coco`` included):
+
+    tools/visualize_detections.py --config-file configs/demo/teacher.yaml --dataset conf_demo_det_val \\
+        --num-images 4 --output output/vis MODEL.WEIGHTS output/demo/det/teacher/model_final.pth
+"""
+import os
+
+import torch
+from PIL import Image
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+
+from conf_plugins.detectron2.engine import argument_parser, setup
+from conf_plugins.detectron2.visualization import draw_detections
+
+
+def parse_args(argv=None):
+    parser = argument_parser()
+    parser.add_argument("--dataset", required=True, help="a registered dataset name")
+    parser.add_argument("--num-images", type=int, default=8)
+    parser.add_argument("--min-score", type=float, default=0.0)
+    parser.add_argument("--output", required=True, help="folder for the PNGs")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = setup(args)
+    if args.dataset not in DatasetCatalog.list():
+        raise SystemExit(f"dataset '{args.dataset}' is not registered (see --coco)")
+    if not cfg.MODEL.WEIGHTS or not os.path.isfile(cfg.MODEL.WEIGHTS):
+        raise SystemExit(f"MODEL.WEIGHTS is not a file: {cfg.MODEL.WEIGHTS!r}")
+    predictor = DefaultPredictor(cfg)  # loads MODEL.WEIGHTS
+    metadata = MetadataCatalog.get(args.dataset)
+    os.makedirs(args.output, exist_ok=True)
+    written = []
+    for record in DatasetCatalog.get(args.dataset)[:args.num_images]:
+        image = read_image(record["file_name"], format=cfg.INPUT.FORMAT)
+        with torch.no_grad():
+            instances = predictor(image)["instances"]
+        rgb = image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image
+        drawn = draw_detections(rgb, instances, metadata, args.min_score)
+        out = os.path.join(args.output, os.path.splitext(os.path.basename(record["file_name"]))[0]
+                           + "_detections.png")
+        Image.fromarray(drawn).save(out)
+        written.append(out)
+    print(f"{len(written)} images -> {args.output}")
+    return written
+
+
+if __name__ == "__main__":
+    main()
