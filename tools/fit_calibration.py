@@ -29,6 +29,7 @@ from mmseg.registry import MODELS
 import conf_plugins.mmseg  # noqa: F401  (registers components, safe checkpoint loading)
 from conf_plugins.calibration import BayesBinningCalibrator, TemperatureScaler
 from conf_plugins.mmseg import SuccessEncoderDecoder
+from conf_plugins.mmseg.data_settings import apply_data_settings
 
 MAX_TEMPERATURE_PIXELS = 2_000_000  # uniform sample of the labelled pixels, drawn streaming
 EVALUATED = ("val_dataloader", "test_dataloader")
@@ -162,6 +163,7 @@ def main(argv=None):
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    apply_data_settings(cfg)  # `data = dict(type, data_root, splits)`: your own data
     init_default_scope(cfg.get("default_scope", "mmseg"))
     if not os.path.isfile(args.checkpoint):
         raise SystemExit(f"checkpoint not found: {args.checkpoint}")

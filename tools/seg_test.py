@@ -14,6 +14,7 @@ from mmengine.runner import Runner
 
 from conf_plugins.distributed import shutdown_process_group
 from conf_plugins.mmseg.checkpoints import require_complete_checkpoint
+from conf_plugins.mmseg.data_settings import apply_data_settings
 from conf_plugins.mmseg.distributed import init_cpu_distributed_if_needed
 
 
@@ -37,6 +38,7 @@ def main(argv=None):
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    apply_data_settings(cfg)  # `data = dict(type, data_root, splits)`: your own data
     if not os.path.isfile(args.checkpoint):
         raise SystemExit(f"checkpoint not found: {args.checkpoint}")
     cfg.load_from = args.checkpoint

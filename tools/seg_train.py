@@ -12,6 +12,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from conf_plugins.distributed import shutdown_process_group
+from conf_plugins.mmseg.data_settings import apply_data_settings
 from conf_plugins.mmseg.distributed import init_cpu_distributed_if_needed
 
 
@@ -32,6 +33,7 @@ def build_config(args) -> Config:
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    apply_data_settings(cfg)  # `data = dict(type, data_root, splits)`: your own data
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:
