@@ -59,6 +59,12 @@ def test_tiny_pipeline_report(tiny_demo):
         for key in ("mIoU", "ECE", "AUROC", "AURC", "AUPR_In", "AUPR_Out", "coverage",
                     "failure_detection", "accuracy"):
             assert math.isfinite(float(row[key])), (row["method"], key)
+    numbers = json.loads((out / "report.json").read_text())  # every number beside the Markdown
+    for row in seg:
+        metrics = numbers["segmentation"][row["domain"]][row["method"]]
+        assert f"{metrics['calib/ECE']:.4f}" == row["ECE"], row["method"]
+    for row in det:
+        assert f"{numbers['detection'][row['method']]['calibration']['ECE@IoU0.5']:.4f}" == row["ECE@0.5"]
     images = re.findall(r"\]\((figures/[^)]+\.png)\)", report)
     assert len(images) >= 19  # 4 + 2 detection, 8 segmentation plots, 4 panels, sigmas
     for image in images:

@@ -26,7 +26,7 @@ def _stats(state):
     return CalibrationStats.from_state_dict(state)
 
 
-def detection_section(out, figures):
+def detection_section(out, figures, numbers=None):
     rows, curves, lines = [], {}, []
     for label, name in DET_METHODS:
         path = os.path.join(out, "det", name, "eval_results.json")
@@ -44,6 +44,9 @@ def detection_section(out, figures):
             shutil.copy(src, dst)
     if not rows:
         return []
+    if numbers is not None:
+        numbers["detection"] = {label: {"bbox": bbox, "calibration": cal}
+                                for label, bbox, cal in rows}
     lines += ["## Detection (Faster R-CNN R18-FPN, demo data)", "",
               "mAP / AP50 from COCOEvaluator (in %); calibration of detection scores per IoU "
               "threshold t (a detection is correct when it matches an unmatched same-class GT "
@@ -89,7 +92,7 @@ def detection_figures(out, figures):
             "(viridis: dark = unconfident, yellow = confident):", "", *lines, ""]
 
 
-def segmentation_section(out, figures):
+def segmentation_section(out, figures, numbers=None):
     table, curves = [], {}
     for split, domain in (("val", "in-domain"), ("val_shifted", "off-domain")):
         for label, name in SEG_METHODS:
@@ -105,6 +108,10 @@ def segmentation_section(out, figures):
             shutil.copy(png, os.path.join(figures, f"seg_reliability_{name}_{split}.png"))
     if not table:
         return []
+    if numbers is not None:
+        numbers["segmentation"] = {}
+        for domain, label, metrics in table:
+            numbers["segmentation"].setdefault(domain, {})[label] = metrics
     keys = ("ECE", "AUROC", "AURC", "AUPR_In", "AUPR_Out", "coverage", "failure_detection",
             "accuracy", "precision", "F0.5")
     lines = ["## Segmentation (FCN R18, demo data)", "",
@@ -216,9 +223,10 @@ def write_report(out, record, tiny=False):
     if tiny:
         lines += ["**Tiny run** (a few images and iterations): the numbers test the pipeline, "
                   "they mean nothing.", ""]
-    lines += detection_section(out, figures)
+    numbers = {"tiny": tiny}  # every number of the tables, beside the Markdown
+    lines += detection_section(out, figures, numbers)
     lines += detection_figures(out, figures)
-    lines += segmentation_section(out, figures)
+    lines += segmentation_section(out, figures, numbers)
     lines += heatmap_section(out, figures)
     lines += sigma_section(out, figures)
     lines += ["## Commands", "", "Each stage, as run (skipped stages show their last run):", ""]
@@ -227,4 +235,7 @@ def write_report(out, record, tiny=False):
     path = os.path.join(out, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+    numbers["stages"] = record
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(numbers, f, indent=1)
     return path

@@ -12,7 +12,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .stats import CalibrationStats
+from .stats import DEFAULT_NUM_BINS, CalibrationStats
 
 
 def _save(fig: Figure, path) -> str:
@@ -32,7 +32,8 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def plot_reliability(stats_or_reliability, path, num_bins: int = 15, title: str = None) -> str:
+def plot_reliability(stats_or_reliability, path, num_bins: int = DEFAULT_NUM_BINS,
+                     title: str = None) -> str:
     """Reliability diagram: accuracy per confidence bin against the diagonal, the gap to each
     bin's mean confidence shaded, ECE in the legend; below it the confidence histogram.
 

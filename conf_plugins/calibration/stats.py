@@ -46,6 +46,7 @@ MAX_FINE_BINS = 1_000_000  # binning below is exact for float32 input up to this
 LOG_EPS = float(np.finfo(np.float64).eps)
 FORMAT_VERSION = 1
 F_BETA = 0.5  # success-prediction paper §3.3: precision weighted double
+DEFAULT_NUM_BINS = 10  # coarse bins of ECE / MSCE / MCE everywhere (DDN paper §III: M = 10)
 _CHUNK = 1 << 18  # samples per pass: bounds temporaries (~8 MB) and keeps them in cache
 # the keys of CalibrationStats.compute (plus "mean_entropy" when entropies were given)
 METRIC_NAMES = ("ECE", "MSCE", "MCE", "NLL", "NLL_DDN", "Brier", "AUROC", "AUPR_In", "AUPR_Out",
@@ -397,7 +398,7 @@ class CalibrationStats:
                              f"{self.num_fine_bins} in [0, 1] for exact thresholded metrics")
         return k
 
-    def reliability(self, num_bins: int = 15) -> dict:
+    def reliability(self, num_bins: int = DEFAULT_NUM_BINS) -> dict:
         """Reliability-diagram data per coarse bin (DDN paper eq. 13–14), numpy arrays.
 
         Returns ``edges`` (num_bins + 1), ``count``, ``mean_confidence`` = conf(D_k) (eq. 14)
@@ -435,7 +436,7 @@ class CalibrationStats:
                 "AUPR_Out": _average_precision(wrong, right),
                 "AURC": _aurc(right[::-1], wrong[::-1])}
 
-    def compute(self, num_bins: int = 15, threshold: float = 0.5) -> dict:
+    def compute(self, num_bins: int = DEFAULT_NUM_BINS, threshold: float = 0.5) -> dict:
         """All metrics as ``{name: float}``.
 
         * ``ECE`` = Σ_k |D_k|/N · |freq(D_k) − conf(D_k)| (DDN eq. 13–14, L1 form of eq. 15);

@@ -7,6 +7,7 @@ from mmengine.evaluator import BaseMetric
 from mmseg.registry import METRICS
 
 from conf_plugins.calibration import CalibrationStats
+from conf_plugins.calibration.stats import DEFAULT_NUM_BINS
 from conf_plugins.calibration.plots import plot_reliability
 
 
@@ -29,7 +30,8 @@ class SegCalibrationMetric(BaseMetric):
         confidence (str): ``'max_softmax'`` or the name of a per-pixel field.
         temperature (float): divides the logits before the softmax (max_softmax only).
         ignore_index (int): label of pixels to leave out. Default 255.
-        num_bins (int): coarse bins of ECE / MSCE / MCE and the reliability diagram.
+        num_bins (int): coarse bins of ECE / MSCE / MCE and the reliability diagram (10, as
+            detection's TEST.CALIBRATION.NUM_BINS and Bayes binning).
         num_fine_bins (int): resolution of the sufficient statistics (a multiple of num_bins;
             ranking metrics are exact up to ties within 1/num_fine_bins). Each image's record
             is ~80 bytes per fine bin (120 kB at the default 1500), whatever its size.
@@ -41,7 +43,7 @@ class SegCalibrationMetric(BaseMetric):
     default_prefix = "calib"
 
     def __init__(self, confidence: str = "max_softmax", temperature: float = 1.0,
-                 ignore_index: int = 255, num_bins: int = 15, num_fine_bins: int = 1500,
+                 ignore_index: int = 255, num_bins: int = DEFAULT_NUM_BINS, num_fine_bins: int = 1500,
                  threshold: float = 0.5, output_dir: str = None, collect_device: str = "cpu",
                  prefix: str = None):
         super().__init__(collect_device=collect_device, prefix=prefix)

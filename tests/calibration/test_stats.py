@@ -158,10 +158,11 @@ def test_compute_rejects_inexact_bins_and_thresholds():
         stats.compute(num_bins=7)
     with pytest.raises(ValueError, match="edge"):
         stats.compute(threshold=0.12345)
-    with pytest.raises(ValueError, match="edge"):
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
         stats.compute(threshold=1.5)
     assert math.isnan(stats.compute(threshold=1.0)["precision"])  # nothing is confident
-    assert stats.compute(threshold=0.0)["recall"] == 1.0
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):  # c == 0 would count as confident
+        stats.compute(threshold=0.0)
     with pytest.raises(ValueError):
         CalibrationStats(0)
 
