@@ -105,12 +105,14 @@ def test_tiny_success_ablation_reuses_the_demo_and_chooses_on_calib(tiny_demo):
     report = json.loads((tiny_demo / "output" / "ablation" / "report.json").read_text())
     rows = report["rows"]
     names = {r["name"] for r in rows}
-    assert {"STL", "kendall snapshot", "kendall live", "kendall net@2", "paper snapshot",
-            "balanced snapshot", "seg_conf snapshot", "kendall max-softmax"} <= names
+    assert {"STL", "balanced snapshot", "balanced live", "balanced net@2", "paper snapshot",
+            "kendall snapshot", "seg_conf snapshot", "balanced max-softmax", "balanced refit",
+            "kendall refit-balanced"} <= names
     for row in rows:
         for split in ("calib_select", "val", "val_shifted"):
             assert math.isfinite(row[split]["ECE"]) and 0 <= row[split]["coverage"] <= 1
-    candidates = [r for r in rows if r["map"] not in ("softmax", "scaled", "raw")]
+    candidates = [r for r in rows if r["map"] in ("bayes10", "bayes100")
+                  and r["name"].endswith((" snapshot", " live"))]  # deployable
     best = max(r["calib_select"]["AUROC"] for r in candidates)
     chosen = next(r for r in rows if (r["name"], r["map"]) == (report["chosen"]["name"],
                                                                 report["chosen"]["map"]))

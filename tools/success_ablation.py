@@ -6,16 +6,21 @@
 What it varies (the design choices the success paper leaves open), each as a row:
 
 * **training** (one seg_train run each, cached by command + configs, like ``make demo``):
-  ``paper`` = the demo MTL config with the paper's additive loss (``task_weighting=None``);
-  ``kendall`` = the demo MTL config (uncertainty weighting); ``balanced`` = + class-balanced
-  success loss; ``seg_conf`` = + the seg logits' max softmax and margin as branch inputs.
+  ``balanced`` = the demo MTL config (uncertainty weighting + class-balanced success loss;
+  its run is the demo's own); ``paper`` = the paper's additive loss and plain cross-entropy;
+  ``kendall`` = uncertainty weighting, plain cross-entropy; ``seg_conf`` = ``kendall`` + the
+  seg logits' max softmax and margin as branch inputs. Every run takes the iteration-200
+  snapshot.
 * **what predicts success at test time**: ``snapshot`` (the branch frozen at iteration 200,
-  paper §3.2), ``live`` (the branch at the end of training = no snapshot) and, for the demo
-  config, ``net@200`` (the whole network at iteration 200 predicts success, the final one
-  segments: two backbone passes).
+  paper §3.2), ``live`` (the branch at the end of training = no snapshot), ``refit`` /
+  ``refit-balanced`` (a fresh branch trained on the final network's frozen features of the
+  even calib images: conf_plugins.mmseg.refit) and, for the demo network, ``net@200`` (the
+  whole network at iteration 200 predicts success, the final one segments).
 * **the map from score to probability of success**, fitted on held-out data: ``raw`` (the
   success softmax itself), ``bayes10`` (the paper: 10 equal-width bins), ``bayes100``,
-  ``mass100`` (100 equal-mass bins, same Bayes rule), ``isotonic`` (scikit-learn).
+  ``mass100`` (100 equal-mass bins, same Bayes rule), ``isotonic`` (scikit-learn) and
+  ``fusion`` (logistic regression on the log-odds of the success score *and* of the max
+  softmax, both at full resolution).
 
 Baselines in the same table: STL (max softmax), STL-scaled (temperature fitted on held-out
 data), STL MC-10 (mean softmax of 10 dropout samples of its decode head) and each MTL
@@ -26,11 +31,13 @@ ties (near-1 max softmax) are resolved finely.
 
 **Selection never sees val.** The calib split is halved by image (even / odd): maps and
 temperature are fitted on one half and the choice is made on the other (``calib-select``
-columns): the row with the highest calib-select AUROC among the MTL probability-of-success
-rows, ties broken by ECE. The reported val / val_shifted numbers use maps fitted on the whole
+columns): the row with the highest calib-select AUROC among the *deployable* probability-of-
+success rows (a trained network's snapshot or live branch with Bayes binning, what
+``SuccessEncoderDecoder`` holds), ties broken by ECE; the other rows are study-only. The reported val / val_shifted numbers use maps fitted on the whole
 calib split. Evaluation is re-run each time (about a minute); training is cached.
 """
 import argparse
+import copy
 import json
 import os
 
@@ -45,12 +52,19 @@ from run_demo import (ROOT, SEG_DATA_SIZES, TINY_SEG, TINY_SEG_DATA, TINY_SNAPSH
 FINE_BINS = 600_000
 SPLITS = ("calib", "val", "val_shifted")
 MTL_CFG = "configs/mmseg/demo/fcn_r18_mtl.py"
-TRAINING = {  # variant -> overrides of the demo MTL config ("kendall": the demo MTL itself)
-    "paper": {"model.decode_head.task_weighting": None},
-    "balanced": {"model.decode_head.success_class_weight": "balanced"},
-    "seg_conf": {"model.decode_head.success_inputs": ["features", "seg_confidence"]},
+TRAINING = {  # variant -> overrides of the demo MTL config (itself the "balanced" variant)
+    "paper": {"model.decode_head.task_weighting": None,
+              "model.decode_head.success_class_weight": None},
+    "kendall": {"model.decode_head.success_class_weight": None},
+    "seg_conf": {"model.decode_head.success_class_weight": None,
+                 "model.decode_head.success_inputs": ["features", "seg_confidence"]},
 }
-MAPS = ("raw", "bayes10", "bayes100", "mass100", "isotonic")
+DEMO_VARIANT = "balanced"  # the demo MTL: Kendall weighting + class-balanced success loss
+MAPS = ("raw", "bayes10", "bayes100", "mass100", "isotonic", "fusion")
+# what SuccessEncoderDecoder can hold (Bayes binning) from a network trained by seg_train:
+# the choice is made among these; the other maps and sources are study-only
+DEPLOYABLE_MAPS = ("bayes10", "bayes100")
+DEPLOYABLE_SOURCES = (" snapshot", " live")
 
 
 def parse_args(argv=None):
@@ -98,20 +112,40 @@ def load_model(config, checkpoint, overrides=None):
 
     cfg = Config.fromfile(os.path.join(ROOT, config))
     cfg.merge_from_dict(overrides or {})
+    if cfg.model.type == "SuccessEncoderDecoder":  # snapshot rows use it, live rows toggle it
+        cfg.model.decode_head.predict_with_snapshot = True
     init_default_scope("mmseg")
     model = MODELS.build(cfg.model)
     load_checkpoint(model, checkpoint, map_location="cpu", strict=True, logger="silent")
     return model.eval(), cfg
 
 
-def pixels(model, cfg, split, live_branch=False):
-    """Labelled pixels of a split: dict of flat arrays (image index, label, prediction, max
-    softmax, success score if any, logits)."""
+def split_loader(cfg, split):
+    """The test dataloader of the config, on one demo split."""
     from mmengine.runner import Runner
 
     loader_cfg = cfg.test_dataloader.copy()
     loader_cfg.dataset.data_prefix = dict(img_path=f"leftImg8bit/{split}",
                                           seg_map_path=f"gtFine/{split}")
+    return Runner.build_dataloader(loader_cfg)
+
+
+def refitted(model, cfg, balanced):
+    """A copy of ``model`` whose success branch is refit on the even calib images (the odd
+    ones stay for the choice; val never seen): conf_plugins.mmseg.refit."""
+    from conf_plugins.mmseg.refit import refit_success_branch
+
+    copy_ = copy.deepcopy(model)
+    loader = split_loader(cfg, "calib")
+    even = set(range(0, len(loader.dataset), 2))
+    summary = refit_success_branch(copy_, loader, balanced=balanced, images=even)
+    print(f"[ablation] refit ({'balanced' if balanced else 'plain'}): {summary}", flush=True)
+    return copy_
+
+
+def pixels(model, cfg, split, live_branch=False):
+    """Labelled pixels of a split: dict of flat arrays (image index, label, prediction, max
+    softmax, success score if any, logits)."""
     head = model.decode_head
     taken = bool(getattr(head, "snapshot_taken", False))
     if live_branch:
@@ -119,7 +153,7 @@ def pixels(model, cfg, split, live_branch=False):
     parts = {k: [] for k in ("image", "label", "pred", "max_softmax", "success", "logits")}
     try:
         with torch.no_grad():
-            for i, batch in enumerate(Runner.build_dataloader(loader_cfg)):
+            for i, batch in enumerate(split_loader(cfg, split)):
                 for sample in model.test_step(batch):
                     label = sample.gt_sem_seg.data.squeeze(0)
                     keep = label != head.ignore_index
@@ -195,8 +229,21 @@ def fit_confidence(kind, calib, mask):
                                     torch.from_numpy(calib["label"][mask])).temperature
         return (lambda d: (torch.from_numpy(d["logits"]) / t).softmax(1).amax(1).numpy()), t
     correct = calib["pred"][mask] == calib["label"][mask]
+    if kind == "fusion":  # logistic regression on (logit success, logit max softmax)
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(max_iter=1000).fit(fusion_inputs(calib, mask), correct)
+        return (lambda d: model.predict_proba(fusion_inputs(d))[:, 1]), None
     pos = fit_map(kind, calib["success"][mask], correct)
     return (lambda d: pos(d["success"])), None
+
+
+def fusion_inputs(d, mask=None):
+    """(N, 2) log-odds of the success score and of the max softmax, at full resolution."""
+    eps = 1e-6
+    x = np.stack([np.clip(d["success"], eps, 1 - eps), np.clip(d["max_softmax"], eps, 1 - eps)], 1)
+    x = np.log(x / (1 - x))
+    return x if mask is None else x[mask]
 
 
 def evaluate(sources, num_classes):
@@ -223,8 +270,10 @@ def evaluate(sources, num_classes):
 
 
 def choose(rows):
-    """The MTL probability-of-success row with the highest calib-select AUROC (then lowest ECE)."""
-    candidates = [r for r in rows if r["map"] in MAPS and r["map"] != "raw"]
+    """Among the deployable probability-of-success rows (a trained network's snapshot or live
+    branch + Bayes binning), the highest calib-select AUROC (then lowest ECE)."""
+    candidates = [r for r in rows if r["map"] in DEPLOYABLE_MAPS
+                  and r["name"].endswith(DEPLOYABLE_SOURCES)]
     return max(candidates, key=lambda r: (round(r["calib_select"]["AUROC"], 4),
                                           -r["calib_select"]["ECE"]))
 
@@ -265,7 +314,7 @@ def main(argv=None):
     seg = os.path.join(args.demo_output, "seg")
     last, snapshot = (4, 2) if args.tiny else (600, 200)
     models = [("STL", "configs/mmseg/demo/fcn_r18_stl.py", f"{seg}/stl/iter_{last}.pth", {}),
-              ("kendall", MTL_CFG, f"{seg}/mtl/iter_{last}.pth", {})]
+              (DEMO_VARIANT, MTL_CFG, f"{seg}/mtl/iter_{last}.pth", {})]
     models += [(name, MTL_CFG, f"{args.output}/{name}/iter_{last}.pth", TRAINING[name])
                for name in TRAINING]
     sources = []
@@ -283,13 +332,16 @@ def main(argv=None):
         sources.append((f"{name} snapshot", data, MAPS))
         live = {s: pixels(model, cfg, s, live_branch=True) for s in SPLITS}
         sources.append((f"{name} live", live, MAPS))
-        if name == "kendall":
+        for variant, balanced in (("refit", False), ("refit-balanced", True)):
+            refit = refitted(model, cfg, balanced)
+            sources.append((f"{name} {variant}", {s: pixels(refit, cfg, s) for s in SPLITS}, MAPS))
+        if name == DEMO_VARIANT:
             early, early_cfg = load_model(config, f"{seg}/mtl/iter_{snapshot}.pth", {})
             net200 = {}
             for s in SPLITS:
                 final, at200 = data[s], pixels(early, early_cfg, s, live_branch=True)
                 net200[s] = {**final, "success": at200["success"]}
-            sources.append((f"kendall net@{snapshot}", net200, MAPS))
+            sources.append((f"{DEMO_VARIANT} net@{snapshot}", net200, MAPS))
         print(f"[ablation] evaluated {name}", flush=True)
     rows = evaluate(sources, num_classes)
     chosen = choose(rows)

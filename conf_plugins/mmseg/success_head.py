@@ -98,6 +98,9 @@ class SuccessBranchMixin:
             ignored. Default False (two tasks, nothing else changes).
         depth_channels (int): channels of the depth branch's hidden layer. Default 32.
         depth_loss_weight (float): weight of the depth L1 loss. Default 1.0.
+        predict_with_snapshot (bool): once a snapshot is taken, it predicts success at test
+            time (the paper, default True); False predicts with the live (final) branch and
+            keeps the snapshot only in the checkpoint (the study's choice on the demo data).
 
     Attributes:
         success_snapshot: a frozen copy of the branch, taken by ``SuccessSnapshotHook`` early
@@ -110,8 +113,13 @@ class SuccessBranchMixin:
     def __init__(self, *args, success_channels: int = 32, success_loss_weight: float = 1.0,
                  success_class_weight: str = None, success_inputs=("features",),
                  task_weighting: dict = None, depth_branch: bool = False,
-                 depth_channels: int = 32, depth_loss_weight: float = 1.0, **kwargs):
+                 depth_channels: int = 32, depth_loss_weight: float = 1.0,
+                 predict_with_snapshot: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        if not isinstance(predict_with_snapshot, bool):
+            raise ValueError(f"predict_with_snapshot must be True or False, got "
+                             f"{predict_with_snapshot!r}")
+        self.predict_with_snapshot = predict_with_snapshot
         if self.out_channels < 2:
             raise ValueError("success heads need a multi-class head (out_channels >= 2)")
         if success_class_weight not in (None, "balanced"):
@@ -153,8 +161,8 @@ class SuccessBranchMixin:
     def cls_seg(self, feat):
         """Seg logits (N, C, h, w) and success logits (N, 2, h, w), packed as C + 2 channels,
         then the depth prediction (N, 1, h, w) with the depth branch (C + 3 channels)."""
-        branch = (self.success_snapshot if not self.training and bool(self.snapshot_taken)
-                  else self.success_branch)
+        branch = (self.success_snapshot if not self.training and self.predict_with_snapshot
+                  and bool(self.snapshot_taken) else self.success_branch)
         seg_logits = super().cls_seg(feat)
         success_in = feat
         if "seg_confidence" in self.success_inputs:
