@@ -4,6 +4,7 @@ import os
 
 import torch
 from mmengine.evaluator import BaseMetric
+from mmengine.logging import print_log
 from mmseg.registry import METRICS
 
 from conf_plugins.calibration import CalibrationStats
@@ -27,7 +28,9 @@ class SegCalibrationMetric(BaseMetric):
     duplicates of its distributed sampler — gives the numbers of a single process.
 
     Args:
-        confidence (str): ``'max_softmax'`` or the name of a per-pixel field.
+        confidence (str): ``'max_softmax'``, the name of a per-pixel field, or ``'auto'``
+            (the probability of success once fitted, else the raw success score, else max
+            softmax; see :meth:`resolved_confidence`).
         temperature (float): divides the logits before the softmax (max_softmax only).
         ignore_index (int): label of pixels to leave out. Default 255.
         num_bins (int): coarse bins of ECE / MSCE / MCE and the reliability diagram (10, as
@@ -53,13 +56,14 @@ class SegCalibrationMetric(BaseMetric):
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
                 and temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        if temperature != 1 and confidence != "max_softmax":
+        if temperature != 1 and confidence != "max_softmax":  # 'auto' included
             raise ValueError(f"temperature={temperature} applies to confidence='max_softmax' "
                              f"only; '{confidence}' is used as it is")
         # bins and threshold are checked now, not after the whole inference
         num_bins, threshold = CalibrationStats(num_fine_bins).check_metric_args(num_bins,
                                                                                 threshold)
         self.confidence = confidence
+        self._auto = None  # what confidence='auto' resolved to in this run
         self.temperature = temperature
         self.ignore_index = ignore_index
         self.num_bins = num_bins
@@ -67,16 +71,34 @@ class SegCalibrationMetric(BaseMetric):
         self.threshold = threshold
         self.output_dir = output_dir
 
+    def resolved_confidence(self, sample: dict) -> str:
+        """The map ``confidence`` names; ``'auto'``: ``pred_confidence`` when the predictions
+        carry it (a fitted success model), else ``success_score``, else ``max_softmax`` —
+        the same choice for every image of a run, logged once."""
+        if self.confidence != "auto":
+            return self.confidence
+        name = next((f for f in ("pred_confidence", "success_score") if f in sample),
+                    "max_softmax")
+        if self._auto is None:
+            self._auto = name
+            print_log(f"SegCalibrationMetric(confidence='auto'): evaluating '{name}'",
+                      logger="current")
+        elif name != self._auto:
+            raise ValueError(f"confidence='auto' resolved to '{self._auto}' for earlier images "
+                             f"but to '{name}' for {sample.get('img_path')}")
+        return name
+
     def confidence_map(self, sample: dict) -> torch.Tensor:
         """(H, W) confidence of one predicted sample."""
-        if self.confidence == "max_softmax":
+        confidence = self.resolved_confidence(sample)
+        if confidence == "max_softmax":
             logits = sample["seg_logits"]["data"].float()
             return (logits / self.temperature).softmax(dim=0).max(dim=0).values
-        if self.confidence not in sample:
-            raise KeyError(f"the predictions carry no '{self.confidence}' map (they have "
+        if confidence not in sample:
+            raise KeyError(f"the predictions carry no '{confidence}' map (they have "
                            f"{sorted(sample)}); for 'pred_confidence' fit Bayes binning first "
                            "(tools/fit_calibration.py)")
-        return sample[self.confidence]["data"].float().squeeze(0)
+        return sample[confidence]["data"].float().squeeze(0)
 
     @staticmethod
     def check_maps_match_prediction(sample, pred):
@@ -120,10 +142,11 @@ class SegCalibrationMetric(BaseMetric):
         if total.count == 0:
             raise ValueError("no labelled pixels to evaluate: every pixel is ignore_index")
         metrics = total.compute(num_bins=self.num_bins, threshold=self.threshold)
+        name, self._auto = self._auto or self.confidence, None  # 'auto' resolves anew per run
         if self.output_dir:
             os.makedirs(self.output_dir, exist_ok=True)
-            plot_reliability(total, os.path.join(self.output_dir, f"reliability_{self.confidence}.png"),
-                             num_bins=self.num_bins, title=f"confidence: {self.confidence}")
+            plot_reliability(total, os.path.join(self.output_dir, f"reliability_{name}.png"),
+                             num_bins=self.num_bins, title=f"confidence: {name}")
             torch.save(total.state_dict(),
-                       os.path.join(self.output_dir, f"stats_{self.confidence}.pt"))
+                       os.path.join(self.output_dir, f"stats_{name}.pt"))
         return metrics

@@ -13,7 +13,7 @@ optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'log_vars': dict(decay_mult
 # Early checkpoint of the success branch (success paper §3.2): 10 % into training.
 custom_hooks = [dict(type='SuccessSnapshotHook', snapshot_iter=8000)]
 val_evaluator = [dict(type='IoUMetric', iou_metrics=['mIoU']),
-                 dict(type='SegCalibrationMetric', confidence='success_score')]
+                 dict(type='SegCalibrationMetric', confidence='auto')]  # PoS once fitted
 test_evaluator = val_evaluator
 # Calibration discipline: train on train minus a held-out part, fit temperature / Bayes
 # binning on that part (tools/fit_calibration.py reads calib_dataloader), report on val.

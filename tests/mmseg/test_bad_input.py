@@ -171,3 +171,22 @@ def test_stock_tta_maps_are_caught_by_the_metric():
     with pytest.raises(ValueError, match="ConfidenceSegTTAModel"):
         SegCalibrationMetric().process({}, [s.to_dict() for s in stock])
     SegCalibrationMetric().process({}, [s.to_dict() for s in ours])  # consistent
+
+
+def test_auto_confidence_is_the_pos_once_fitted_and_never_mixes():
+    uncalibrated = MODELS.build(success_model_cfg()).eval()
+    calibrated = calibrated_model()
+    stl = MODELS.build(tiny_mmseg_model_cfg()).eval()
+    for model, expected in ((uncalibrated, "success_score"), (calibrated, "pred_confidence"),
+                            (stl, "max_softmax")):
+        metric = SegCalibrationMetric(confidence="auto")
+        samples = predicted(model)
+        metric.process({}, samples)
+        assert metric._auto == expected
+        reference = SegCalibrationMetric(confidence=expected)
+        reference.process({}, samples)
+        assert metric.compute_metrics(metric.results) == reference.compute_metrics(reference.results)
+    metric = SegCalibrationMetric(confidence="auto")
+    metric.process({}, predicted(calibrated))
+    with pytest.raises(ValueError, match="resolved to 'pred_confidence' for earlier images"):
+        metric.process({}, predicted(uncalibrated))
