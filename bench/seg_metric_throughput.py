@@ -2,8 +2,10 @@
 """Throughput and peak memory of the segmentation calibration metric vs torchmetrics.
 
 Streams N pixels of 19-class logits (Cityscapes-sized 1024x2048 images, generated) through
-  ours:         softmax -> max / argmax -> correct -> CalibrationStats.update (what
-                SegCalibrationMetric.process does per image), then compute();
+  ours:         pixel_confidence (max softmax and argmax in a class loop, no softmax
+                tensor) -> correct -> CalibrationStats.update (what SegCalibrationMetric
+                does per image), then compute();
+  ours-softmax: the same with the softmax tensor (what the metric did before issue 14);
   torchmetrics: the same softmax, then BinaryCalibrationError.update, then compute();
 each in its own subprocess (peak RSS is per process), side by side in one run. Also times
 the statistics update alone on precomputed confidences. Not a test: numbers depend on the
@@ -35,41 +37,54 @@ def images(num_pixels, seed=0):
         done += H * W
 
 
-def run_ours(num_pixels):
+def run_ours(num_pixels, fused=True):
     from conf_plugins.calibration import CalibrationStats
+    from conf_plugins.calibration.pixel_confidence import pixel_confidence
 
     stats = CalibrationStats(1500)
-    update_seconds = 0.0
+    update_seconds = metric_seconds = 0.0
     for logits, label in images(num_pixels):
-        probs = logits.softmax(dim=0)
-        confidence, pred = probs.max(dim=0)
+        start = time.perf_counter()
+        if fused:
+            confidence, pred, _, _ = pixel_confidence(logits)
+        else:
+            confidence, pred = logits.softmax(dim=0).max(dim=0)
         t = time.perf_counter()
         stats.update(confidence, pred == label)
         update_seconds += time.perf_counter() - t
-    result = stats.compute(num_bins=15)
-    return {"ECE": result["ECE"], "update_seconds": update_seconds}
+        metric_seconds += time.perf_counter() - start
+    t = time.perf_counter()
+    result = stats.compute(num_bins=15)  # torchmetrics' n_bins below
+    metric_seconds += time.perf_counter() - t
+    return {"ECE": result["ECE"], "update_seconds": update_seconds,
+            "metric_seconds": metric_seconds}
 
 
 def run_torchmetrics(num_pixels):
     from torchmetrics.classification import BinaryCalibrationError
 
     metric = BinaryCalibrationError(n_bins=15, norm="l1")
-    update_seconds = 0.0
+    update_seconds = metric_seconds = 0.0
     for logits, label in images(num_pixels):
+        start = time.perf_counter()
         probs = logits.softmax(dim=0)
         confidence, pred = probs.max(dim=0)
         t = time.perf_counter()
         metric.update(confidence.flatten(), (pred == label).flatten())  # bool: its cheapest path
         update_seconds += time.perf_counter() - t
+        metric_seconds += time.perf_counter() - start
     t = time.perf_counter()
     ece = float(metric.compute())
-    return {"ECE": ece, "update_seconds": update_seconds + time.perf_counter() - t}
+    return {"ECE": ece, "update_seconds": update_seconds + time.perf_counter() - t,
+            "metric_seconds": metric_seconds + time.perf_counter() - t}
 
 
 def child(which, num_pixels, threads):
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    result = (run_ours if which == "ours" else run_torchmetrics)(num_pixels)
+    runs = {"ours": run_ours, "ours-softmax": lambda n: run_ours(n, fused=False),
+            "torchmetrics": run_torchmetrics}
+    result = runs[which](num_pixels)
     result["seconds"] = time.perf_counter() - start
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
@@ -85,22 +100,26 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pixels", type=float, default=1e8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (per core: 1)")
-    parser.add_argument("--child", choices=["ours", "torchmetrics"])
+    parser.add_argument("--child", choices=["ours", "ours-softmax", "torchmetrics"])
     args = parser.parse_args()
     num_pixels = int(args.pixels)
     if args.child:
         return child(args.child, num_pixels, args.threads)
     print(f"{num_pixels:.2e} pixels of {C}-class logits, {H}x{W} images, "
           f"{args.threads} thread(s)")
-    rows = {name: measure(name, num_pixels, args.threads) for name in ("ours", "torchmetrics")}
+    rows = {name: measure(name, num_pixels, args.threads)
+            for name in ("ours", "ours-softmax", "torchmetrics")}
     for name, r in rows.items():
         print(f"{name:<13} total {r['seconds']:7.1f} s  {num_pixels / r['seconds'] / 1e6:7.2f} Mpx/s"
+              f"  metric (logits in) {num_pixels / r['metric_seconds'] / 1e6:6.2f} Mpx/s"
               f"  statistics only {num_pixels / r['update_seconds'] / 1e6:8.1f} Mpx/s"
               f"  peak RSS {r['peak_rss_mb']:8.0f} MB  ECE {r['ECE']:.6f}")
     ours, tm = rows["ours"], rows["torchmetrics"]
-    print(f"ratio ours/torchmetrics: end-to-end throughput {tm['seconds'] / ours['seconds']:.2f}x, "
+    print(f"ratio ours/torchmetrics: metric from logits {tm['metric_seconds'] / ours['metric_seconds']:.2f}x, "
+          f"end-to-end incl. generating the data {tm['seconds'] / ours['seconds']:.2f}x, "
           f"statistics-only throughput {tm['update_seconds'] / ours['update_seconds']:.2f}x, "
-          f"peak memory {ours['peak_rss_mb'] / tm['peak_rss_mb']:.2f}x")
+          f"peak memory {ours['peak_rss_mb'] / tm['peak_rss_mb']:.2f}x; "
+          f"ours vs ours-softmax end to end {rows['ours-softmax']['seconds'] / ours['seconds']:.2f}x")
 
 
 if __name__ == "__main__":

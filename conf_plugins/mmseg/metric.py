@@ -9,6 +9,7 @@ from mmseg.registry import METRICS
 
 from conf_plugins.calibration import CalibrationStats
 from conf_plugins.calibration.stats import DEFAULT_NUM_BINS
+from conf_plugins.calibration.pixel_confidence import pixel_confidence
 from conf_plugins.calibration.plots import plot_reliability
 
 
@@ -91,9 +92,8 @@ class SegCalibrationMetric(BaseMetric):
     def confidence_map(self, sample: dict) -> torch.Tensor:
         """(H, W) confidence of one predicted sample."""
         confidence = self.resolved_confidence(sample)
-        if confidence == "max_softmax":
-            logits = sample["seg_logits"]["data"].float()
-            return (logits / self.temperature).softmax(dim=0).max(dim=0).values
+        if confidence == "max_softmax":  # class loop, no softmax tensor (issue 14)
+            return pixel_confidence(sample["seg_logits"]["data"].float(), self.temperature)[0]
         if confidence not in sample:
             raise KeyError(f"the predictions carry no '{confidence}' map (they have "
                            f"{sorted(sample)}); for 'pred_confidence' fit Bayes binning first "
