@@ -40,9 +40,11 @@ def mc_dropout_statistics(logits: torch.Tensor):
 @MODELS.register_module()
 class MCDropoutEncoderDecoder(EncoderDecoder):
     """Identical to ``EncoderDecoder`` except at test time, where the decode head's dropout
-    is sampled ``mc_samples`` times: the backbone (and neck) run once, the decode head runs
-    once on its features repeated M times along the batch, with only its dropout layers in
-    training mode. Every predicted ``SegDataSample`` carries
+    is sampled ``mc_samples`` times: the backbone (and neck) run once; when the head's only
+    dropout is the stock one before ``conv_seg``, the head's convolutions run once too and
+    only ``conv_seg`` sees the M-fold repeated, independently dropped features; otherwise the
+    whole head runs on its features repeated M times. Only dropout layers are in training
+    mode. Every predicted ``SegDataSample`` carries
 
     * ``seg_logits``: log of the mean softmax p̄, so ``pred_sem_seg`` is its arg-max and the
       max softmax of these logits (``SegCalibrationMetric(confidence='max_softmax')``) is the
@@ -76,8 +78,19 @@ class MCDropoutEncoderDecoder(EncoderDecoder):
             return super().encode_decode(inputs, batch_img_metas)
         features = self.extract_feat(inputs)
         m, n = self.mc_samples, inputs.shape[0]
-        with sampled_dropout(self.decode_head):
-            logits = self.decode_head.forward([f.repeat(m, *[1] * (f.dim() - 1)) for f in features])
+        head = self.decode_head
+        with sampled_dropout(head) as layers:
+            if layers == [getattr(head, "dropout", None)]:
+                # the stock heads' only dropout is the one before conv_seg: run everything
+                # before it once and repeat its input M times (same samples, ~1/M the cost)
+                handle = head.dropout.register_forward_pre_hook(
+                    lambda module, args: (args[0].repeat(m, *[1] * (args[0].dim() - 1)),))
+                try:
+                    logits = head.forward(features)
+                finally:
+                    handle.remove()
+            else:
+                logits = head.forward([f.repeat(m, *[1] * (f.dim() - 1)) for f in features])
         log_mean, entropy, mutual_information = mc_dropout_statistics(
             logits.view(m, n, *logits.shape[1:]))
         packed = torch.cat([log_mean, entropy, mutual_information], dim=1)

@@ -73,3 +73,29 @@ def test_bad_configurations_are_refused():
         MODELS.build(mc_cfg(mc_samples=1))
     with pytest.raises(ValueError, match="needs dropout in the decode head"):
         MODELS.build(mc_cfg(dropout_ratio=0.0))
+
+
+@pytest.mark.parametrize("stock_head", ["FCNHead", "ASPPHead"])
+def test_head_convs_run_once_with_the_same_samples_as_repeating_the_features(stock_head):
+    """The fast path (dropout input repeated M times) draws the very masks of the full
+    repeat (same shape, same RNG order) and gives the same logits; the convs run once."""
+    from conf_plugins.mmseg.mc_dropout import sampled_dropout
+
+    model = MODELS.build(mc_cfg(stock_head, mc_samples=4)).eval()
+    batch = model.data_preprocessor(mmseg_batch(num_images=2), False)
+    metas = [s.metainfo for s in batch["data_samples"]]
+    calls = []
+    hook = model.decode_head.conv_seg.register_forward_pre_hook(
+        lambda module, args: calls.append(args[0].shape[0]))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        fast = model.encode_decode(batch["inputs"], metas)
+    hook.remove()
+    assert calls == [8]  # conv_seg on M x N samples, everything before it on N
+    torch.manual_seed(3)
+    with torch.no_grad(), sampled_dropout(model.decode_head):
+        features = model.extract_feat(batch["inputs"])
+        logits = model.decode_head.forward([f.repeat(4, 1, 1, 1) for f in features])
+    log_mean, entropy, mi = mc_dropout_statistics(logits.view(4, 2, *logits.shape[1:]))
+    slow = model.decode_head.predict_by_feat(torch.cat([log_mean, entropy, mi], 1), metas)
+    assert torch.allclose(fast, slow, atol=1e-5)
