@@ -120,6 +120,9 @@ class UniformPixelSample:
         keys = torch.rand(len(labels), generator=self.generator)
         if self.logits is None:
             self.logits = logits[:0].cpu()
+        if len(self.keys) == self.size:  # full: only keys below the largest kept can enter
+            enter = keys < self.keys.max()
+            keys, logits, labels = keys[enter], logits[enter.to(logits.device)], labels[enter.to(labels.device)]
         keys = torch.cat([self.keys, keys])
         logits = torch.cat([self.logits, logits.cpu()])
         labels = torch.cat([self.labels, labels.cpu()])

@@ -211,16 +211,18 @@ class CalibrationStats:
         """``(num_bins, threshold)`` as (int, float) if :meth:`compute` accepts them, else
         ValueError naming them by ``names`` (e.g. config keys): for components that take
         them from a config, to fail when built rather than after inference."""
-        num_bins = as_count(num_bins, names[0])
-        if self.num_fine_bins % num_bins:
-            raise ValueError(f"{names[0]}={num_bins} must divide the {self.num_fine_bins} fine "
-                             "bins so that coarse bins are exact (e.g. 10, 15, 20, 25, 30, 50)")
+        num_bins = self._coarse_bins(num_bins, names[0])
         threshold = as_threshold(threshold, names[1])
-        k = round(threshold * self.num_fine_bins)
-        if k / self.num_fine_bins != threshold:
-            raise ValueError(f"{names[1]}={threshold!r} must be a fine-bin edge k/"
-                             f"{self.num_fine_bins} for exact thresholded metrics")
+        self._edge_index(threshold, names[1])
         return num_bins, threshold
+
+    def _coarse_bins(self, num_bins, name: str = "num_bins") -> int:
+        """``num_bins`` as an int that divides the fine bins, else ValueError naming ``name``."""
+        num_bins = as_count(num_bins, name)
+        if self.num_fine_bins % num_bins:
+            raise ValueError(f"{name}={num_bins} must divide the {self.num_fine_bins} fine "
+                             "bins so that coarse bins are exact (e.g. 10, 15, 20, 25, 30, 50)")
+        return num_bins
 
     def reset(self) -> "CalibrationStats":
         """Forget every sample."""
@@ -384,18 +386,15 @@ class CalibrationStats:
 
     def _coarse(self, num_bins: int) -> np.ndarray:
         """State summed over wrong+correct and into ``num_bins`` coarse bins: (stat, bin)."""
-        num_bins = as_count(num_bins, "num_bins")
-        if self.num_fine_bins % num_bins:
-            raise ValueError(f"num_bins={num_bins!r} must divide num_fine_bins="
-                             f"{self.num_fine_bins} so that coarse bins are exact")
+        num_bins = self._coarse_bins(num_bins)
         return self._state.sum(1).view(len(_STATS), num_bins, -1).sum(2).numpy()
 
-    def _edge_index(self, threshold: float) -> int:
-        threshold = as_threshold(threshold)
+    def _edge_index(self, threshold: float, name: str = "threshold") -> int:
+        threshold = as_threshold(threshold, name)
         k = round(threshold * self.num_fine_bins)
-        if not 0 < k <= self.num_fine_bins or k / self.num_fine_bins != threshold:
-            raise ValueError(f"threshold={threshold!r} must be a fine-bin edge k/"
-                             f"{self.num_fine_bins} in [0, 1] for exact thresholded metrics")
+        if k / self.num_fine_bins != threshold:  # as_threshold guarantees 0 < k <= K
+            raise ValueError(f"{name}={threshold!r} must be a fine-bin edge k/"
+                             f"{self.num_fine_bins} for exact thresholded metrics")
         return k
 
     def reliability(self, num_bins: int = DEFAULT_NUM_BINS) -> dict:
@@ -404,7 +403,7 @@ class CalibrationStats:
         Returns ``edges`` (num_bins + 1), ``count``, ``mean_confidence`` = conf(D_k) (eq. 14)
         and ``accuracy`` = freq(D_k) (eq. 13); the last two are nan for empty bins.
         """
-        num_bins = as_count(num_bins, "num_bins")
+        num_bins = self._coarse_bins(num_bins)
         coarse = self._coarse(num_bins)
         count = coarse[0]
         correct = self._state[0, 1].view(num_bins, -1).sum(1).numpy()
@@ -470,7 +469,7 @@ class CalibrationStats:
         if n_total == 0:
             raise ValueError("CalibrationStats.compute: no samples were accumulated "
                              "(empty input, or everything masked out)")
-        num_bins = as_count(num_bins, "num_bins")
+        num_bins = self._coarse_bins(num_bins)
         coarse = self._coarse(num_bins)
         k = self._edge_index(threshold)
         s = self._numpy()

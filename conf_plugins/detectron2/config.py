@@ -1,4 +1,6 @@
 """Config keys of the detectron2 components (call before ``merge_from_file``)."""
+import math
+
 from detectron2.config import CfgNode as CN
 
 
@@ -86,8 +88,6 @@ def _is_int(value) -> bool:
 
 
 def _is_real(value) -> bool:
-    import math
-
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -13,6 +13,12 @@ from conf_plugins.calibration.pixel_confidence import pixel_confidence
 from conf_plugins.calibration.plots import plot_reliability
 
 
+def auto_confidence(sample) -> str:
+    """What ``confidence='auto'`` evaluates for a prediction (dict or SegDataSample): the
+    probability of success once fitted, else the raw success score, else max softmax."""
+    return next((f for f in ("pred_confidence", "success_score") if f in sample), "max_softmax")
+
+
 @METRICS.register_module()
 class SegCalibrationMetric(BaseMetric):
     """Calibration of a per-pixel confidence map against per-pixel correctness.
@@ -78,8 +84,7 @@ class SegCalibrationMetric(BaseMetric):
         the same choice for every image of a run, logged once."""
         if self.confidence != "auto":
             return self.confidence
-        name = next((f for f in ("pred_confidence", "success_score") if f in sample),
-                    "max_softmax")
+        name = auto_confidence(sample)
         if self._auto is None:
             self._auto = name
             print_log(f"SegCalibrationMetric(confidence='auto'): evaluating '{name}'",
@@ -89,26 +94,31 @@ class SegCalibrationMetric(BaseMetric):
                              f"but to '{name}' for {sample.get('img_path')}")
         return name
 
-    def confidence_map(self, sample: dict) -> torch.Tensor:
-        """(H, W) confidence of one predicted sample."""
+    def confidence_map(self, sample: dict):
+        """``((H, W) confidence, argmax of seg_logits or None)`` of one predicted sample; the
+        max-softmax path gets the argmax from the same pass (no second one in the check)."""
         confidence = self.resolved_confidence(sample)
         if confidence == "max_softmax":  # class loop, no softmax tensor (issue 14)
-            return pixel_confidence(sample["seg_logits"]["data"].float(), self.temperature)[0]
+            max_softmax, argmax, _, _ = pixel_confidence(sample["seg_logits"]["data"].float(),
+                                                         self.temperature)
+            return max_softmax, argmax
         if confidence not in sample:
             raise KeyError(f"the predictions carry no '{confidence}' map (they have "
                            f"{sorted(sample)}); for 'pred_confidence' fit Bayes binning first "
                            "(tools/fit_calibration.py)")
-        return sample[confidence]["data"].float().squeeze(0)
+        return sample[confidence]["data"].float().squeeze(0), None
 
     @staticmethod
-    def check_maps_match_prediction(sample, pred):
+    def check_maps_match_prediction(sample, pred, argmax=None):
         """The maps must come from the pass that made ``pred_sem_seg``: mmseg's stock
         ``SegTTAModel`` replaces the prediction by the merged one but keeps the last
         augmentation's ``seg_logits`` (and other maps)."""
         logits = sample.get("seg_logits", {}).get("data")
         if logits is None or logits.shape[0] < 2:
             return
-        differ = int((logits.argmax(dim=0) != pred.to(logits.device)).sum())
+        if argmax is None:
+            argmax = logits.argmax(dim=0)
+        differ = int((argmax != pred.to(argmax.device)).sum())
         if differ:
             raise ValueError(f"{sample.get('img_path')}: pred_sem_seg is not the argmax of "
                              f"seg_logits at {differ} pixels, so the confidence maps do not "
@@ -123,8 +133,9 @@ class SegCalibrationMetric(BaseMetric):
                                  "calibration needs labelled images (LoadAnnotations in the "
                                  "test pipeline)")
             label = sample["gt_sem_seg"]["data"].squeeze(0).to(pred.device)
-            self.check_maps_match_prediction(sample, pred)
-            confidence = self.confidence_map(sample).to(pred.device)
+            confidence, argmax = self.confidence_map(sample)
+            self.check_maps_match_prediction(sample, pred, argmax)
+            confidence = confidence.to(pred.device)
             if not pred.shape == label.shape == confidence.shape:
                 raise ValueError(f"shape mismatch in {sample.get('img_path')}: prediction "
                                  f"{tuple(pred.shape)}, label {tuple(label.shape)}, "

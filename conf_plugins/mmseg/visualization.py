@@ -13,6 +13,10 @@ import numpy as np
 from mmseg.registry import VISUALIZERS
 from mmseg.visualization import SegLocalVisualizer
 
+from conf_plugins.calibration import pixel_confidence
+
+from .metric import auto_confidence
+
 AUTO = "auto"
 ERROR_RGB = (230, 25, 25)
 IGNORED_RGB = (40, 40, 40)
@@ -28,12 +32,11 @@ def confidence_map(sample, field: str = AUTO) -> tuple:
     else the raw success score, else the max softmax.
     """
     if field == AUTO:
-        field = next((f for f in ("pred_confidence", "success_score") if f in sample),
-                     "max_softmax")
+        field = auto_confidence(sample)
     if field == "max_softmax":
         if "seg_logits" not in sample:
             raise KeyError("prediction has no seg_logits for the max softmax")
-        return field, sample.seg_logits.data.float().softmax(dim=0).max(dim=0).values.cpu().numpy()
+        return field, pixel_confidence(sample.seg_logits.data.float())[0].cpu().numpy()
     if field not in sample:
         raise KeyError(f"prediction has no '{field}' map (it has {sorted(sample.keys())})")
     return field, getattr(sample, field).data.float().squeeze(0).cpu().numpy()
