@@ -2,14 +2,17 @@
 """Throughput and peak memory of the segmentation calibration metric vs torchmetrics.
 
 Streams N pixels of 19-class logits (Cityscapes-sized 1024x2048 images, generated) through
-  ours:         pixel_confidence (max softmax and argmax in a class loop, no softmax
-                tensor) -> correct -> CalibrationStats.update (what SegCalibrationMetric
-                does per image), then compute();
+  ours:         pixel_confidence (max softmax and argmax over cache-sized pixel tiles, no
+                softmax tensor) -> correct -> CalibrationStats.update (what
+                SegCalibrationMetric does per image), then compute();
   ours-softmax: the same with the softmax tensor (what the metric did before issue 14);
   torchmetrics: the same softmax, then BinaryCalibrationError.update, then compute();
+  read-only:    summing the logits (the bound of any metric that reads them once);
 each in its own subprocess (peak RSS is per process), side by side in one run. Also times
-the statistics update alone on precomputed confidences. Not a test: numbers depend on the
-machine; the ratios are what to read.
+the statistics update alone on precomputed confidences and, with --fcn, one inference of
+mmseg's stock FCN R50-D8 Cityscapes model on a 1024x2048 image (its slide test mode,
+random weights, same threads), so the metric's cost can be read beside the model's. Not a
+test: numbers depend on the machine; the ratios are what to read.
 
     .venv/bin/python bench/seg_metric_throughput.py --pixels 2e8
 """
@@ -79,11 +82,47 @@ def run_torchmetrics(num_pixels):
             "metric_seconds": metric_seconds + time.perf_counter() - t}
 
 
+def run_read_only(num_pixels):
+    metric_seconds, total = 0.0, 0.0
+    for logits, _ in images(num_pixels):
+        start = time.perf_counter()
+        total += float(logits.sum())
+        metric_seconds += time.perf_counter() - start
+    return {"ECE": float("nan"), "update_seconds": metric_seconds, "metric_seconds": metric_seconds}
+
+
+def run_fcn(_):
+    """Seconds of one stock FCN R50-D8 (Cityscapes config) inference on a 1024x2048 image."""
+    import os
+
+    import mmseg
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+    from mmseg.utils import register_all_modules
+
+    register_all_modules()
+    path = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs", "fcn",
+                        "fcn_r50-d8_4xb2-80k_cityscapes-512x1024.py")
+    cfg = Config.fromfile(path)
+    cfg.model.pretrained = None
+    for part in (cfg.model.backbone, cfg.model.decode_head):
+        part.norm_cfg = dict(type="BN", requires_grad=True)  # SyncBN needs a process group
+    cfg.model.auxiliary_head = None
+    model = MODELS.build(cfg.model).eval()
+    meta = dict(img_shape=(H, W), ori_shape=(H, W), pad_shape=(H, W), padding_size=[0, 0, 0, 0])
+    with torch.no_grad():
+        start = time.perf_counter()
+        model.predict(torch.randn(1, 3, H, W), [SegDataSample(metainfo=meta)])
+        seconds = time.perf_counter() - start
+    return {"ECE": float("nan"), "update_seconds": seconds, "metric_seconds": seconds}
+
+
 def child(which, num_pixels, threads):
     torch.set_num_threads(threads)
     start = time.perf_counter()
     runs = {"ours": run_ours, "ours-softmax": lambda n: run_ours(n, fused=False),
-            "torchmetrics": run_torchmetrics}
+            "torchmetrics": run_torchmetrics, "read-only": run_read_only, "fcn": run_fcn}
     result = runs[which](num_pixels)
     result["seconds"] = time.perf_counter() - start
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -100,7 +139,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pixels", type=float, default=1e8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (per core: 1)")
-    parser.add_argument("--child", choices=["ours", "ours-softmax", "torchmetrics"])
+    parser.add_argument("--fcn", action="store_true",
+                        help="also time one FCN R50-D8 inference at 1024x2048 (~1 min)")
+    parser.add_argument("--child", choices=["ours", "ours-softmax", "torchmetrics", "read-only", "fcn"])
     args = parser.parse_args()
     num_pixels = int(args.pixels)
     if args.child:
@@ -108,7 +149,7 @@ def main():
     print(f"{num_pixels:.2e} pixels of {C}-class logits, {H}x{W} images, "
           f"{args.threads} thread(s)")
     rows = {name: measure(name, num_pixels, args.threads)
-            for name in ("ours", "ours-softmax", "torchmetrics")}
+            for name in ("ours", "ours-softmax", "torchmetrics", "read-only")}
     for name, r in rows.items():
         print(f"{name:<13} total {r['seconds']:7.1f} s  {num_pixels / r['seconds'] / 1e6:7.2f} Mpx/s"
               f"  metric (logits in) {num_pixels / r['metric_seconds'] / 1e6:6.2f} Mpx/s"
@@ -120,6 +161,14 @@ def main():
           f"statistics-only throughput {tm['update_seconds'] / ours['update_seconds']:.2f}x, "
           f"peak memory {ours['peak_rss_mb'] / tm['peak_rss_mb']:.2f}x; "
           f"ours vs ours-softmax end to end {rows['ours-softmax']['seconds'] / ours['seconds']:.2f}x")
+    read = rows["read-only"]
+    print(f"ours from logits / read-only bound: {ours['metric_seconds'] / read['metric_seconds']:.1f}x "
+          f"the time of summing the logits once")
+    if args.fcn:
+        fcn = measure("fcn", H * W, args.threads)
+        per_image = ours["metric_seconds"] / (num_pixels / (H * W))
+        print(f"FCN R50-D8 inference, one 1024x2048 image: {fcn['metric_seconds']:.1f} s; our metric "
+              f"on its logits: {per_image:.3f} s = {per_image / fcn['metric_seconds']:.4f}x the inference")
 
 
 if __name__ == "__main__":

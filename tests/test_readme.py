@@ -1,8 +1,9 @@
 """The README cannot drift from the code (issue 13.3): its Python snippets run as written,
-its config snippet parses and builds on top of a stock mmseg config, and every command of its
+its config snippet parses and builds on top of a stock mmseg config, the demo block's
+commands run as written one after the other (on tiny generated data, with only a few
+iterations appended: the overrides of ``tools/run_demo.py --tiny``), and every command of its
 bash blocks names an existing tool, make target and config, with flags the tool accepts.
-(Commands that train on COCO / Cityscapes or on 8 GPUs are checked, not run; the demo-sized
-ones run in tests/test_run_demo.py and the tool tests.)"""
+(Commands that train on COCO / Cityscapes or on 8 GPUs are checked, not run.)"""
 import functools
 import os
 import re
@@ -12,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.fixtures import ROOT
+from tests.fixtures import ROOT, load_tool
 
 README = open(os.path.join(ROOT, "README.md")).read()
 BLOCKS = re.findall(r"^```(\w*)\n(.*?)^```", README, flags=re.S | re.M)
@@ -21,17 +22,19 @@ CONFIG_SNIPPETS = [code for code in PYTHON if "custom_imports" in code]
 SCRIPT_SNIPPETS = [code for code in PYTHON if "custom_imports" not in code]
 
 
-def commands():
+def commands(blocks=None):
     """Every command line of the bash blocks (continuations joined, comments dropped)."""
     out = []
-    for lang, code in BLOCKS:
-        if lang != "bash":
-            continue
+    for code in blocks or [code for lang, code in BLOCKS if lang == "bash"]:
         for line in code.replace("\\\n", " ").splitlines():
             line = line.split("  #")[0].split(" # ")[0].strip()
             if line and not line.startswith("#"):
                 out.append(line)
     return out
+
+
+DEMO_BLOCK = [code for lang, code in BLOCKS
+              if lang == "bash" and "configs/demo/teacher.yaml OUTPUT_DIR" in code]
 
 
 def test_the_readme_has_what_this_test_checks():
@@ -51,6 +54,42 @@ def test_python_snippet_runs_as_written(code, tmp_path):
                             text=True, timeout=600,
                             env={**os.environ, "DETECTRON2_DATASETS": "datasets"})
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def tiny(tokens):
+    """A README command with run_demo's --tiny overrides appended (and the checkpoint names
+    of a 4-iteration run): everything else exactly as written."""
+    run_demo = load_tool("run_demo")
+    tokens = [t.replace("iter_600", "iter_4") for t in tokens]
+    if tokens[0] == "tools/train_net.py":
+        return tokens + run_demo.TINY_DET
+    if tokens[0] == "tools/seg_train.py":
+        snapshot = run_demo.TINY_SNAPSHOT if "mtl" in tokens[1] else []
+        return tokens + ["--cfg-options", *run_demo.TINY_SEG, *snapshot]
+    return tokens
+
+
+def test_demo_commands_run_as_written(tmp_path):
+    from conf_plugins.detectron2 import generate_demo_detection
+    from conf_plugins.mmseg.demo_data import generate_demo_segmentation
+
+    assert len(DEMO_BLOCK) == 1
+    os.symlink(os.path.join(ROOT, "configs"), tmp_path / "configs")
+    generate_demo_detection(str(tmp_path / "datasets" / "conf_demo_det"), {"train": 4, "val": 2})
+    generate_demo_segmentation(str(tmp_path / "datasets" / "conf_demo_seg"),
+                               load_tool("run_demo").TINY_SEG_DATA)
+    env = {**os.environ, "DETECTRON2_DATASETS": "datasets"}
+    lines = commands(DEMO_BLOCK)
+    assert len(lines) == 9
+    for line in lines:
+        tokens = tiny(shlex.split(line))
+        result = subprocess.run([sys.executable, os.path.join(ROOT, tokens[0])] + tokens[1:],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, f"{line}\n{result.stderr[-3000:]}"
+    seg = tmp_path / "output" / "demo" / "seg"
+    assert (seg / "stl" / "temperature.json").exists() and (seg / "mtl" / "iter_4_bayes.pth").exists()
+    assert (tmp_path / "output" / "demo" / "det" / "ddn" / "model_final.pth").exists()
+    assert "calib/ECE" in result.stdout + result.stderr  # the last one: the MTL evaluation
 
 
 def test_config_snippet_builds_on_a_stock_config(tmp_path):

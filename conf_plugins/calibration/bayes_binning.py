@@ -24,7 +24,7 @@ Defined behaviour where the formula is not:
 import numpy as np
 import torch
 
-from .stats import as_count, as_unit_interval, bin_index, validated_pairs
+from .stats import as_count, as_unit_interval, bin_index, sum_over_ranks, validated_pairs
 
 FORMAT_VERSION = 1
 
@@ -76,15 +76,10 @@ class BayesBinningCalibrator:
 
     def all_reduce(self, group=None) -> "BayesBinningCalibrator":
         """Sum the counts over the ranks of ``group`` (no-op without torch.distributed)."""
-        dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()):
+        flat = sum_over_ranks(torch.cat([self.success_counts, self.failure_counts]), group)
+        if flat is None:
             return self
-        device = "cpu"
-        if dist.get_backend(group) == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        flat = torch.cat([self.success_counts, self.failure_counts]).to(device)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-        self.success_counts, self.failure_counts = flat.cpu().split(self.num_bins)
+        self.success_counts, self.failure_counts = flat.split(self.num_bins)
         self._table = None
         return self
 

@@ -4,43 +4,128 @@ Framework-free (torch only), shared by the detectron2 evaluator and tests. A det
 correct at IoU threshold t when, taking detections in descending score order, it overlaps
 a not-yet-matched ground-truth box of the same class with IoU >= t; each GT box is matched
 at most once, to the best-overlapping eligible detection in score order (the protocol of
-the DDN paper's Fig. 4 and of COCO, without COCO's crowd handling: crowd boxes are left out
-of the GT by the caller, so detections on them count as wrong).
+the DDN paper's Fig. 4 and of COCO). Crowd regions (COCO ``iscrowd``) are handled as COCO
+does: a detection left unmatched that covers a same-class crowd region (intersection over
+the detection's area >= t) is *ignored*, neither right nor wrong; crowd regions can absorb
+any number of detections.
+
+Issue 14: the greedy rule is sequential in score order, but independent across images and
+IoU thresholds, so :func:`match_detection_batch` runs it for a batch of images and every
+threshold at once: one step per score rank (≤ 100 for detectron2's default) over a
+(images × thresholds × GT) tensor, instead of a Python loop over every detection.
 """
 import torch
 
 
-def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """IoU matrix (N, M) of XYXY boxes; empty or degenerate boxes give IoU 0."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0]).clamp(min=0) * (boxes1[:, 3] - boxes1[:, 1]).clamp(min=0)
-    area2 = (boxes2[:, 2] - boxes2[:, 0]).clamp(min=0) * (boxes2[:, 3] - boxes2[:, 1]).clamp(min=0)
-    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
-    union = area1[:, None] + area2[None, :] - inter
+def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, over_first: bool = False) -> torch.Tensor:
+    """IoU matrix (..., N, M) of XYXY boxes (leading batch dims allowed); empty or degenerate
+    boxes give 0. ``over_first``: intersection over the area of ``boxes1`` (COCO's overlap of
+    a detection with a crowd region) instead of over the union."""
+    area1 = (boxes1[..., 2] - boxes1[..., 0]).clamp(min=0) * (boxes1[..., 3] - boxes1[..., 1]).clamp(min=0)
+    area2 = (boxes2[..., 2] - boxes2[..., 0]).clamp(min=0) * (boxes2[..., 3] - boxes2[..., 1]).clamp(min=0)
+    top_left = torch.max(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    bottom_right = torch.min(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
+    if over_first:
+        union = area1[..., :, None].expand_as(inter)
+    else:
+        union = area1[..., :, None] + area2[..., None, :] - inter
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
 
-def match_detections(det_boxes, det_scores, det_classes, gt_boxes, gt_classes,
-                     iou_thresholds=(0.5,)) -> torch.Tensor:
-    """Correctness (len(iou_thresholds), D) bool of each detection at each IoU threshold."""
+def check_image(det_boxes, det_scores, det_classes, gt_boxes, gt_classes):
+    """Raise ValueError on lengths that differ or non-finite detections."""
     num_det = det_boxes.shape[0]
     if not (det_scores.shape[0] == det_classes.shape[0] == num_det
             and gt_boxes.shape[0] == gt_classes.shape[0]):
         raise ValueError("detections / ground truth: boxes, scores and classes differ in length")
     if not torch.isfinite(det_scores).all() or not torch.isfinite(det_boxes).all():
         raise ValueError("detections contain NaN or inf scores or boxes")
-    correct = torch.zeros(len(iou_thresholds), num_det, dtype=torch.bool)
-    if num_det == 0 or gt_boxes.shape[0] == 0:
-        return correct
-    iou = box_iou(det_boxes.double(), gt_boxes.double())
-    iou[det_classes[:, None] != gt_classes[None, :]] = -1.0
-    order = torch.argsort(det_scores, descending=True, stable=True).tolist()
-    for k, threshold in enumerate(iou_thresholds):
-        available = iou.clone()
-        for d in order:
-            best_iou, g = available[d].max(dim=0)
-            if best_iou >= threshold:
-                correct[k, d] = True
-                available[:, g] = -1.0
+
+
+def _padded(tensors, width, fill, dtype):
+    """Stack 1-D / 2-D tensors of different lengths into (B, width, ...) padded with ``fill``."""
+    out = torch.full((len(tensors), width, *tensors[0].shape[1:]), fill, dtype=dtype)
+    for i, t in enumerate(tensors):
+        out[i, :t.shape[0]] = t
+    return out
+
+
+def _class_masked_overlap(det_boxes, det_classes, gt_boxes, gt_classes, over_first=False):
+    """(B, D, G) overlaps, −1 where the classes differ or either side is padding (class −1)."""
+    overlap = box_iou(det_boxes, gt_boxes, over_first)
+    same = (det_classes[:, :, None] == gt_classes[:, None, :]) & (gt_classes[:, None, :] >= 0)
+    return overlap.masked_fill_(~same, -1.0)
+
+
+def match_detection_batch(images, iou_thresholds=(0.5,)):
+    """Greedy matching of a batch of images, every IoU threshold in one pass.
+
+    Args:
+        images: list of dicts with ``det_boxes`` (D, 4) XYXY, ``det_scores`` (D,),
+            ``det_classes`` (D,), ``gt_boxes`` (G, 4), ``gt_classes`` (G,) and optionally
+            ``crowd_boxes`` (R, 4) / ``crowd_classes`` (R,).
+        iou_thresholds: IoUs in (0, 1].
+
+    Returns:
+        a list with one ``(correct, ignored, iou)`` per image, each (len(iou_thresholds), D):
+        ``correct`` / ``ignored`` bool (``ignored``: absorbed by a crowd region, never also
+        correct), ``iou`` float64, the IoU with the matched GT box (0 when unmatched).
+    """
+    thresholds = torch.tensor([float(t) for t in iou_thresholds], dtype=torch.float64)
+    for im in images:
+        check_image(im["det_boxes"], im["det_scores"], im["det_classes"], im["gt_boxes"],
+                    im["gt_classes"])
+    if not images:
+        return []
+    num_t = len(thresholds)
+    sizes = [im["det_scores"].shape[0] for im in images]
+    num_det = max(sizes)
+    num_gt = max(im["gt_classes"].shape[0] for im in images)
+    num_crowd = max(im.get("crowd_classes", torch.zeros(0)).shape[0] for im in images)
+    # each image's detections in descending score order (stable: ties keep their order)
+    orders = [torch.argsort(im["det_scores"], descending=True, stable=True) for im in images]
+    det_boxes = _padded([im["det_boxes"].double()[o] for im, o in zip(images, orders)],
+                        num_det, 0.0, torch.float64) if num_det else None
+    det_classes = _padded([im["det_classes"].long()[o] for im, o in zip(images, orders)],
+                          num_det, -2, torch.int64) if num_det else None
+    correct = torch.zeros(len(images), num_t, num_det, dtype=torch.bool)
+    matched_iou = torch.zeros(len(images), num_t, num_det, dtype=torch.float64)
+    if num_det and num_gt:
+        iou = _class_masked_overlap(
+            det_boxes, det_classes,
+            _padded([im["gt_boxes"].double().reshape(-1, 4) for im in images], num_gt, 0.0, torch.float64),
+            _padded([im["gt_classes"].long() for im in images], num_gt, -1, torch.int64))
+        taken = torch.zeros(len(images), num_t, num_gt, dtype=torch.bool)
+        for rank in range(num_det):  # the greedy rule, for all images and thresholds at once
+            available = iou[:, None, rank, :].masked_fill(taken, -1.0)  # (B, T, G)
+            best, gt_index = available.max(dim=2)  # first maximum, as the per-image loop did
+            hit = best >= thresholds
+            correct[:, :, rank] = hit
+            matched_iou[:, :, rank] = best.where(hit, 0.0)
+            taken.scatter_(2, gt_index[..., None], (hit | taken.gather(2, gt_index[..., None])[..., 0])[..., None])
+    ignored = torch.zeros_like(correct)
+    if num_det and num_crowd:
+        crowd = _class_masked_overlap(
+            det_boxes, det_classes,
+            _padded([im.get("crowd_boxes", torch.zeros(0, 4)).double().reshape(-1, 4) for im in images],
+                    num_crowd, 0.0, torch.float64),
+            _padded([im.get("crowd_classes", torch.zeros(0, dtype=torch.int64)).long() for im in images],
+                    num_crowd, -1, torch.int64), over_first=True)
+        ignored = (crowd.max(dim=2).values[:, None, :] >= thresholds[None, :, None]) & ~correct
+    out = []
+    for i, (order, size) in enumerate(zip(orders, sizes)):
+        back = torch.empty_like(order)
+        back[order] = torch.arange(size)  # from score order back to the input order
+        out.append((correct[i, :, :size][:, back], ignored[i, :, :size][:, back],
+                    matched_iou[i, :, :size][:, back]))
+    return out
+
+
+def match_detections(det_boxes, det_scores, det_classes, gt_boxes, gt_classes,
+                     iou_thresholds=(0.5,)) -> torch.Tensor:
+    """Correctness (len(iou_thresholds), D) bool of one image's detections (no crowd)."""
+    (correct, _, _), = match_detection_batch([dict(
+        det_boxes=det_boxes, det_scores=det_scores, det_classes=det_classes,
+        gt_boxes=gt_boxes, gt_classes=gt_classes)], iou_thresholds)
     return correct

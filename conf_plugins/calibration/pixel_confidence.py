@@ -1,7 +1,7 @@
 """Per-pixel confidence of class logits without the softmax tensor.
 
-For logits ``z`` (C, ...) and temperature T, in one pass over the C class planes with a few
-plane-sized buffers (never a (C, ...) temporary):
+For logits ``z`` (C, ...) and temperature T, in one pass over the logits, tile by tile of
+pixels (temporaries of (C, tile), never of the logits' size):
 
 * prediction ``argmax_c z_c`` (first maximum, as ``torch.argmax``);
 * max softmax ``1 / Σ_c exp((z_c − z_max) / T)``;
@@ -9,48 +9,84 @@ plane-sized buffers (never a (C, ...) temporary):
 * entropy ``log S − (1/S) Σ_c e_c (z_c − z_max)/T`` with ``e_c = exp((z_c − z_max)/T)``,
   ``S = Σ_c e_c`` (the softmax entropy, natural log).
 
-Issue 14: the softmax over 19 classes dominated the segmentation metric's time; a class loop
-over contiguous planes reads the logits once or twice and writes nothing of their size.
+Issue 14: the softmax over 19 classes dominated the segmentation metric's time; whole-plane
+steps (a class loop over 8 MB planes) were bound by memory traffic, cache-sized tiles are not.
 """
+import math
+
 import torch
+
+TILE_PIXELS = 1 << 14  # pixels per step on CPU: the C planes of a tile (1.2 MB at C = 19) stay in cache
+LOG2_E = 1.0 / math.log(2.0)
+MAX_BITMASK_CLASSES = 24  # class bit-weights 2^(C-1-c) add up exactly in float32 up to C = 24
+
+
+def first_max_index(is_max: torch.Tensor, bit_weights: torch.Tensor, out: torch.Tensor):
+    """Index of the first 1 along dim 0 of a 0/1 float (C, n) tile, into ``out`` (n,).
+
+    ``Σ_c is_max_c · 2^(C-1-c)`` is an exact integer whose highest bit is the first maximum;
+    ``frexp`` reads that bit exactly. (torch.max / argmax with indices over dim 0 run at a
+    tenth of the speed of amax on CPU.)
+    """
+    code = bit_weights @ is_max  # (n,)
+    torch.sub(is_max.shape[0], torch.frexp(code).exponent, out=out)
+    return out
 
 
 def pixel_confidence(logits: torch.Tensor, temperature: float = 1.0, margin: bool = False,
                      entropy: bool = False):
     """``(max_softmax, prediction, margin or None, entropy or None)`` of ``logits`` (C, ...).
 
-    Same values as ``(z / T).softmax(0).max(0)`` etc. to float rounding (tested).
+    Same values as ``(z / T).softmax(0).max(0)`` etc. to float rounding (tested). On CPU the
+    pixels are taken in tiles of ``TILE_PIXELS``, so every temporary is (C, tile) and stays in
+    cache (issue 14: whole-plane steps were memory-bound); on a GPU in one step. The
+    exponentials are ``exp2`` of ``(z_c − z_max)·log2(e)/T`` (same value, faster on CPU).
     """
     if logits.dim() < 1 or logits.shape[0] < 2:
         raise ValueError(f"logits need at least two classes on dim 0, got {tuple(logits.shape)}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     z = logits if logits.is_floating_point() else logits.float()
-    inv_t = 1.0 / float(temperature)
-    top, pred = z.max(dim=0)  # one reduction over the class planes
-    second = None
-    if margin:
-        second = torch.full_like(top, -torch.inf)
-        for c in range(z.shape[0]):  # the largest logit below the top one (ties: equal)
-            plane = z[c]
-            second = torch.maximum(second, plane.masked_fill(pred == c, -torch.inf))
-    total = torch.zeros_like(top)
-    weighted = torch.zeros_like(top) if entropy else None
-    buffer = torch.empty_like(top)
-    shifted = torch.empty_like(top) if entropy else None
-    for c in range(z.shape[0]):
-        torch.sub(z[c], top, out=buffer)
-        if inv_t != 1.0:
-            buffer.mul_(inv_t)  # (z_c - z_max) / T <= 0
+    num_classes, spatial = z.shape[0], z.shape[1:]
+    flat = z.reshape(num_classes, -1)
+    n = flat.shape[1]
+    scale = LOG2_E / float(temperature)
+    max_softmax = torch.empty(n, dtype=z.dtype, device=z.device)
+    pred = torch.empty(n, dtype=torch.int64, device=z.device)
+    gap = torch.empty_like(max_softmax) if margin else None
+    ent = torch.empty_like(max_softmax) if entropy else None
+    tile = max(n, 1) if z.is_cuda else TILE_PIXELS
+    work = torch.empty(num_classes, min(tile, n), dtype=z.dtype, device=z.device)
+    extra = torch.empty_like(work)
+    bitmask = num_classes <= MAX_BITMASK_CLASSES
+    bit_weights = torch.pow(2.0, torch.arange(num_classes - 1, -1, -1, dtype=z.dtype,
+                                              device=z.device))
+    for lo in range(0, n, tile):
+        hi = min(lo + tile, n)
+        part, top = flat[:, lo:hi], max_softmax[lo:hi]  # max_softmax holds z_max until the end
+        shifted, other = work[:, :hi - lo], extra[:, :hi - lo]
+        if bitmask:
+            torch.amax(part, dim=0, out=top)
+            torch.sub(part, top, out=shifted)
+            is_max = torch.sign(shifted, out=other).add_(1.0)  # 1 where z_c == z_max (NaN stays)
+            first_max_index(is_max, bit_weights, pred[lo:hi])
+        else:
+            torch.max(part, dim=0, out=(top, pred[lo:hi]))  # first maximum, as torch.argmax
+            torch.sub(part, top, out=shifted)
+        if not torch.isfinite(top).all():
+            raise ValueError("logits contain NaN or +inf (or a pixel whose logits are all -inf)")
+        if margin:  # the largest logit once the arg-max class is removed (ties: equal)
+            others = other.copy_(part).scatter_(0, pred[None, lo:hi], -torch.inf)
+            torch.sub(top, others.amax(dim=0), out=gap[lo:hi]).div_(float(temperature))
+        shifted.mul_(scale)  # (z_c - z_max) log2(e) / T <= 0
         if entropy:
-            shifted.copy_(buffer)
-        buffer.exp_()
-        if entropy:
-            weighted.addcmul_(buffer, shifted)
-        total.add_(buffer)
-    max_softmax = total.reciprocal_()
-    gap = None if second is None else (top - second).mul_(inv_t)
-    ent = None
-    if entropy:
-        ent = weighted.mul_(max_softmax).neg_().add_(max_softmax.log().neg())
-    return max_softmax, pred, gap, ent
+            weights = other.copy_(shifted)
+        total = shifted.exp2_().sum(dim=0)
+        if entropy:  # log S - (1/S) sum_c e_c (z_c - z_max)/T, with (z_c - z_max)/T = u_c ln 2
+            terms = weights.mul_(shifted).nan_to_num_(nan=0.0)  # a -inf logit: -inf * 0 -> 0
+            torch.div(terms.sum(dim=0), total, out=ent[lo:hi])
+            ent[lo:hi].mul_(-math.log(2.0)).add_(total.log())
+        torch.reciprocal(total, out=top)
+    shape = tuple(spatial)
+    return (max_softmax.reshape(shape), pred.reshape(shape),
+            None if gap is None else gap.reshape(shape), None if ent is None else ent.reshape(shape))

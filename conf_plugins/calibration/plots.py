@@ -129,3 +129,22 @@ def plot_confidence_heatmap(image, confidence, path, title: str = None, mask=Non
         fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_position_map(stats, path, title: str = None) -> str:
+    """D-ECE heat-map of a :class:`~conf_plugins.calibration.detection_stats.DetectionBinStats`
+    with bins (confidence, cx, cy, ...): per cell of the normalised box centre, the mean
+    |precision − confidence| over its confidence bins (grey: no detection). Returns ``path``."""
+    grid = _to_numpy(stats.position_map()).astype(np.float64).T  # rows: cy (top = 0)
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["magma"].copy()
+    cmap.set_bad("lightgray")
+    shown = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0,
+                      vmax=max(np.nanmax(grid) if np.isfinite(grid).any() else 1.0, 1e-6),
+                      extent=(0, 1, 1, 0))
+    ax.set_xlabel("box centre x / image width")
+    ax.set_ylabel("box centre y / image height")
+    ax.set_title(title or "D-ECE by box position")
+    fig.colorbar(shown, ax=ax, label="|precision − confidence|")
+    return _save(fig, path)

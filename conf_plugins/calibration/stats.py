@@ -70,6 +70,20 @@ def _upper_edges(num_bins: int, dtype: torch.dtype, device: str) -> torch.Tensor
     return edges.to(device)
 
 
+def sum_over_ranks(flat: torch.Tensor, group=None):
+    """``flat`` summed over the ranks of ``group`` (a CPU tensor), or None without
+    torch.distributed. One all-reduce; on CUDA for the NCCL backend, on CPU otherwise (gloo)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    device = "cpu"
+    if dist.get_backend(group) == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    flat = flat.to(device)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    return flat.cpu()
+
+
 def as_count(value, name: str, upper: int = MAX_FINE_BINS) -> int:
     """``value`` (int or numpy integer, not bool) as an int in [1, upper]; else ValueError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
@@ -281,10 +295,11 @@ class CalibrationStats:
         if mask is not None:
             index.masked_fill_(~mask, 2 * K)
         conf64 = conf.to(torch.float64)
-        sums[0] += torch.bincount(index, minlength=2 * K + 1)
-        for row, weight in enumerate((conf64, conf64 * conf64,
+        ones = torch.ones((), dtype=torch.float64, device=conf.device).expand_as(conf64)
+        # scatter_add_ of ones, not bincount: 3x faster on CPU (bench/seg_metric_throughput.py)
+        for row, weight in enumerate((ones, conf64, conf64 * conf64,
                                       conf.clamp(min=LOG_EPS).log_(),
-                                      (1 - conf).clamp_(min=LOG_EPS).log_()), start=1):
+                                      (1 - conf).clamp_(min=LOG_EPS).log_())):
             sums[row].scatter_add_(0, index, weight.to(torch.float64))
 
     def _add_entropy(self, entropy, shape, mask):
@@ -321,15 +336,9 @@ class CalibrationStats:
         One collective on a flat float64 buffer; on CUDA for the NCCL backend, on CPU
         otherwise (gloo). Every rank ends with the statistics of all ranks.
         """
-        dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()):
+        flat = sum_over_ranks(torch.cat([self._state.reshape(-1), self._entropy]), group)
+        if flat is None:
             return self
-        device = "cpu"
-        if dist.get_backend(group) == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        flat = torch.cat([self._state.reshape(-1), self._entropy]).to(device)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-        flat = flat.cpu()
         self._state.copy_(flat[:self._state.numel()].view_as(self._state))
         self._entropy.copy_(flat[self._state.numel():])
         return self

@@ -13,6 +13,11 @@ def add_ddn_config(cfg):
     _C.MODEL.MC_DROPOUT = CN()
     # M forward samples of the box head with dropout on, averaged (MCDropoutROIHeads, MC-M).
     _C.MODEL.MC_DROPOUT.NUM_SAMPLES = 10
+    # Detections also carry pred_entropy, pred_mutual_info and pred_box_std (MCDropoutROIHeads).
+    _C.MODEL.MC_DROPOUT.OUTPUT_UNCERTAINTY = False
+    # Detections carry pred_class_probs, the K+1 softmax of their proposal (our ROI heads:
+    # ProbabilityROIHeads = the stock ones plus this, MCDropoutROIHeads, DDNROIHeads).
+    _C.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS = False
 
     _C.MODEL.DDN = CN()
     # Checkpoint of the trained dropout teacher (its box head + predictor are used).

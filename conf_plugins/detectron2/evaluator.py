@@ -11,24 +11,46 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
 from conf_plugins.calibration import CalibrationStats
+from conf_plugins.calibration.detection_matching import check_image, match_detection_batch
+from conf_plugins.calibration.detection_stats import DetectionBinStats
+from conf_plugins.calibration.plots import plot_position_map, plot_reliability
 from conf_plugins.calibration.stats import METRIC_NAMES
-from conf_plugins.calibration.detection_matching import match_detections
-from conf_plugins.calibration.plots import plot_reliability
 
 from .config import validate_calibration_config
 
 logger = logging.getLogger(__name__)
+EXTRA_METRIC_NAMES = ("classwise_ECE", "LaECE", "D-ECE")
+
+
+def boxes_as_xyxy(annotations) -> torch.Tensor:
+    """(N, 4) float64 XYXY_ABS boxes of detectron2 annotation dicts: one conversion per box
+    mode present (usually one), not one per box."""
+    out = torch.zeros(len(annotations), 4, dtype=torch.float64)
+    modes = [a["bbox_mode"] for a in annotations]
+    for mode in set(modes):
+        rows = [i for i, m in enumerate(modes) if m == mode]
+        boxes = torch.tensor([annotations[i]["bbox"] for i in rows], dtype=torch.float64)
+        out[rows] = BoxMode.convert(boxes, mode, BoxMode.XYXY_ABS)
+    return out
 
 
 class DetectionCalibrationEvaluator(DatasetEvaluator):
     """Calibration of detection confidences, one set of metrics per IoU threshold.
 
     A detection is correct when it matches an unmatched same-class, non-crowd GT box with
-    IoU >= t (greedy by score, :func:`match_detections`); its confidence is its score. Each
+    IoU >= t (greedy by score, :func:`match_detection_batch`); its confidence is its score;
+    one left unmatched that lies on a same-class crowd region is ignored (COCO's rule). Images
+    are matched in batches of ``BATCH_IMAGES`` (all IoU thresholds at once, issue 14). Each
     process accumulates :class:`CalibrationStats` (O(bins) memory); ``evaluate`` sums them
     over processes (all_reduce), so any number of processes gives the same numbers. Results
     come under the ``calibration`` key (beside ``bbox`` of ``COCOEvaluator``) as
-    ``{metric}@IoU{t}``; reliability diagrams are written to ``output_dir``.
+    ``{metric}@IoU{t}``; reliability diagrams and D-ECE heat-maps are written to
+    ``output_dir``. Beside the metrics of :class:`CalibrationStats`: ``classwise_ECE``,
+    ``LaECE`` and ``D-ECE`` (confidence × box centre bins ``POSITION_BINS``; see
+    :mod:`conf_plugins.calibration.detection_stats`). When the detections carry
+    ``pred_class_probs`` (``MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS``), the same metrics again as
+    ``top1/{metric}@IoU{t}`` over only the detections whose class is the arg-max of their
+    proposal's K+1 probabilities (DDN paper eq. 11–12: one prediction per proposal).
 
     No detection at all is an error, unless ``allow_empty`` (during training: an early model
     may predict nothing yet), where it logs a warning and every metric is NaN, as
@@ -49,6 +71,9 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._distributed = distributed
         self._gt = self._load_ground_truth(dataset_name)
+        self._num_classes = len(MetadataCatalog.get(dataset_name).get("thing_classes", [])) or (
+            1 + max((int(e["gt_classes"].max()) for e in self._gt.values() if len(e["gt_classes"])),
+                    default=0))
         self.reset()
 
     @classmethod
@@ -58,44 +83,98 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
 
     @staticmethod
     def _load_ground_truth(dataset_name):
-        json_file = MetadataCatalog.get(dataset_name).get("json_file")
-        if json_file and os.path.isfile(json_file):
-            with open(json_file) as f:  # load_coco_json gives [] to every image either way
-                if "annotations" not in json.load(f):
-                    raise ValueError(f"dataset '{dataset_name}' has no ground truth: {json_file} "
-                                     "holds no 'annotations' (e.g. COCO test-dev); calibration "
-                                     "needs labelled images")
         gt = {}
         for record in DatasetCatalog.get(dataset_name):
             if "annotations" not in record:
                 raise ValueError(f"dataset '{dataset_name}' has no annotations for image "
                                  f"{record.get('image_id')}: calibration needs ground truth")
-            anns = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
-            boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
-            gt[record["image_id"]] = (torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4),
-                                      torch.tensor([a["category_id"] for a in anns],
-                                                   dtype=torch.int64))
-        if gt and not any(len(classes) for _, classes in gt.values()):
+            entry = {}
+            for crowd, prefix in ((False, "gt"), (True, "crowd")):
+                anns = [a for a in record["annotations"] if bool(a.get("iscrowd", 0)) == crowd]
+                entry[f"{prefix}_boxes"] = boxes_as_xyxy(anns)
+                entry[f"{prefix}_classes"] = torch.tensor([a["category_id"] for a in anns],
+                                                          dtype=torch.int64)
+            gt[record["image_id"]] = entry
+        if gt and not any(len(entry["gt_classes"]) for entry in gt.values()):
+            json_file = MetadataCatalog.get(dataset_name).get("json_file")
+            if json_file and os.path.isfile(json_file):
+                with open(json_file) as f:  # load_coco_json gives [] to every image either way
+                    if "annotations" not in json.load(f):
+                        raise ValueError(f"dataset '{dataset_name}' has no ground truth: "
+                                         f"{json_file} holds no 'annotations' (e.g. COCO "
+                                         "test-dev); calibration needs labelled images")
             raise ValueError(f"dataset '{dataset_name}' has no (non-crowd) ground-truth box in "
                              "any image: every detection would count as wrong")
         return gt
 
+    BATCH_IMAGES = 256  # images matched together: bounded memory, few Python steps
+    POSITION_BINS = (5, 5)  # D-ECE: bins of the normalised box centre (cx, cy)
+
     def reset(self):
-        self._stats = [CalibrationStats() for _ in self._iou_thresholds]
+        thresholds = self._iou_thresholds
+        self._stats = {"": [CalibrationStats() for _ in thresholds],
+                       "top1/": [CalibrationStats() for _ in thresholds]}
+        bins = (self._num_bins,) + self.POSITION_BINS
+        self._bin_stats = {"": [DetectionBinStats(self._num_classes, bins) for _ in thresholds],
+                           "top1/": [DetectionBinStats(self._num_classes, bins) for _ in thresholds]}
         self._num_images = 0
+        self._pending = []
+        self._has_probs = None
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
             if inp["image_id"] not in self._gt:
                 raise KeyError(f"image {inp['image_id']} is not in dataset '{self._dataset_name}'")
-            gt_boxes, gt_classes = self._gt[inp["image_id"]]
             instances = out["instances"].to("cpu")
-            correct = match_detections(instances.pred_boxes.tensor, instances.scores,
-                                       instances.pred_classes, gt_boxes, gt_classes,
-                                       self._iou_thresholds)
-            for stats, correct_at_t in zip(self._stats, correct):
-                stats.update(instances.scores, correct_at_t)
+            has_probs = instances.has("pred_class_probs")
+            if self._has_probs is None:
+                self._has_probs = has_probs
+            elif has_probs != self._has_probs:
+                raise ValueError("some detections carry pred_class_probs and others do not")
+            image = dict(self._gt[inp["image_id"]], det_boxes=instances.pred_boxes.tensor,
+                         det_scores=instances.scores, det_classes=instances.pred_classes,
+                         image_size=instances.image_size)
+            if has_probs:
+                image["top1"] = instances.pred_classes == instances.pred_class_probs.argmax(dim=1)
+            check_image(*(image[k] for k in ("det_boxes", "det_scores", "det_classes",
+                                             "gt_boxes", "gt_classes")))  # fail on this image
+            if len(instances) and int(instances.pred_classes.max()) >= self._num_classes:
+                raise ValueError(f"predicted class {int(instances.pred_classes.max())} but "
+                                 f"'{self._dataset_name}' has {self._num_classes} classes")
+            self._pending.append(image)
             self._num_images += 1
+            if len(self._pending) >= self.BATCH_IMAGES:
+                self._match_pending()
+
+    def _match_pending(self):
+        """Match the buffered images and add them to the statistics (one update per IoU)."""
+        if not self._pending:
+            return
+        self._add_matched(self._pending, "")
+        if self._has_probs:  # top-1 mode: only each proposal's arg-max class is a detection
+            keys = ("det_boxes", "det_scores", "det_classes")
+            self._add_matched([{**im, **{k: im[k][im["top1"]] for k in keys}}
+                               for im in self._pending], "top1/")
+        self._pending = []
+
+    def _add_matched(self, images, mode):
+        matches = match_detection_batch(images, self._iou_thresholds)
+        scores = torch.cat([im["det_scores"] for im in images])
+        classes = torch.cat([im["det_classes"] for im in images]).long()
+        centres = []
+        for im in images:
+            height, width = im["image_size"]
+            box = im["det_boxes"].double()
+            centres.append(torch.stack([(box[:, 0] + box[:, 2]) / (2 * width),
+                                        (box[:, 1] + box[:, 3]) / (2 * height)], dim=1))
+        centres = torch.cat(centres).clamp(0, 1)
+        for k, (stats, bin_stats) in enumerate(zip(self._stats[mode], self._bin_stats[mode])):
+            correct = torch.cat([c[k] for c, _, _ in matches])
+            kept = ~torch.cat([i[k] for _, i, _ in matches])  # crowd-ignored: left out
+            iou = torch.cat([m[k] for _, _, m in matches])
+            stats.update(scores, correct, mask=kept)
+            bin_stats.update(scores[kept], correct[kept], classes[kept], iou[kept],
+                             features=(centres[kept, 0], centres[kept, 1]))
 
     def _reduced_stats(self):
         """The statistics of all processes on the main one (None elsewhere).
@@ -106,14 +185,20 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         exit, where gloo can abort the process).
         """
         if not self._distributed or comm.get_world_size() == 1:
-            return self._stats
-        reduced = [CalibrationStats(s.num_fine_bins).merge(s).all_reduce() for s in self._stats]
-        return reduced if comm.is_main_process() else None  # copies: evaluate() can repeat
+            return self._stats, self._bin_stats
+        reduced = {m: [CalibrationStats(s.num_fine_bins).merge(s).all_reduce() for s in stats]
+                   for m, stats in self._stats.items()}
+        reduced_bins = {m: [DetectionBinStats(s.num_groups, s.bins).merge(s).all_reduce()
+                            for s in stats] for m, stats in self._bin_stats.items()}
+        # copies: evaluate() can repeat
+        return (reduced, reduced_bins) if comm.is_main_process() else (None, None)
 
     def evaluate(self):
-        stats = self._reduced_stats()
-        if stats is None:
+        self._match_pending()
+        all_stats, all_bin_stats = self._reduced_stats()
+        if all_stats is None:
             return {}
+        stats = all_stats[""]
         if stats[0].count == 0:
             message = (f"no detections on '{self._dataset_name}': the model predicted nothing "
                        "above its score threshold, so calibration is undefined")
@@ -121,19 +206,30 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                 raise ValueError(message)
             logger.warning(message + "; reporting NaN")
             return {"calibration": {f"{name}@IoU{t:g}": math.nan for t in self._iou_thresholds
-                                    for name in METRIC_NAMES}}
+                                    for name in METRIC_NAMES + EXTRA_METRIC_NAMES}}
         results = {}
-        for t, s in zip(self._iou_thresholds, stats):
-            for name, value in s.compute(num_bins=self._num_bins).items():
-                results[f"{name}@IoU{t:g}"] = value
-            if self._output_dir:
-                folder = os.path.join(self._output_dir, "calibration")
-                os.makedirs(folder, exist_ok=True)
-                plot_reliability(s, os.path.join(folder, f"reliability_iou{t:g}.png"),
-                                 num_bins=self._num_bins, title=f"{self._dataset_name}, IoU {t:g}")
-        if self._output_dir:  # the statistics themselves, for reports and later merging
+        folder = os.path.join(self._output_dir, "calibration") if self._output_dir else None
+        for mode in ("", "top1/"):
+            if mode and all_stats[mode][0].count == 0:
+                continue  # no pred_class_probs: no top-1 mode
+            for t, s, b in zip(self._iou_thresholds, all_stats[mode], all_bin_stats[mode]):
+                key = f"@IoU{t:g}"
+                for name, value in s.compute(num_bins=self._num_bins).items():
+                    results[f"{mode}{name}{key}"] = value
+                results.update({f"{mode}classwise_ECE{key}": b.classwise_ece(),
+                                f"{mode}LaECE{key}": b.laece(), f"{mode}D-ECE{key}": b.dece()})
+                if folder:
+                    os.makedirs(folder, exist_ok=True)
+                    tag, title = mode.replace("/", "_"), f"{self._dataset_name}, {mode}IoU {t:g}"
+                    plot_reliability(s, os.path.join(folder, f"{tag}reliability_iou{t:g}.png"),
+                                     num_bins=self._num_bins, title=title)
+                    plot_position_map(b, os.path.join(folder, f"{tag}dece_map_iou{t:g}.png"),
+                                      title=f"D-ECE by position, {title}")
+        if folder:  # the statistics themselves, for reports and later merging
             torch.save({t: s.state_dict() for t, s in zip(self._iou_thresholds, stats)},
-                       os.path.join(self._output_dir, "calibration", "stats.pt"))
+                       os.path.join(folder, "stats.pt"))
+            torch.save({m: {t: b.state_dict() for t, b in zip(self._iou_thresholds, bins)}
+                        for m, bins in all_bin_stats.items()}, os.path.join(folder, "bin_stats.pt"))
         logger.info("Calibration of %s: %s", self._dataset_name,
                     {k: round(v, 4) for k, v in results.items() if k.startswith(("ECE", "MSCE"))})
         return {"calibration": results}

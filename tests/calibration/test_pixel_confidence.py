@@ -7,10 +7,17 @@ from conf_plugins.calibration.pixel_confidence import pixel_confidence
 
 @pytest.mark.parametrize("temperature", [1.0, 0.75, 2.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_matches_the_softmax_tensor(temperature, dtype):
+@pytest.mark.parametrize("num_classes", [2, 19, 24, 40])  # 40: the torch.max path
+def test_matches_the_softmax_tensor(temperature, dtype, num_classes, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("conf_plugins.calibration.pixel_confidence")
+    monkeypatch.setattr(module, "TILE_PIXELS", 500)  # several tiles, the last one partial
     g = torch.Generator().manual_seed(0)
-    z = (torch.randn(19, 33, 47, generator=g) * 4).to(dtype)
-    z[:, 0, 0] = 7.0  # an exact tie: the first maximum wins, as torch.argmax
+    z = (torch.randn(num_classes, 33, 47, generator=g) * 4).to(dtype)
+    z[:, 0, 0] = 7.0  # an exact tie of every class: the first maximum wins, as torch.argmax
+    z[-1, 0, 1] = z[1:, 0, 1].max()  # a tie of two classes, not the first one
+    z[0, 0, 2] = -torch.inf  # a class that cannot be predicted
     probs = (z / temperature).softmax(0)
     conf, pred, margin, ent = pixel_confidence(z, temperature, margin=True, entropy=True)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
@@ -18,10 +25,17 @@ def test_matches_the_softmax_tensor(temperature, dtype):
     assert torch.equal(pred, z.argmax(0))
     top2 = z.topk(2, dim=0).values
     assert torch.allclose(margin, (top2[0] - top2[1]) / temperature, **tol)
-    assert torch.allclose(ent, -(probs * probs.clamp_min(1e-300).log()).sum(0), **tol)
+    assert torch.allclose(ent, -torch.special.xlogy(probs, probs).sum(0), **tol)
 
 
 def test_bad_inputs():
+    z = torch.zeros(3, 4, 4)
+    z[1, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        pixel_confidence(z)
+    z[1, 2, 2] = float("inf")
+    with pytest.raises(ValueError, match="NaN or \\+inf"):
+        pixel_confidence(z)
     with pytest.raises(ValueError, match="two classes"):
         pixel_confidence(torch.zeros(1, 4, 4))
     with pytest.raises(ValueError, match="temperature must be > 0"):

@@ -16,6 +16,7 @@ from detectron2.structures import Boxes, Instances
 
 from conf_plugins.calibration.stats import METRIC_NAMES
 from conf_plugins.detectron2 import DetectionCalibrationEvaluator
+from conf_plugins.detectron2.evaluator import EXTRA_METRIC_NAMES
 from tests.fixtures import ROOT, tiny_d2_cfg, tiny_ddn_cfg
 
 CATEGORIES = [{"id": 1, "name": "box"}]
@@ -77,7 +78,8 @@ def test_no_detections_during_training_gives_nan_and_a_warning(tmp_path, caplog)
     with caplog.at_level(logging.WARNING):
         results = evaluator.evaluate()["calibration"]
     assert "no detections" in caplog.text
-    assert set(results) == {f"{m}@IoU{t}" for m in METRIC_NAMES for t in ("0.5", "0.7")}
+    names = METRIC_NAMES + EXTRA_METRIC_NAMES
+    assert set(results) == {f"{m}@IoU{t}" for m in names for t in ("0.5", "0.7")}
     assert all(math.isnan(v) for v in results.values())
     strict = DetectionCalibrationEvaluator(name)
     strict.reset()

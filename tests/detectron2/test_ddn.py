@@ -142,13 +142,68 @@ def test_detected_gt_keeps_teacher_target(teacher_weights):
     assert (targets[:4].abs().sum(dim=1) > 0).all()
 
 
-def test_missing_teacher_weights_is_a_clear_error(tmp_path):
-    cfg = tiny_ddn_cfg("")
-    with pytest.raises(ValueError, match="TEACHER_WEIGHTS is empty"):
-        build_model(cfg)
-    cfg = tiny_ddn_cfg(str(tmp_path / "nope.pth"))
-    with pytest.raises(FileNotFoundError, match="no such file"):
-        build_model(cfg)
+def test_missing_teacher_weights_is_a_clear_error_when_training_starts(tmp_path):
+    for path, error, match in (("", ValueError, "TEACHER_WEIGHTS is empty"),
+                               (str(tmp_path / "nope.pth"), FileNotFoundError, "no such file")):
+        model = build_model(tiny_ddn_cfg(path))  # building (for evaluation) needs no teacher
+        model.train()
+        with pytest.raises(error, match=match), EventStorage():
+            model(d2_batch())
+
+
+def test_trained_student_evaluates_without_the_teacher_file(teacher_weights, tmp_path):
+    import shutil
+
+    copy = str(tmp_path / "teacher.pth")
+    shutil.copy(teacher_weights, copy)
+    cfg, model = build_student(copy)
+    model.train()
+    with EventStorage():
+        model(d2_batch())  # the teacher is loaded on first use
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("student")
+    import os
+
+    os.remove(copy)  # deployed: the teacher's checkpoint is gone
+    student = build_model(tiny_ddn_cfg(copy))
+    DetectionCheckpointer(student).load(str(tmp_path / "student.pth"))
+    student.eval()
+    with torch.no_grad():
+        out = student(d2_batch(num_images=1))[0]["instances"]
+    assert out.has("scores")
+
+
+def test_undetected_gt_is_decided_on_all_proposals_not_the_minibatch(teacher_weights):
+    """A GT box the teacher detects only from a proposal the minibatch did not sample keeps
+    the teacher's target; the count of uniform targets is logged."""
+    from detectron2.structures import Boxes, Instances
+
+    _, model = build_student(teacher_weights)
+    heads, teacher = model.roi_heads, model.roi_heads.teacher
+    with torch.no_grad():  # class 1 everywhere, boxes left in place
+        teacher.box_predictor.cls_score.bias.zero_()
+        teacher.box_predictor.cls_score.bias[1] = 50.0
+        teacher.box_predictor.bbox_pred.weight.zero_()
+        teacher.box_predictor.bbox_pred.bias.zero_()
+    gt_box = torch.tensor([[10.0, 10.0, 40.0, 40.0]])
+    targets = [Instances((64, 64), gt_boxes=Boxes(gt_box), gt_classes=torch.tensor([1]))]
+    features = {f: torch.randn(1, 32, 64 // s, 64 // s)
+                for f, s in zip(heads.box_in_features, (4, 8, 16, 32))}
+    on_gt = Instances((64, 64), proposal_boxes=Boxes(torch.cat([gt_box, torch.tensor([[0.0, 0, 8, 8]])])))
+    far = Instances((64, 64), proposal_boxes=Boxes(torch.tensor([[0.0, 0, 8, 8], [50.0, 50, 60, 60]])))
+    assert len(heads.undetected_gt(features, [on_gt], targets)[0]) == 0  # found among all
+    assert torch.equal(heads.undetected_gt(features, [far], targets)[0][:, :4], gt_box)
+    # a sampled minibatch whose foreground proposals lie far from the GT box: without the
+    # all-proposal rule they would decide "undetected"; with it the GT stays detected
+    sampled = Instances((64, 64), proposal_boxes=Boxes(torch.tensor([[20.0, 20, 30, 30]] * 3)),
+                        gt_boxes=Boxes(gt_box.repeat(3, 1)), gt_classes=torch.tensor([1, 1, 3]))
+    pooled = torch.randn(3, 32, 7, 7)
+    with EventStorage() as storage:
+        kept = heads.distillation_targets(pooled, [sampled], heads.undetected_gt(features, [on_gt], targets))
+        assert storage.latest()["ddn/uniform_target_proposals"][0] == 0
+        minibatch_only = heads.distillation_targets(pooled, [sampled])
+        assert storage.latest()["ddn/uniform_target_proposals"][0] == 2
+    assert (kept[:2].abs().sum(dim=1) > 0).all()
+    assert torch.equal(minibatch_only[:2], torch.zeros(2, 4))
 
 
 def test_student_inference_is_stock_single_pass(teacher_weights):

@@ -81,15 +81,82 @@ def test_runs_beside_coco_evaluator_in_detectron2_loop(demo_val, tmp_path):
     assert math.isfinite(results["calibration"]["ECE@IoU0.5"])
 
 
+def top1_probs(classes, num_classes=3):
+    """K+1 probabilities whose arg-max is each detection's class, except for the last
+    detection (oracle_outputs' false box), whose arg-max is background."""
+    probs = torch.full((len(classes), num_classes + 1), 0.1)
+    probs[torch.arange(len(classes)), classes] = 0.7
+    probs[-1, num_classes] = 0.9  # background wins: not a top-1 detection
+    return probs / probs.sum(dim=1, keepdim=True)
+
+
+def test_new_metrics_top1_mode_and_crowd_regions(demo_val, tmp_path):
+    """Oracle detections: classwise / LaECE / D-ECE from the same detections, top-1 mode
+    drops the false box (its proposal's arg-max is background), a crowd region absorbs it."""
+    inputs, outputs = oracle_outputs(demo_val)
+    for out in outputs:
+        out["instances"].pred_class_probs = top1_probs(out["instances"].pred_classes)
+    evaluator = DetectionCalibrationEvaluator(demo_val, iou_thresholds=(0.5,),
+                                              output_dir=str(tmp_path))
+    evaluator.reset()
+    evaluator.process(inputs, outputs)
+    results = evaluator.evaluate()["calibration"]
+    num_gt = sum(len(r["annotations"]) for r in DatasetCatalog.get(demo_val))
+    assert results["count@IoU0.5"] == num_gt + 6
+    assert results["top1/count@IoU0.5"] == num_gt  # the false boxes are not top-1
+    assert results["top1/ECE@IoU0.5"] == pytest.approx(0.2)  # all right at 0.8
+    assert results["top1/classwise_ECE@IoU0.5"] == pytest.approx(0.2)
+    assert results["top1/LaECE@IoU0.5"] == pytest.approx(0.2)  # IoU 1 with their GT
+    assert results["D-ECE@IoU0.5"] >= results["ECE@IoU0.5"] - 1e-12  # finer bins: no smaller
+    assert (tmp_path / "calibration" / "dece_map_iou0.5.png").stat().st_size > 0
+    assert (tmp_path / "calibration" / "top1_reliability_iou0.5.png").stat().st_size > 0
+
+    # the same false box on a crowd region of its class: ignored, as COCO does
+    evaluator.reset()
+    crowd = {record["image_id"]: [0.0, 0.0, 4.0, 4.0] for record in DatasetCatalog.get(demo_val)}
+    for image_id, box in crowd.items():
+        entry = evaluator._gt[image_id]
+        entry["crowd_boxes"], entry["crowd_classes"] = torch.tensor([box], dtype=torch.float64), torch.tensor([0])
+    evaluator.process(inputs, outputs)
+    results = evaluator.evaluate()["calibration"]
+    assert results["count@IoU0.5"] == num_gt
+    assert results["success_rate@IoU0.5"] == pytest.approx(1.0)
+
+
+def test_crowd_annotations_of_a_coco_json_are_ignored_not_wrong(tmp_path):
+    import json
+
+    from detectron2.data.datasets import register_coco_instances
+
+    coco = dict(images=[dict(id=1, width=64, height=64, file_name="a.jpg")],
+                annotations=[dict(id=1, image_id=1, category_id=1, bbox=[0, 0, 20, 20], area=400, iscrowd=0),
+                             dict(id=2, image_id=1, category_id=1, bbox=[30, 30, 30, 30], area=900, iscrowd=1)],
+                categories=[dict(id=1, name="thing")])
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    register_coco_instances("test_crowd_json", {}, str(tmp_path / "coco.json"), str(tmp_path))
+    evaluator = DetectionCalibrationEvaluator("test_crowd_json", iou_thresholds=(0.5,))
+    evaluator.reset()
+    inst = Instances((64, 64), pred_boxes=Boxes(torch.tensor([[0.0, 0, 20, 20], [35.0, 35, 50, 50],
+                                                              [0.0, 40, 10, 50]])),
+                     scores=torch.tensor([0.9, 0.8, 0.7]), pred_classes=torch.tensor([0, 0, 0]))
+    evaluator.process([{"image_id": 1}], [{"instances": inst}])
+    results = evaluator.evaluate()["calibration"]
+    assert results["count@IoU0.5"] == 2  # the box inside the crowd region is left out
+    assert results["success_rate@IoU0.5"] == pytest.approx(0.5)
+
+
 def _evaluate_on_rank(rank, world_size, dataset_root):
     register_demo_detection(dataset_root, prefix="test_demo_det",
                             num_images={"train": 2, "val": 6}, image_size=64)
     evaluator = DetectionCalibrationEvaluator("test_demo_det_val", iou_thresholds=(0.3, 0.5))
     evaluator.reset()
     inputs, outputs = oracle_outputs("test_demo_det_val")
-    # add a score spread so every bin and ranking metric is exercised
+    # add a score spread so every bin and ranking metric is exercised; class probabilities
+    # whose arg-max is the detection's class except for the false box (top-1 mode)
     for i, out in enumerate(outputs):
-        out["instances"].scores = out["instances"].scores * (0.5 + 0.08 * i)
+        inst = out["instances"]
+        inst.scores = inst.scores * (0.5 + 0.08 * i)
+        inst.pred_class_probs = top1_probs(inst.pred_classes)
     evaluator.process(inputs[rank::world_size], outputs[rank::world_size])
     return evaluator.evaluate()
 

@@ -1,0 +1,140 @@
+"""Detection calibration beyond one score histogram: class-wise ECE, LaECE and D-ECE (issue 12.3).
+
+All three are sums over a grid of bins of ``|Σ confidence − Σ target|``, so one mergeable
+state serves them: per (group, bin) the count, Σ confidence, Σ correct and Σ IoU (float64,
+O(groups × bins) memory; two states merge by addition, distributed evaluation is one
+all-reduce). Bins are equal-width ``((k-1)/J, k/J]`` with the edge convention of
+:class:`~conf_plugins.calibration.CalibrationStats` (exact values against float64 edges).
+
+* **Class-wise ECE**: for each class c with detections, ECE_c = Σ_j (|B_cj| / |D_c|) ·
+  |acc(B_cj) − conf(B_cj)| over ``num_bins`` equal-width confidence bins ((k-1)/J, k/J]
+  (DDN paper eq. 13–14 within one class); reported as the mean over those classes.
+* **LaECE** (localisation-aware ECE; Oksuz et al., CVPR 2023, eq. 3, the definition Kuzucu
+  et al., ECCV 2024, evaluate with): LaECE_c = Σ_j (|B_cj| / |D_c|) · |conf(B_cj) − IoU(B_cj)|,
+  IoU(B) the mean IoU of the bin's detections with their matched GT box, 0 for a detection
+  matched to none; mean over classes. The confidence should predict the IoU, not just a hit.
+* **D-ECE** (detection ECE; Küppers et al., CVPR-W 2020, eq. 5, netcal's ``ECE`` with
+  several features): bins over confidence × the box's normalised centre (cx, cy) (and
+  optionally size), D-ECE = Σ_b (|B_b| / N) · |prec(B_b) − conf(B_b)| over every non-empty
+  joint bin. :meth:`DetectionBinStats.position_map` gives the per-cell miscalibration map.
+"""
+import math
+
+import torch
+
+from .stats import bin_index, sum_over_ranks
+
+_SUMS = ("count", "sum_conf", "sum_correct", "sum_iou")
+
+
+class DetectionBinStats:
+    """Sums of (confidence, correct, IoU) per group (class) and per joint bin.
+
+    Args:
+        num_groups: number of classes (group index = class index).
+        bins: bins per feature, confidence first; further features are values in [0, 1]
+            (e.g. ``(10,)`` for class-wise / LaECE, ``(10, 5, 5)`` for confidence × cx × cy).
+    """
+
+    def __init__(self, num_groups: int, bins=(10,)):
+        if num_groups < 1 or not bins or any(int(b) < 1 for b in bins):
+            raise ValueError(f"need >= 1 group and >= 1 bin per feature, got {num_groups}, {bins}")
+        self.num_groups, self.bins = int(num_groups), tuple(int(b) for b in bins)
+        self.state = torch.zeros(len(_SUMS), self.num_groups, math.prod(self.bins),
+                                 dtype=torch.float64)
+
+    def update(self, confidence, correct, groups, iou=None, features=()):
+        """Add N detections: confidence (N,) in [0, 1], correct (N,) bool, groups (N,) class
+        indices, iou (N,) matched IoU (0 when unmatched), one (N,) tensor in [0, 1] per
+        extra feature."""
+        conf = torch.as_tensor(confidence).double().reshape(-1)
+        n = conf.numel()
+        correct = torch.as_tensor(correct).reshape(-1)
+        groups = torch.as_tensor(groups).long().reshape(-1)
+        iou = torch.zeros(n, dtype=torch.float64) if iou is None else torch.as_tensor(iou).double().reshape(-1)
+        if len(features) != len(self.bins) - 1:
+            raise ValueError(f"{len(self.bins) - 1} features expected, got {len(features)}")
+        columns = [conf] + [torch.as_tensor(f).double().reshape(-1) for f in features]
+        if any(c.numel() != n for c in columns + [iou]) or correct.numel() != n or groups.numel() != n:
+            raise ValueError("confidence, correct, groups, iou and features differ in length")
+        if n == 0:
+            return self
+        for name, c in zip(["confidence"] + [f"feature {i}" for i in range(len(features))] + ["iou"],
+                           columns + [iou]):
+            if not (torch.isfinite(c).all() and (c >= 0).all() and (c <= 1).all()):
+                raise ValueError(f"{name} must be finite and in [0, 1]")
+        if (groups < 0).any() or (groups >= self.num_groups).any():
+            raise ValueError(f"group (class) indices must be in [0, {self.num_groups})")
+        cell = torch.zeros(n, dtype=torch.int64)
+        for values, num_bins in zip(columns, self.bins):  # row-major joint bin
+            cell = cell * num_bins + bin_index(values, num_bins)  # CalibrationStats' exact edges
+        flat = groups * self.state.shape[2] + cell
+        for row, weight in enumerate((torch.ones(n, dtype=torch.float64), conf,
+                                      correct.double(), iou)):
+            self.state[row].view(-1).scatter_add_(0, flat, weight)
+        return self
+
+    def merge(self, other: "DetectionBinStats") -> "DetectionBinStats":
+        if (other.num_groups, other.bins) != (self.num_groups, self.bins):
+            raise ValueError("cannot merge statistics of different groups / bins")
+        self.state += other.state
+        return self
+
+    def all_reduce(self, group=None) -> "DetectionBinStats":
+        """Sum over the ranks of ``group`` (no-op without torch.distributed)."""
+        flat = sum_over_ranks(self.state.reshape(-1), group)
+        if flat is not None:
+            self.state.copy_(flat.view_as(self.state))
+        return self
+
+    def confidence_marginal(self) -> "DetectionBinStats":
+        """The same sums over confidence bins only (summed over the other features)."""
+        out = DetectionBinStats(self.num_groups, self.bins[:1])
+        out.state = self.state.reshape(len(_SUMS), self.num_groups, self.bins[0], -1).sum(dim=3)
+        return out
+
+    def _error(self, target: str, per_group: bool):
+        if per_group and len(self.bins) > 1:  # class-wise metrics bin confidence only
+            return self.confidence_marginal()._error(target, per_group)
+        count, conf = self.state[0], self.state[1]
+        gap = (conf - self.state[2 if target == "correct" else 3]).abs()  # n_b |conf_b - t_b|
+        if not per_group:
+            total = count.sum()
+            return float(gap.sum() / total) if total > 0 else math.nan
+        n = count.sum(dim=1)
+        used = n > 0
+        if not used.any():
+            return math.nan
+        return float((gap.sum(dim=1)[used] / n[used]).mean())
+
+    def classwise_ece(self) -> float:
+        """Mean over classes with detections of each class's ECE (nan without detections)."""
+        return self._error("correct", per_group=True)
+
+    def laece(self) -> float:
+        """Mean over classes with detections of |confidence − IoU| per bin (Oksuz et al. eq. 3)."""
+        return self._error("iou", per_group=True)
+
+    def dece(self) -> float:
+        """D-ECE over every joint bin of every class pooled (Küppers et al. eq. 5)."""
+        pooled = DetectionBinStats(1, self.bins)
+        pooled.state = self.state.sum(dim=1, keepdim=True)
+        return pooled._error("correct", per_group=False)
+
+    def position_map(self):
+        """(cx bins, cy bins) map of mean |precision − confidence| over the confidence bins of
+        each position cell (count-weighted), nan for empty cells: netcal's 2-D heat-map.
+        Needs bins (confidence, cx, cy, ...)."""
+        if len(self.bins) < 3:
+            raise ValueError("position_map needs bins (confidence, cx, cy)")
+        shape = (len(_SUMS),) + self.bins
+        grid = self.state.sum(dim=1).reshape(shape)
+        grid = grid.sum(dim=tuple(range(4, len(shape)))) if len(shape) > 4 else grid
+        count, gap = grid[0], (grid[1] - grid[2]).abs()  # (conf, cx, cy)
+        n = count.sum(dim=0)
+        out = gap.sum(dim=0) / n
+        out[n == 0] = math.nan
+        return out
+
+    def state_dict(self) -> dict:
+        return {"num_groups": self.num_groups, "bins": list(self.bins), "state": self.state.clone()}
