@@ -11,7 +11,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
 from conf_plugins.calibration import CalibrationStats
-from conf_plugins.calibration.detection_matching import check_image, match_detection_batch
+from conf_plugins.calibration.detection_matching import match_detection_batch
 from conf_plugins.calibration.detection_stats import DetectionBinStats
 from conf_plugins.calibration.plots import plot_position_map, plot_reliability
 from conf_plugins.calibration.stats import METRIC_NAMES
@@ -136,8 +136,6 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                          image_size=instances.image_size)
             if has_probs:
                 image["top1"] = instances.pred_classes == instances.pred_class_probs.argmax(dim=1)
-            check_image(*(image[k] for k in ("det_boxes", "det_scores", "det_classes",
-                                             "gt_boxes", "gt_classes")))  # fail on this image
             if len(instances) and int(instances.pred_classes.max()) >= self._num_classes:
                 raise ValueError(f"predicted class {int(instances.pred_classes.max())} but "
                                  f"'{self._dataset_name}' has {self._num_classes} classes")
