@@ -3,6 +3,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
 from detectron2.structures import Boxes, pairwise_iou
+from detectron2.utils.events import get_event_storage
 
 from conf_plugins.losses import logit_distillation_loss
 
@@ -90,13 +91,12 @@ class DDNROIHeads(ProbabilityROIHeads):
         self.teacher.to(box_features.device)
         logits, deltas = self.teacher.sample(box_features, self.num_samples)
         targets = logits.mean(dim=0)
-        if undetected_gt is None:
-            undetected_gt = self._undetected_rows(logits, deltas, proposals)
+        if undetected_gt is None:  # decided on the sampled proposals' own GT
+            undetected_gt = self._undetected_rows(
+                logits, deltas, proposals, [(p.gt_boxes.tensor, p.gt_classes) for p in proposals])
         uniform = torch.cat([self._proposals_of(p, rows) for p, rows in zip(proposals, undetected_gt)])
         targets[uniform] = 0.0
         try:
-            from detectron2.utils.events import get_event_storage
-
             storage = get_event_storage()
             storage.put_scalar("ddn/uniform_target_proposals", int(uniform.sum()))
             storage.put_scalar("ddn/uniform_target_fraction", float(uniform.float().mean()))
@@ -112,27 +112,21 @@ class DDNROIHeads(ProbabilityROIHeads):
         overlaps the GT box of class c with IoU >= MATCH_IOU (stock inference before NMS,
         which only drops lower-scored duplicates). Independent of the minibatch sampling."""
         self.teacher.to(features[self.box_in_features[0]].device)
-        out = []
-        for i, (image_proposals, image_targets) in enumerate(zip(proposals, targets)):
-            pooled = self.box_pooler([features[f][i:i + 1] for f in self.box_in_features],
-                                     [image_proposals.proposal_boxes])
-            logits, deltas = self.teacher.sample(pooled, self.num_samples)
-            out.append(self._undetected_in_image(
-                logits.softmax(dim=-1), deltas, image_proposals.proposal_boxes.tensor,
-                image_targets.gt_boxes.tensor, image_targets.gt_classes))
-        return out
+        pooled = self.box_pooler([features[f] for f in self.box_in_features],
+                                 [p.proposal_boxes for p in proposals])
+        logits, deltas = self.teacher.sample(pooled, self.num_samples)
+        return self._undetected_rows(logits, deltas, proposals,
+                                     [(t.gt_boxes.tensor, t.gt_classes) for t in targets])
 
-    def _undetected_rows(self, logits, deltas, proposals):
-        """undetected_gt decided on the given (sampled) proposals only."""
+    def _undetected_rows(self, logits, deltas, proposals, ground_truth):
+        """Per image, :meth:`_undetected_in_image` of its slice of the M samples over all
+        images' ``proposals``; ``ground_truth``: per image (gt boxes, gt classes)."""
         probs = logits.softmax(dim=-1)
-        num_classes = probs.shape[-1] - 1
         rows, start = [], 0
-        for p in proposals:
+        for p, (gt_boxes, gt_classes) in zip(proposals, ground_truth):
             n = len(p)
-            foreground = (p.gt_classes >= 0) & (p.gt_classes < num_classes)
-            rows.append(self._undetected_in_image(
-                probs[:, start:start + n], deltas[:, start:start + n], p.proposal_boxes.tensor,
-                p.gt_boxes.tensor[foreground], p.gt_classes[foreground]))
+            rows.append(self._undetected_in_image(probs[:, start:start + n], deltas[:, start:start + n],
+                                                  p.proposal_boxes.tensor, gt_boxes, gt_classes))
             start += n
         return rows
 
