@@ -5,7 +5,7 @@ Streams N generated images (default 500, as Cityscapes val) of 19-class logits a
 (~2 M labelled pixels each, 5 % ignore) through the fitting code of tools/fit_calibration.py,
 each fit in its own subprocess (peak RSS is per process):
 
-  temperature:   its UniformPixelSample (at most 2 M pixels kept) + TemperatureScaler.fit;
+  temperature:   its UniformSample (at most 2 M pixels kept) + TemperatureScaler.fit;
   bayes binning: BayesBinningCalibrator.update per image (streaming counts);
   nothing:       only generating the images (the floor: one image's logits in memory).
 
@@ -55,12 +55,13 @@ def child(which, count):
     result = {}
     if which == "temperature":
         tool = fit_tool()
-        sample = tool.UniformPixelSample(tool.MAX_TEMPERATURE_PIXELS)
+        sample = tool.UniformSample(tool.MAX_TEMPERATURE_PIXELS)
         for logits, label in images(count):
             keep = label != IGNORE
             sample.add(logits[:, keep].T, label[keep])  # what tools/fit_calibration.py does
-        scaler = tool.TemperatureScaler().fit(sample.logits, sample.labels)
-        result.update(temperature=scaler.temperature, kept=len(sample.labels), seen=sample.seen)
+        (labels,) = sample.columns
+        scaler = tool.TemperatureScaler().fit(sample.values, labels)
+        result.update(temperature=scaler.temperature, kept=len(labels), seen=sample.seen)
     elif which == "bayes":
         from conf_plugins.calibration import BayesBinningCalibrator
         from conf_plugins.calibration.pixel_confidence import pixel_confidence

@@ -5,6 +5,7 @@ iterations appended: the overrides of ``tools/run_demo.py --tiny``), and every c
 bash blocks names an existing tool, make target and config, with flags the tool accepts.
 (Commands that train on COCO / Cityscapes or on 8 GPUs are checked, not run.)"""
 import functools
+import json
 import os
 import re
 import shlex
@@ -61,7 +62,7 @@ def tiny(tokens):
     of a 4-iteration run): everything else exactly as written."""
     run_demo = load_tool("run_demo")
     tokens = [t.replace("iter_600", "iter_4") for t in tokens]
-    if tokens[0] == "tools/train_net.py":
+    if tokens[0] in ("tools/train_net.py", "tools/fit_detection_calibration.py"):
         return tokens + run_demo.TINY_DET
     if tokens[0] == "tools/seg_train.py":
         snapshot = run_demo.TINY_SNAPSHOT if "mtl" in tokens[1] else []
@@ -75,12 +76,13 @@ def test_demo_commands_run_as_written(tmp_path):
 
     assert len(DEMO_BLOCK) == 1
     os.symlink(os.path.join(ROOT, "configs"), tmp_path / "configs")
-    generate_demo_detection(str(tmp_path / "datasets" / "conf_demo_det"), {"train": 4, "val": 2})
+    generate_demo_detection(str(tmp_path / "datasets" / "conf_demo_det"),
+                            {"train": 4, "calib": 2, "val": 2})
     generate_demo_segmentation(str(tmp_path / "datasets" / "conf_demo_seg"),
                                load_tool("run_demo").TINY_SEG_DATA)
     env = {**os.environ, "DETECTRON2_DATASETS": "datasets"}
     lines = commands(DEMO_BLOCK)
-    assert len(lines) == 9
+    assert len(lines) == 11
     for line in lines:
         tokens = tiny(shlex.split(line))
         result = subprocess.run([sys.executable, os.path.join(ROOT, tokens[0])] + tokens[1:],
@@ -88,7 +90,10 @@ def test_demo_commands_run_as_written(tmp_path):
         assert result.returncode == 0, f"{line}\n{result.stderr[-3000:]}"
     seg = tmp_path / "output" / "demo" / "seg"
     assert (seg / "stl" / "temperature.json").exists() and (seg / "mtl" / "iter_4_bayes.pth").exists()
-    assert (tmp_path / "output" / "demo" / "det" / "ddn" / "model_final.pth").exists()
+    det = tmp_path / "output" / "demo" / "det"
+    assert (det / "ddn" / "model_final.pth").exists()
+    assert "LaECE@IoU0.5" in json.load(open(det / "baseline_temperature" / "eval_results.json"))[
+        "calibration"]
     assert "calib/ECE" in result.stdout + result.stderr  # the last one: the MTL evaluation
 
 

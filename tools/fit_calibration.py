@@ -18,7 +18,6 @@ only once the fit succeeded.
 import argparse
 import json
 import os
-import tempfile
 
 import torch
 from mmengine.config import Config, DictAction
@@ -26,8 +25,10 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner, load_checkpoint
 from mmseg.registry import MODELS
 
+from conf_plugins.files import refuse_overwrite, write_atomically
 import conf_plugins.mmseg  # noqa: F401  (registers components, safe checkpoint loading)
 from conf_plugins.calibration import BayesBinningCalibrator, TemperatureScaler
+from conf_plugins.calibration.sampling import UniformSample
 from conf_plugins.mmseg import SuccessEncoderDecoder
 from conf_plugins.mmseg.data_settings import apply_data_settings
 
@@ -102,63 +103,16 @@ def fit_bayes(model, dataloader, ignore_index):
     return calibrator
 
 
-class UniformPixelSample:
-    """A uniform sample without replacement of at most ``size`` pixels of a stream, in
-    bounded memory: every pixel draws a random key and the ``size`` smallest keys are kept
-    (the keys are i.i.d., so the kept set is uniform among all subsets of that size)."""
-
-    def __init__(self, size: int, seed: int = 0):
-        self.size = size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.keys = torch.empty(0)
-        self.logits, self.labels = None, torch.empty(0, dtype=torch.int64)
-        self.seen = 0
-
-    def add(self, logits: torch.Tensor, labels: torch.Tensor):
-        """``logits`` (N, C) and ``labels`` (N,) of N new labelled pixels."""
-        self.seen += len(labels)
-        keys = torch.rand(len(labels), generator=self.generator)
-        if self.logits is None:
-            self.logits = logits[:0].cpu()
-        if len(self.keys) == self.size:  # full: only keys below the largest kept can enter
-            enter = keys < self.keys.max()
-            keys, logits, labels = keys[enter], logits[enter.to(logits.device)], labels[enter.to(labels.device)]
-        keys = torch.cat([self.keys, keys])
-        logits = torch.cat([self.logits, logits.cpu()])
-        labels = torch.cat([self.labels, labels.cpu()])
-        if len(keys) > self.size:
-            keys, keep = keys.topk(self.size, largest=False)
-            logits, labels = logits[keep], labels[keep]
-        self.keys, self.logits, self.labels = keys, logits, labels
-
-
 def fit_temperature(model, dataloader, ignore_index, seed=0):
-    sample = UniformPixelSample(MAX_TEMPERATURE_PIXELS, seed)
+    sample = UniformSample(MAX_TEMPERATURE_PIXELS, seed)
     for prediction, label in predictions(model, dataloader):
         keep = label != ignore_index
         sample.add(prediction.seg_logits.data[:, keep].T, label[keep])
     if sample.seen == 0:
         raise SystemExit("no labelled pixels to fit on: every pixel of the split is "
                          f"ignore_index={ignore_index}")
-    return TemperatureScaler().fit(sample.logits, sample.labels), len(sample.labels)
-
-
-def refuse_overwrite(path, force):
-    if os.path.exists(path) and not force:
-        raise SystemExit(f"{path} exists; pass --force to overwrite it")
-
-
-def write_atomically(path, write):
-    """``write(tmp_path)`` then rename onto ``path``: a failure leaves no partial file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="tmp_", suffix="_" + os.path.basename(path), dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    (labels,) = sample.columns
+    return TemperatureScaler().fit(sample.values, labels), len(labels)
 
 
 def main(argv=None):

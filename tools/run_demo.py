@@ -5,7 +5,8 @@
     tools/run_demo.py --force      # re-run every stage
     tools/run_demo.py --only seg   # one half
 
-Detection: dropout teacher -> baseline / MC-10 evaluation -> DDN student -> evaluation.
+Detection: dropout teacher -> baseline / MC-10 evaluation -> DDN student -> evaluation;
+temperature / isotonic score calibrators fitted on the calib split -> evaluation.
 Segmentation: STL and MTL training -> temperature scaling / Bayes binning on the calib split
 -> STL / STL-scaled / MTL (probability of success) / MTL's own max softmax / MC-10 dropout
 (of the STL model) evaluation in-domain (val) and off-domain (val_shifted).
@@ -114,7 +115,7 @@ def detection_stages(out, tiny):
     train = tool("train_net.py")
     t_cfg, d_cfg = ("configs/demo/teacher.yaml", DET_DATA), ("configs/demo/ddn.yaml", DET_DATA)
     cfg = lambda c: ["--config-file", os.path.join(ROOT, c[0])]  # noqa: E731
-    return [
+    stages = [
         Stage("det_teacher", train + cfg(t_cfg) + ["OUTPUT_DIR", f"{det}/teacher"] + extra,
               t_cfg, output=teacher),
         Stage("det_baseline", train + cfg(t_cfg) + ["--eval-only", "MODEL.WEIGHTS", teacher,
@@ -125,9 +126,23 @@ def detection_stages(out, tiny):
         Stage("det_ddn", train + cfg(d_cfg) + ["MODEL.WEIGHTS", teacher, "MODEL.DDN.TEACHER_WEIGHTS",
               teacher, "OUTPUT_DIR", f"{det}/ddn"] + extra, d_cfg, ["det_teacher"], output=ddn),
         Stage("det_ddn_eval", train + cfg(d_cfg) + ["--eval-only", "MODEL.WEIGHTS", ddn,
-              "MODEL.DDN.TEACHER_WEIGHTS", teacher, "OUTPUT_DIR", f"{det}/ddn"] + extra, d_cfg,
-              ["det_ddn"]),
+              "OUTPUT_DIR", f"{det}/ddn"] + extra, d_cfg, ["det_ddn"]),
     ]
+    # score calibrators fitted on the held-out calib split, evaluated on val (issue 12.2)
+    fit = tool("fit_detection_calibration.py")
+    for model, weights, c, method, needs in (("baseline", teacher, t_cfg, "temperature", "det_teacher"),
+                                             ("baseline", teacher, t_cfg, "isotonic", "det_teacher"),
+                                             ("ddn", ddn, d_cfg, "temperature", "det_ddn")):
+        calibrated = weights.replace(".pth", f"_{method}.pth")
+        stages += [
+            Stage(f"det_fit_{model}_{method}", fit + cfg(c) + [
+                "--method", method, "--dataset", "conf_demo_det_calib", "--force",
+                "MODEL.WEIGHTS", weights] + extra, c, [needs], output=calibrated),
+            Stage(f"det_{model}_{method}_eval", train + cfg(c) + [
+                "--eval-only", "MODEL.WEIGHTS", calibrated,
+                "MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD", method, "OUTPUT_DIR", f"{det}/{model}_{method}"] + extra, c, [f"det_fit_{model}_{method}"]),
+        ]
+    return stages
 
 
 def segmentation_stages(out, tiny):
@@ -221,7 +236,7 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true", help="re-run every stage")
     parser.add_argument("--tiny", action="store_true", help="a few images and iterations")
     args = parser.parse_args(argv)
-    from conf_plugins.detectron2.demo_data import generate_demo_detection
+    from conf_plugins.detectron2.demo_data import DEFAULT_SIZES, generate_demo_detection
     from conf_plugins.mmseg.demo_data import generate_demo_segmentation
 
     root = os.environ.get("DETECTRON2_DATASETS", "datasets")
@@ -229,7 +244,7 @@ def main(argv=None):
     stages = []
     if args.only in (None, "det"):
         generate_demo_detection(os.path.join(root, "conf_demo_det"),
-                                {"train": 8, "val": 4} if args.tiny else {"train": 200, "val": 60})
+                                {"train": 8, "calib": 4, "val": 4} if args.tiny else DEFAULT_SIZES)
         stages += detection_stages(args.output, args.tiny)
     if args.only in (None, "seg"):
         generate_demo_segmentation("datasets/conf_demo_seg",

@@ -138,3 +138,12 @@ class DetectionBinStats:
 
     def state_dict(self) -> dict:
         return {"num_groups": self.num_groups, "bins": list(self.bins), "state": self.state.clone()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "DetectionBinStats":
+        out = cls(state["num_groups"], state["bins"])
+        if tuple(state["state"].shape) != tuple(out.state.shape):
+            raise ValueError(f"state of shape {tuple(state['state'].shape)} does not fit "
+                             f"{state['num_groups']} groups x bins {state['bins']}")
+        out.state = state["state"].double().clone()
+        return out

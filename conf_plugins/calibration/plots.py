@@ -148,3 +148,33 @@ def plot_position_map(stats, path, title: str = None) -> str:
     ax.set_title(title or "D-ECE by box position")
     fig.colorbar(shown, ax=ax, label="|precision − confidence|")
     return _save(fig, path)
+
+
+def plot_classwise_reliability(panels: dict, path, class_names=None, title: str = None) -> str:
+    """Per-class reliability diagrams: one panel per entry of ``panels`` (label ->
+    :class:`~conf_plugins.calibration.detection_stats.DetectionBinStats`), one curve per class
+    of accuracy against mean confidence over its non-empty confidence bins (marker area ∝
+    detections). Returns ``path``."""
+    fig = Figure(figsize=(3.2 * len(panels), 3.4))
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    for ax, (label, stats) in zip(axes, panels.items()):
+        marginal = stats.confidence_marginal() if len(stats.bins) > 1 else stats
+        count, conf, correct = (_to_numpy(marginal.state[i]) for i in range(3))
+        for c in range(marginal.num_groups):
+            used = count[c] > 0
+            if not used.any():
+                continue
+            name = class_names[c] if class_names else f"class {c}"
+            ax.plot(conf[c, used] / count[c, used], correct[c, used] / count[c, used], "-",
+                    marker="o", markersize=3, label=name)
+        ax.plot([0, 1], [0, 1], "k:", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("confidence")
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=7, loc="upper left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -18,6 +18,16 @@ def add_ddn_config(cfg):
     # Detections carry pred_class_probs, the K+1 softmax of their proposal (our ROI heads:
     # ProbabilityROIHeads = the stock ones plus this, MCDropoutROIHeads, DDNROIHeads).
     _C.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS = False
+    # Score calibration inside inference (our ROI heads), fitted on a held-out split by
+    # tools/fit_detection_calibration.py and loaded from its checkpoint: "" (none),
+    # "temperature" (class logits / T before the score threshold and NMS), "histogram"
+    # (class-wise histogram binning of the scores) or "isotonic" (class-wise isotonic).
+    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION = CN()
+    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD = ""
+    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.NUM_BINS = 10  # histogram: equal-width score bins
+    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.ISOTONIC_BINS = 1000  # isotonic: fine bins streamed
+    # A held-out detection is correct (the fitting target) if it matches GT at IoU >= this.
+    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.IOU = 0.5
 
     _C.MODEL.DDN = CN()
     # Checkpoint of the trained dropout teacher (its box head + predictor are used).
@@ -114,6 +124,20 @@ def validate_ddn_config(cfg):
         _check(_is_real(ddn[key]) and ddn[key] >= 0, f"MODEL.DDN.{key}", ddn[key],
                "a finite number >= 0")
     return ddn.TEACHER_DROPOUT if ddn.TEACHER_DROPOUT >= 0 else cfg.MODEL.ROI_BOX_HEAD.DROPOUT
+
+
+def validate_score_calibration_config(cfg):
+    """Check ``MODEL.ROI_HEADS.SCORE_CALIBRATION`` when the ROI heads are built."""
+    from conf_plugins.calibration.score_calibrators import METHODS
+
+    sc = cfg.MODEL.ROI_HEADS.SCORE_CALIBRATION
+    key = "MODEL.ROI_HEADS.SCORE_CALIBRATION."
+    _check(sc.METHOD in ("",) + METHODS, key + "METHOD", sc.METHOD, f"'' or one of {METHODS}")
+    for name in ("NUM_BINS", "ISOTONIC_BINS"):
+        _check(_is_int(sc[name]) and 1 <= sc[name] <= 100000, key + name, sc[name],
+               "an integer in [1, 100000]")
+    _check(_is_real(sc.IOU) and 0 < sc.IOU <= 1, key + "IOU", sc.IOU, "in (0, 1]")
+    return sc
 
 
 def validate_calibration_config(cfg):

@@ -13,7 +13,8 @@ import torch
 from PIL import Image, ImageDraw
 
 CLASSES = ("disc", "box", "triangle")
-SPLITS = {"train": 0, "val": 1}  # split -> seed offset
+DEFAULT_SIZES = {"train": 200, "calib": 60, "val": 60}
+SPLITS = {"train": 0, "val": 1, "calib": 2}  # split -> seed offset (calib: held out for fits)
 
 
 def _draw_object(draw, cls, box, color):
@@ -58,7 +59,8 @@ def generate_demo_detection(root: str, num_images=None, image_size: int = 128,
                             seed: int = 0) -> dict:
     """Write ``root/{split}/*.png`` and ``root/annotations/instances_{split}.json``.
 
-    ``num_images`` maps split -> count (default 200 train, 60 val). Returns split -> json
+    ``num_images`` maps split -> count (default 200 train, 60 calib, 60 val; calib is the
+    held-out split that score calibrators and the DDN knob study are fitted / chosen on). Returns split -> json
     path. Existing files with the same generation parameters are reused; with
     ``num_images=None`` an existing dataset of any size is reused.
     """
@@ -67,7 +69,7 @@ def generate_demo_detection(root: str, num_images=None, image_size: int = 128,
         with open(stamp) as f:
             found = json.load(f)
         num_images, image_size, seed = found["num_images"], found["image_size"], found["seed"]
-    num_images = num_images or {"train": 200, "val": 60}
+    num_images = num_images or DEFAULT_SIZES
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
     params = {"num_images": num_images, "image_size": image_size, "seed": seed}
     paths = {s: os.path.join(root, "annotations", f"instances_{s}.json") for s in num_images}
@@ -99,7 +101,7 @@ def generate_demo_detection(root: str, num_images=None, image_size: int = 128,
 
 
 def register_demo_detection(root: str = None, prefix: str = "conf_demo_det", **kwargs):
-    """Generate (if needed) and register ``{prefix}_train`` / ``{prefix}_val`` in detectron2.
+    """Generate (if needed) and register ``{prefix}_train`` / ``_calib`` / ``_val`` in detectron2.
 
     Default root: ``$DETECTRON2_DATASETS/conf_demo_det`` (``./datasets`` if unset).
     """

@@ -135,6 +135,7 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                          det_scores=instances.scores, det_classes=instances.pred_classes,
                          image_size=instances.image_size)
             if has_probs:
+                image["det_probs"] = instances.pred_class_probs
                 image["top1"] = instances.pred_classes == instances.pred_class_probs.argmax(dim=1)
             if len(instances) and int(instances.pred_classes.max()) >= self._num_classes:
                 raise ValueError(f"predicted class {int(instances.pred_classes.max())} but "
@@ -150,13 +151,17 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
             return
         self._add_matched(self._pending, "")
         if self._has_probs:  # top-1 mode: only each proposal's arg-max class is a detection
-            keys = ("det_boxes", "det_scores", "det_classes")
+            keys = ("det_boxes", "det_scores", "det_classes", "det_probs")
             self._add_matched([{**im, **{k: im[k][im["top1"]] for k in keys}}
                                for im in self._pending], "top1/")
         self._pending = []
 
     def _add_matched(self, images, mode):
-        matches = match_detection_batch(images, self._iou_thresholds)
+        self._accumulate(images, mode, match_detection_batch(images, self._iou_thresholds))
+
+    def _accumulate(self, images, mode, matches):
+        """Add matched images to the statistics of ``mode`` ("" or "top1/"); ``matches``:
+        per image (correct, ignored, iou), each (thresholds, detections)."""
         scores = torch.cat([im["det_scores"] for im in images])
         classes = torch.cat([im["det_classes"] for im in images]).long()
         centres = []

@@ -41,6 +41,9 @@ class MCDropoutROIHeads(ProbabilityROIHeads):
                 "mc_samples": cfg.MODEL.MC_DROPOUT.NUM_SAMPLES,
                 "output_uncertainty": cfg.MODEL.MC_DROPOUT.OUTPUT_UNCERTAINTY}
 
+    def inference_signature(self) -> str:
+        return f"{super().inference_signature()};samples={self.mc_samples}"
+
     def box_predictions(self, box_features, proposals):
         logits, deltas = sample_predictions(self.box_head, self.box_predictor, box_features,
                                             self.mc_samples)

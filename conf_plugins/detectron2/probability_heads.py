@@ -10,6 +10,12 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
+from conf_plugins.calibration.score_calibrators import DetectionScoreCalibrator
+
+from .config import validate_score_calibration_config
+
+CALIBRATOR = "score_calibrator"  # the calibrator's submodule name (and state_dict prefix)
+
 CLASS_BOX_FIELDS = ("pred_box_std",)  # per proposal and class: (R, K or 1, 4), picked by class
 
 
@@ -42,18 +48,73 @@ def attach_proposal_fields(instances, kept, fields, proposals, predictions, box_
 class ProbabilityROIHeads(StandardROIHeads):
     """``StandardROIHeads`` whose detections carry ``pred_class_probs``: the K+1 softmax of
     the proposal that produced each detection (its ``scores`` entry is one of them), when
-    ``MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS`` is True. Training and the detections themselves
-    are the stock ones; this is the base of our MC-dropout and DDN heads."""
+    ``MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS`` is True; and whose inference applies a fitted
+    score calibrator when ``MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD`` names one (see
+    :mod:`conf_plugins.calibration.score_calibrators`): temperature divides the class logits
+    before the stock score threshold and NMS (``pred_class_probs`` are then the scaled
+    softmax); histogram / isotonic map each detection's score after them (``pred_class_probs``
+    stay the model's). Boxes are never changed. The calibrator lives in the checkpoint (from
+    ``tools/fit_detection_calibration.py``) with a fingerprint of these heads' weights and
+    inference mode; a missing, stale or mismatched one is an error at the first inference.
+    Training is the stock one; this is the base of our MC-dropout and DDN heads."""
 
     @configurable
-    def __init__(self, *, output_class_probs: bool = False, **kwargs):
+    def __init__(self, *, output_class_probs: bool = False, score_calibration: str = "",
+                 calibration_bins: int = 10, isotonic_bins: int = 1000, **kwargs):
         super().__init__(**kwargs)
         self.output_class_probs = output_class_probs
+        self.score_calibrator, self._calibrator_verified = None, False
+        if score_calibration:
+            self.attach_score_calibrator(DetectionScoreCalibrator(
+                score_calibration, self.num_classes, calibration_bins, isotonic_bins))
+        self.register_load_state_dict_post_hook(lambda module, _: module.forget_verified())
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        sc = validate_score_calibration_config(cfg)
         return {**super().from_config(cfg, input_shape),
-                "output_class_probs": cfg.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS}
+                "output_class_probs": cfg.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS,
+                "score_calibration": sc.METHOD, "calibration_bins": sc.NUM_BINS,
+                "isotonic_bins": sc.ISOTONIC_BINS}
+
+    def attach_score_calibrator(self, calibrator: DetectionScoreCalibrator):
+        """Use ``calibrator`` at inference (replacing any); seal it if it was just fitted."""
+        if calibrator.num_classes != self.num_classes:
+            raise ValueError(f"calibrator for {calibrator.num_classes} classes, heads have "
+                             f"{self.num_classes}")
+        setattr(self, CALIBRATOR, calibrator)  # nn.Module moves it from None to a submodule
+        self.forget_verified()
+
+    def seal_score_calibrator(self):
+        """Record the fingerprint of the current weights in the (just fitted) calibrator."""
+        self.score_calibrator.seal(self.calibrated_weights(), self.inference_signature())
+        self.forget_verified()
+
+    def calibrated_weights(self):
+        """(name, tensor) of the weights and buffers a score calibrator belongs to: all of
+        these heads' except the calibrator's own (the box head and predictor decide the
+        scores; the features they see come with them through the checkpoint)."""
+        return [(n, t) for n, t in self.state_dict().items() if not n.startswith(CALIBRATOR + ".")]
+
+    def inference_signature(self) -> str:
+        """What, beside the weights, a calibrated score depends on (the inference mode)."""
+        return type(self).__name__
+
+    def forget_verified(self):
+        self._calibrator_verified = False
+
+    def train(self, mode: bool = True):
+        self.forget_verified()
+        return super().train(mode)
+
+    def verified_calibrator(self):
+        """The score calibrator (None without one), checked against the weights once per
+        load / train-eval switch."""
+        if self.score_calibrator is not None and not self._calibrator_verified:
+            self.score_calibrator.verify(self.calibrated_weights(), self.inference_signature(),
+                                         "MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD")
+            self._calibrator_verified = True
+        return self.score_calibrator
 
     def box_predictions(self, box_features, proposals):
         """(predictions for ``box_predictor.inference``, per-proposal fields) of pooled features."""
@@ -69,7 +130,16 @@ class ProbabilityROIHeads(StandardROIHeads):
         # the stock inference branch, with the kept proposal indices used instead of dropped
         box_features = self.box_pooler([features[f] for f in self.box_in_features],
                                        [p.proposal_boxes for p in proposals])
+        calibrator = self.verified_calibrator()  # before any work: a stale one fails fast
         predictions, fields = self.box_predictions(box_features, proposals)
+        if calibrator is not None and calibrator.method == "temperature":
+            predictions = (calibrator.scale_logits(predictions[0]), *predictions[1:])
+            if "pred_class_probs" in fields:
+                fields["pred_class_probs"] = F.softmax(predictions[0], dim=-1)
         instances, kept = self.box_predictor.inference(predictions, proposals)
-        return attach_proposal_fields(instances, kept, fields, proposals, predictions,
-                                      self.box_predictor)
+        instances = attach_proposal_fields(instances, kept, fields, proposals, predictions,
+                                           self.box_predictor)
+        if calibrator is not None and calibrator.method != "temperature":
+            for inst in instances:
+                inst.scores = calibrator.calibrate_scores(inst.scores, inst.pred_classes)
+        return instances

@@ -1,5 +1,4 @@
 """EncoderDecoder that turns the success branch into a per-pixel probability of success."""
-import hashlib
 
 import torch
 from mmengine.structures import PixelData
@@ -8,6 +7,7 @@ from mmseg.registry import MODELS
 
 from conf_plugins.calibration import BayesBinningCalibrator
 from conf_plugins.calibration.bayes_binning import FORMAT_VERSION
+from conf_plugins.calibration.sampling import weights_fingerprint
 
 from .success_head import SuccessBranchMixin
 
@@ -61,14 +61,8 @@ class SuccessEncoderDecoder(EncoderDecoder):
 
     def weights_fingerprint(self) -> torch.Tensor:
         """SHA-256 (32 uint8) of every weight and buffer except the calibration's own."""
-        digest = hashlib.sha256()
-        for name, tensor in self.state_dict().items():
-            if name in ("bayes_counts", "bayes_fingerprint"):
-                continue
-            t = tensor.detach().cpu().contiguous().reshape(-1)
-            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8)
+        return weights_fingerprint((name, t) for name, t in self.state_dict().items()
+                                   if name not in ("bayes_counts", "bayes_fingerprint"))
 
     def calibrator(self) -> BayesBinningCalibrator:
         """The fitted Bayes-binning calibrator held in this model's buffers."""

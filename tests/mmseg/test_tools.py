@@ -210,13 +210,14 @@ def test_resume_after_a_kill(workdir):
                        at2["decode_head.success_snapshot.1.weight"])
 
 
-def test_uniform_pixel_sample_keeps_the_smallest_keys_of_the_whole_stream():
-    sample = load_tool("fit_calibration").UniformPixelSample(size=5, seed=0)
+def test_uniform_sample_keeps_the_smallest_keys_of_the_whole_stream():
+    sample = load_tool("fit_calibration").UniformSample(size=5, seed=0)
     logits = torch.arange(40, dtype=torch.float32).reshape(20, 2)
     for part in range(4):
         rows = slice(5 * part, 5 * part + 5)
         sample.add(logits[rows], torch.arange(20)[rows])
     keys = torch.rand(20, generator=torch.Generator().manual_seed(0))  # the same draws
     expected = keys.topk(5, largest=False).indices
-    assert sample.seen == 20 and sorted(sample.labels.tolist()) == sorted(expected.tolist())
-    assert torch.equal(sample.logits[:, 0], 2 * sample.labels.float())
+    (labels,) = sample.columns
+    assert sample.seen == 20 and sorted(labels.tolist()) == sorted(expected.tolist())
+    assert torch.equal(sample.values[:, 0], 2 * labels.float())

@@ -1,0 +1,57 @@
+"""Bounded-memory helpers for fits on data streams: a uniform row sample and a weight
+fingerprint that ties a fitted calibration to the weights it was fitted for."""
+import hashlib
+
+import torch
+
+
+class UniformSample:
+    """A uniform sample without replacement of at most ``size`` rows of a stream, in bounded
+    memory: every row draws a random key and the ``size`` smallest keys are kept (the keys
+    are i.i.d., so the kept set is uniform among all subsets of that size).
+
+    ``add(values, *columns)``: ``values`` (N, C) and any number of (N,) columns (labels,
+    classes, flags) of N new rows; the sample is ``self.values`` and ``self.columns``.
+    """
+
+    def __init__(self, size: int, seed: int = 0):
+        if size < 1:
+            raise ValueError(f"sample size must be >= 1, got {size}")
+        self.size = size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.keys = torch.empty(0)
+        self.values, self.columns = None, None
+        self.seen = 0
+
+    def add(self, values: torch.Tensor, *columns: torch.Tensor):
+        n = len(values)
+        if any(len(c) != n for c in columns):
+            raise ValueError(f"sample rows differ in length: {n} values, columns of "
+                             f"{[len(c) for c in columns]}")
+        self.seen += n
+        keys = torch.rand(n, generator=self.generator)
+        values, columns = values.detach().cpu(), [c.detach().cpu() for c in columns]
+        if self.values is None:
+            self.values, self.columns = values[:0], [c[:0] for c in columns]
+        if len(self.keys) == self.size:  # full: only keys below the largest kept can enter
+            enter = keys < self.keys.max()
+            keys, values, columns = keys[enter], values[enter], [c[enter] for c in columns]
+        keys = torch.cat([self.keys, keys])
+        values = torch.cat([self.values, values])
+        columns = [torch.cat([old, new]) for old, new in zip(self.columns, columns)]
+        if len(keys) > self.size:
+            keys, keep = keys.topk(self.size, largest=False)
+            values, columns = values[keep], [c[keep] for c in columns]
+        self.keys, self.values, self.columns = keys, values, columns
+        return self
+
+
+def weights_fingerprint(named_tensors, extra: str = "") -> torch.Tensor:
+    """SHA-256 (32 uint8) of (name, dtype, shape, bytes) of each tensor, in the given order,
+    and of ``extra`` (e.g. the inference mode the calibration belongs to)."""
+    digest = hashlib.sha256(extra.encode())
+    for name, tensor in named_tensors:
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8)

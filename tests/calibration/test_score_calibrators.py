@@ -1,0 +1,140 @@
+"""Detection score calibrators (issue 12.2): temperature against a brute-force NLL grid,
+isotonic against scikit-learn, histogram binning against a plain loop, the fingerprint."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.isotonic import IsotonicRegression
+
+from conf_plugins.calibration.detection_stats import DetectionBinStats
+from conf_plugins.calibration.score_calibrators import (
+    DetectionScoreCalibrator, binary_temperature_nll, fit_binary_temperature,
+    pool_adjacent_violators)
+
+
+def detections(n=4000, num_classes=3, true_temperature=2.0, seed=0):
+    """Logits (n, K+1), each detection's class (its top foreground class) and correctness
+    drawn from softmax(z / T*)_c: a model overconfident by T*."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(n, num_classes + 1, generator=g, dtype=torch.float64)
+    classes = logits[:, :-1].argmax(1)
+    p = torch.softmax(logits / true_temperature, 1).gather(1, classes[:, None])[:, 0]
+    correct = torch.rand(n, generator=g, dtype=torch.float64) < p
+    return logits, classes, correct
+
+
+def test_temperature_is_the_minimum_of_the_binary_nll_and_recovers_the_true_one():
+    logits, classes, correct = detections()
+    t = fit_binary_temperature(logits, classes, correct)
+    y = correct.double()
+    best = binary_temperature_nll(1 / t, logits, classes, y)
+    grid = [binary_temperature_nll(1 / s, logits, classes, y) for s in np.geomspace(0.05, 20, 400)]
+    assert best <= min(grid) + 1e-9
+    assert 1.7 < t < 2.3  # T* = 2 from 4000 Bernoulli draws
+
+
+def test_binary_nll_equals_a_plain_per_detection_loop():
+    logits, classes, correct = detections(n=50)
+    beta = 0.7
+    reference = 0.0
+    for z, c, y in zip(logits, classes, correct):
+        p = math.exp(beta * z[c]) / sum(math.exp(beta * v) for v in z)
+        reference -= math.log(p) if y else math.log(1 - p)
+    assert binary_temperature_nll(beta, logits, classes, correct.double()) == pytest.approx(
+        reference / 50, rel=1e-12)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda l, c, y: (l[:0], c[:0], y[:0]), "no detections"),
+    (lambda l, c, y: (l.index_fill(0, torch.tensor([3]), math.nan), c, y), "NaN"),
+    (lambda l, c, y: (l, c.fill_(3), y), "classes must be in"),
+    (lambda l, c, y: (l, c[:-1], y), "need logits"),
+])
+def test_temperature_fit_rejects_bad_input(bad, message):
+    with pytest.raises(ValueError, match=message):
+        fit_binary_temperature(*bad(*detections(n=20)))
+
+
+def binned(scores, correct, classes, num_classes, bins):
+    stats = DetectionBinStats(num_classes, (bins,))
+    stats.update(scores, correct, classes)
+    return stats
+
+
+def random_scores(n=3000, num_classes=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(n, generator=g, dtype=torch.float64)
+    classes = torch.randint(0, num_classes, (n,), generator=g)
+    correct = torch.rand(n, generator=g, dtype=torch.float64) < scores ** 2  # overconfident
+    return scores, correct, classes
+
+
+def test_isotonic_equals_scikit_learn_on_the_binned_counts_and_never_reorders_a_class():
+    scores, correct, classes = random_scores()
+    cal = DetectionScoreCalibrator("isotonic", 3, isotonic_bins=50)
+    cal.fit_counts(binned(scores, correct, classes, 3, 50))
+    queries = torch.rand(500, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for c in range(3):
+        rows = classes == c
+        stats = binned(scores[rows], correct[rows], classes[rows] * 0, 1, 50).state
+        keep = stats[0, 0] > 0
+        x = (stats[1, 0][keep] / stats[0, 0][keep]).numpy()
+        y = (stats[2, 0][keep] / stats[0, 0][keep]).numpy()
+        reference = IsotonicRegression(out_of_bounds="clip").fit(
+            x, y, sample_weight=stats[0, 0][keep].numpy()).predict(queries.numpy())
+        ours = cal.calibrate_scores(queries, torch.full((500,), c))
+        np.testing.assert_allclose(ours.numpy(), reference, atol=1e-12)
+        order = queries.argsort()
+        assert (ours[order].diff() >= 0).all()
+
+
+def test_pool_adjacent_violators_matches_scikit_learn():
+    rng = np.random.default_rng(0)
+    y, w = rng.random(40), rng.random(40) + 0.1
+    reference = IsotonicRegression().fit(np.arange(40), y, sample_weight=w).predict(np.arange(40))
+    np.testing.assert_allclose(pool_adjacent_violators(y, w), reference, atol=1e-12)
+
+
+def test_histogram_binning_is_each_class_bins_accuracy_and_pools_for_an_unseen_class():
+    scores, correct, classes = random_scores()
+    classes[classes == 2] = 1  # class 2 has no held-out detection
+    cal = DetectionScoreCalibrator("histogram", 3, num_bins=10)
+    cal.fit_counts(binned(scores, correct, classes, 3, 10))
+    for c, pool in ((0, classes == 0), (1, classes == 1), (2, torch.ones_like(correct))):
+        for k in range(10):
+            in_bin = pool & (scores > k / 10) & (scores <= (k + 1) / 10)
+            expected = correct[in_bin].double().mean()
+            query = torch.tensor([(k + 0.5) / 10], dtype=torch.float64)
+            assert float(cal.calibrate_scores(query, torch.tensor([c]))) == pytest.approx(
+                float(expected), abs=1e-12)
+
+
+def test_calibrators_refuse_mismatched_counts_and_empty_fits():
+    cal = DetectionScoreCalibrator("histogram", 3, num_bins=10)
+    with pytest.raises(ValueError, match="need DetectionBinStats"):
+        cal.fit_counts(DetectionBinStats(3, (20,)))
+    with pytest.raises(ValueError, match="no held-out detections"):
+        cal.fit_counts(DetectionBinStats(3, (10,)))
+    with pytest.raises(ValueError, match="one of"):
+        DetectionScoreCalibrator("platt", 3)
+
+
+def test_fingerprint_ties_the_calibrator_to_weights_mode_and_its_own_state():
+    weights = [("w", torch.arange(6.0)), ("b", torch.ones(2))]
+    cal = DetectionScoreCalibrator("temperature", 3)
+    with pytest.raises(RuntimeError, match="no fitted calibrator"):
+        cal.verify(weights)
+    cal.fit_temperature(*detections(n=200))
+    cal.seal(weights, "Heads")
+    cal.verify(weights, "Heads")
+    state = {k: v.clone() for k, v in cal.state_dict().items()}
+    with pytest.raises(RuntimeError, match="stale or mismatched"):
+        cal.verify([("w", torch.arange(6.0) + 1e-6), ("b", torch.ones(2))], "Heads")
+    with pytest.raises(RuntimeError, match="stale or mismatched"):
+        cal.verify(weights, "Heads;samples=10")
+    cal.log_temperature.mul_(1.01)  # an edited temperature is no longer the sealed one
+    with pytest.raises(RuntimeError, match="stale or mismatched"):
+        cal.verify(weights, "Heads")
+    cal.load_state_dict(state)
+    cal.verify(weights, "Heads")

@@ -1,0 +1,159 @@
+"""Score calibrators inside detectron2 inference (issue 12.2): temperature equals a box
+predictor with scaled logits, the binned ones only remap scores, the fingerprint refuses
+stale calibrators, and tools/fit_detection_calibration.py fits one on a held-out split."""
+import json
+import math
+import os
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from conf_plugins.calibration.detection_stats import DetectionBinStats
+from tests.fixtures import ROOT, d2_batch, load_tool, tiny_d2_cfg
+
+from .test_probability_heads import run_box_inference
+
+
+def calibrated_cfg(method=""):
+    cfg = tiny_d2_cfg()
+    cfg.MODEL.ROI_HEADS.NAME = "ProbabilityROIHeads"
+    cfg.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS = True
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD = method
+    cfg.MODEL.ROI_HEADS.SCORE_CALIBRATION.NUM_BINS = 5
+    cfg.MODEL.ROI_HEADS.SCORE_CALIBRATION.ISOTONIC_BINS = 20
+    return cfg
+
+
+def model_with(method, fit):
+    """A random tiny model with a ``method`` calibrator fitted by ``fit(calibrator)``."""
+    torch.manual_seed(0)
+    model = build_model(calibrated_cfg(method)).eval()
+    fit(model.roi_heads.score_calibrator)
+    model.roi_heads.seal_score_calibrator()
+    return model
+
+
+def test_temperature_equals_the_stock_heads_with_logits_divided_by_t():
+    model = model_with("temperature", lambda c: c.log_temperature.fill_(math.log(2.5)))
+    scaled = build_model(calibrated_cfg()).eval()  # no calibrator, cls_score weights / T
+    state = {k: v for k, v in model.state_dict().items() if "score_calibrator" not in k}
+    for key in ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias"):
+        state[key] = state[key] / 2.5
+    scaled.load_state_dict(state)
+    batch = d2_batch()
+    ours, _, _ = run_box_inference(model, batch)
+    reference, _, _ = run_box_inference(scaled, batch)
+    for a, b in zip(ours, reference):
+        assert len(a) > 0 and len(a) == len(b)
+        assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-5)
+        assert torch.allclose(a.scores, b.scores, atol=1e-6)
+        assert torch.equal(a.pred_classes, b.pred_classes)
+        assert torch.allclose(a.pred_class_probs, b.pred_class_probs, atol=1e-6)
+
+
+def fit_random_counts(calibrator):
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(500, generator=g, dtype=torch.float64)
+    stats = DetectionBinStats(calibrator.num_classes, (calibrator.stats_bins(),))
+    stats.update(scores, torch.rand(500, generator=g, dtype=torch.float64) < scores ** 3,
+                 torch.randint(0, calibrator.num_classes, (500,), generator=g))
+    calibrator.fit_counts(stats)
+
+
+@pytest.mark.parametrize("method", ["histogram", "isotonic"])
+def test_binned_calibrators_remap_scores_and_change_no_box(method):
+    model = model_with(method, fit_random_counts)
+    plain = build_model(calibrated_cfg()).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items()
+                           if "score_calibrator" not in k})
+    batch = d2_batch()
+    ours, _, _ = run_box_inference(model, batch)
+    reference, _, _ = run_box_inference(plain, batch)
+    calibrator = model.roi_heads.score_calibrator
+    for a, b in zip(ours, reference):
+        assert len(a) > 0 and torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+        assert torch.equal(a.pred_classes, b.pred_classes)
+        assert torch.equal(a.scores, calibrator.calibrate_scores(b.scores, b.pred_classes))
+        assert not torch.equal(a.scores, b.scores)
+        if method == "isotonic":  # never reorders the detections of a class
+            for c in b.pred_classes.unique():
+                rows = b.pred_classes == c
+                order = b.scores[rows].argsort()
+                assert (a.scores[rows][order].diff() >= 0).all()
+
+
+def test_calibrated_checkpoint_round_trips_and_stale_or_missing_calibrators_fail(tmp_path):
+    model = model_with("isotonic", fit_random_counts)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("calibrated")
+    batch = d2_batch()
+    expected, _, _ = run_box_inference(model, batch)
+    loaded = build_model(calibrated_cfg("isotonic")).eval()
+    DetectionCheckpointer(loaded).load(str(tmp_path / "calibrated.pth"))
+    again, _, _ = run_box_inference(loaded, batch)
+    assert torch.equal(again[0].scores, expected[0].scores)
+    # fine-tuned weights under the old calibrator: stale
+    with torch.no_grad():
+        loaded.roi_heads.box_predictor.cls_score.bias.add_(0.01)
+    loaded.train().eval()
+    with pytest.raises(RuntimeError, match="stale or mismatched"):
+        run_box_inference(loaded, batch)
+    # the same weights evaluated another way (MC dropout): mismatched inference mode
+    mc = calibrated_cfg("isotonic")
+    mc.MODEL.ROI_HEADS.NAME = "MCDropoutROIHeads"
+    other = build_model(mc).eval()
+    DetectionCheckpointer(other).load(str(tmp_path / "calibrated.pth"))
+    with pytest.raises(RuntimeError, match="stale or mismatched"):
+        run_box_inference(other, batch)
+    # a calibrator asked for, but the weights hold none
+    plain = build_model(calibrated_cfg("histogram")).eval()
+    with pytest.raises(RuntimeError, match="no fitted calibrator"):
+        run_box_inference(plain, batch)
+
+
+def test_config_rejects_unknown_methods():
+    with pytest.raises(ValueError, match="SCORE_CALIBRATION.METHOD"):
+        build_model(calibrated_cfg("platt"))
+
+
+def test_fit_tool_fits_on_the_held_out_split_and_refuses_the_evaluated_one(tmp_path, monkeypatch):
+    from conf_plugins.detectron2 import generate_demo_detection
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
+    generate_demo_detection(str(tmp_path / "datasets" / "conf_demo_det"),
+                            {"train": 2, "calib": 3, "val": 2}, image_size=64)
+    tool = load_tool("fit_detection_calibration")
+    config = os.path.join(ROOT, "configs", "demo", "teacher.yaml")
+    tiny = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    weights = str(tmp_path / "model.pth")
+    cfg = tool.setup(tool.parse_args(["--config-file", config, "--method", "temperature",
+                                      "--dataset", "x", *tiny]))
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
+    args = ["--config-file", config, "--dataset", "conf_demo_det_calib", *tiny,
+            "MODEL.WEIGHTS", weights]
+    with pytest.raises(SystemExit, match="evaluates or trains on"):
+        tool.main(["--method", "temperature", *args[:2], "--dataset", "conf_demo_det_val",
+                   *tiny, "MODEL.WEIGHTS", weights])
+    for method in ("temperature", "histogram"):
+        summary = tool.main(["--method", method, *args])
+        assert summary["detections"] > 0 and summary["dataset"] == "conf_demo_det_calib"
+        out = str(tmp_path / f"model_{method}.pth")
+        assert json.load(open(out.replace(".pth", ".json")))["method"] == method
+        with pytest.raises(SystemExit, match="exists; pass --force"):
+            tool.main(["--method", method, *args])
+        deployed = cfg.clone()  # the calibrated checkpoint, deployed by config
+        deployed.defrost()
+        deployed.MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD = method
+        model = build_model(deployed).eval()
+        DetectionCheckpointer(model).load(out)
+        detections, _, _ = run_box_inference(model, d2_batch(num_images=1))
+        assert len(detections[0]) > 0 and model.roi_heads.score_calibrator.fitted
+    assert summary["uncalibrated"]["count@IoU0.5"] == summary["detections"]
+    fitted = torch.load(str(tmp_path / "model_temperature.pth"), weights_only=False)
+    assert fitted["score_calibration"]["temperature"] > 0
+    assert "roi_heads.score_calibrator.fingerprint" in fitted["model"]
+    assert fitted["model"]["roi_heads.score_calibrator.fingerprint"].any()
