@@ -48,10 +48,18 @@ def test_tiny_pipeline_report(tiny_demo):
     out = tmp_path / "output" / "demo"
     report = (out / "report.md").read_text()
     det = table_rows(report, "| method | mAP")
-    assert [r["method"] for r in det] == ["Baseline", "MC-10", "DDN"]
+    assert [r["method"] for r in det] == ["Baseline", "Baseline + temperature",
+                                          "Baseline + isotonic", "MC-10", "DDN",
+                                          "DDN + temperature"]
     for row in det:
-        for key in ("mAP", "ECE@0.5", "MSCE@0.3", "MCE@0.7", "NLL@0.5"):
+        for key in ("mAP", "ECE", "MSCE", "MCE", "NLL", "classwise_ECE", "LaECE", "D-ECE",
+                    "coverage", "failure_detection"):
             assert math.isfinite(float(row[key])), (row["method"], key)
+    other = table_rows(report, "| method | ECE@0.3")
+    assert len(other) == 6 and all(math.isfinite(float(r["MSCE@0.7"])) for r in other)
+    assert "tools/fit_detection_calibration.py" in report and "goal (−50 %" in report
+    for needed in ("det_classwise_reliability_iou0.5.png", "det_dece_map_ddn_iou0.5.png"):
+        assert (out / "figures" / needed).exists(), needed
     seg = table_rows(report, "| domain | method")
     assert [r["method"] for r in seg] == ["STL", "STL-scaled", "MTL", "MTL max-softmax",
                                            "MC-10"] * 2
@@ -64,7 +72,7 @@ def test_tiny_pipeline_report(tiny_demo):
         metrics = numbers["segmentation"][row["domain"]][row["method"]]
         assert f"{metrics['calib/ECE']:.4f}" == row["ECE"], row["method"]
     for row in det:
-        assert f"{numbers['detection'][row['method']]['calibration']['ECE@IoU0.5']:.4f}" == row["ECE@0.5"]
+        assert f"{numbers['detection'][row['method']]['calibration']['ECE@IoU0.5']:.4f}" == row["ECE"]
     images = re.findall(r"\]\((figures/[^)]+\.png)\)", report)
     assert len(images) >= 19  # 4 + 2 detection, 8 segmentation plots, 4 panels, sigmas
     for image in images:

@@ -43,7 +43,8 @@ DET_DATA = "conf_plugins/detectron2/demo_data.py"  # the generators: data change
 SEG_DATA = "conf_plugins/mmseg/demo_data.py"
 # code every stage runs, beside its tool and its framework's adapter; the pinned environment
 SHARED_SOURCES = ("conf_plugins/__init__.py", "conf_plugins/calibration", "conf_plugins/losses",
-                  "conf_plugins/compat", "conf_plugins/distributed.py", "requirements",
+                  "conf_plugins/compat", "conf_plugins/distributed.py", "conf_plugins/files.py",
+                  "requirements",
                   "tools/env/bootstrap.sh")
 
 
