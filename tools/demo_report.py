@@ -133,11 +133,11 @@ def detection_figures(out, figures):
         if not os.path.exists(weights):
             continue
         folder = os.path.join(figures, f"det_detections_{name}")
-        extra = ["MODEL.DDN.TEACHER_WEIGHTS", os.path.join(out, "det", "teacher", "model_final.pth")]
+        # a DDN student draws without its teacher's file (read only when training)
         (path,) = visualize(["--config-file", os.path.join(root, "..", "configs", "demo", cfg),
                              "--dataset", "conf_demo_det_val", "--num-images", "1",
                              "--min-score", "0.3", "--output", folder, "MODEL.WEIGHTS", weights,
-                             "OUTPUT_DIR", folder, *(extra if name == "ddn" else [])])
+                             "OUTPUT_DIR", folder])
         lines.append(f"![{label} detections](figures/{os.path.relpath(path, figures)})")
     if not lines:
         return []

@@ -18,7 +18,6 @@ evaluates on (DATASETS.TEST) or trains on unless ``--allow-eval-split``.
 import argparse
 import json
 import os
-import sys
 import tempfile
 
 import torch
@@ -105,4 +104,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()
