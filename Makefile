@@ -11,7 +11,7 @@ env:
 	@bash tools/env/bootstrap.sh
 
 demo: env
-	$(PY) tools/run_demo.py $(ARGS)
+	$(PY) demo/run_demo.py $(ARGS)
 
 test: env
 	$(PY) -m pytest $(or $(ARGS),tests)

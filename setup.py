@@ -30,6 +30,7 @@ setup(
     "(detectron2 and mmsegmentation plugins)",
     packages=find_packages(include=["conf_plugins", "conf_plugins.*"]),
     python_requires=">=3.10",
+    license="Apache-2.0",
     install_requires=pinned("torch", "numpy", "matplotlib"),
     extras_require={
         # detectron2 itself is installed from source (or by tools/env/bootstrap.sh).

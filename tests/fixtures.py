@@ -1,20 +1,30 @@
 """Tiny real detectron2 / mmseg configs and generated inputs, shared by all tests (CPU)."""
 import importlib.util
 import os
+import subprocess
+import sys
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+SCRIPT_FOLDERS = ("tools", "demo", *sorted(os.path.join("experiments", d) for d in
+                                            os.listdir(os.path.join(ROOT, "experiments"))))
+
+
 def load_tool(name: str):
-    """The module ``tools/<name>.py`` of this checkout, loaded from its file.
+    """The script ``<name>.py`` of this checkout (in ``tools/``, ``demo/`` or one of
+    ``experiments/``), loaded from its file.
 
     Not ``import tools.<name>``: official detectron2 installs a top-level ``tools`` package
     into site-packages, which shadows our ``tools/`` folder (a directory without __init__).
     """
-    spec = importlib.util.spec_from_file_location(f"conf_plugins_tool_{name}",
-                                                  os.path.join(ROOT, "tools", f"{name}.py"))
+    paths = [os.path.join(ROOT, d, f"{name}.py") for d in SCRIPT_FOLDERS]
+    path = next((p for p in paths if os.path.isfile(p)), None)
+    if path is None:
+        raise FileNotFoundError(f"no script {name}.py in {', '.join(SCRIPT_FOLDERS)}")
+    spec = importlib.util.spec_from_file_location(f"conf_plugins_tool_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -117,3 +127,12 @@ def mmseg_batch(num_images=2, size=64, num_classes=4, seed=0, ignore_fraction=0.
         sample.gt_sem_seg = PixelData(data=label)
         samples.append(sample)
     return dict(inputs=inputs, data_samples=samples)
+
+
+def run_tiny_demo(cwd) -> str:
+    """``python demo/run_demo.py --tiny`` (the main job on a few images and iterations) in
+    ``cwd``; returns its stdout."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "demo", "run_demo.py"), "--tiny"],
+                            cwd=cwd, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout

@@ -1,4 +1,4 @@
-"""The main job (tools/run_demo.py) on a tiny size of the demo data: every stage runs through
+"""The main job (demo/run_demo.py) on a tiny size of the demo data: every stage runs through
 the real frameworks, the report's tables hold finite numbers and its images exist; a second
 run skips every stage."""
 import json
@@ -10,17 +10,9 @@ import sys
 
 import pytest
 
-from tests.fixtures import load_tool
+from tests.fixtures import load_tool, run_tiny_demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_demo(cwd):
-    env = {**os.environ, "DETECTRON2_DATASETS": "datasets"}
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "run_demo.py"), "--tiny"],
-                            cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result.stdout
 
 
 def table_rows(report, header_start):
@@ -33,14 +25,6 @@ def table_rows(report, header_start):
             break
         rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
     return rows
-
-
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    """A folder where the tiny main job has run once."""
-    folder = tmp_path_factory.mktemp("tiny_demo")
-    run_demo(folder)
-    return folder
 
 
 def test_tiny_pipeline_report(tiny_demo):
@@ -87,7 +71,7 @@ def test_tiny_pipeline_report(tiny_demo):
     assert len(list((out / "figures").glob("det_detections_*/*_detections.png"))) == 2
     assert "tools/train_net.py" in report and "tools/fit_calibration.py" in report
 
-    second = run_demo(tmp_path)
+    second = run_tiny_demo(tmp_path)
     assert second.count("up to date, skipped") == second.count("[demo] ") - 1
 
 
@@ -101,10 +85,10 @@ def test_report_says_when_a_confidence_flags_nothing():
 
 
 def test_tiny_success_ablation_reuses_the_demo_and_chooses_on_calib(tiny_demo):
-    """tools/success_ablation.py --tiny beside the tiny demo: its STL / MTL training stages are
+    """experiments/success_ablation/success_ablation.py --tiny beside the tiny demo: its STL / MTL training stages are
     the demo's (skipped), every variant row has finite numbers, the choice is a PoS row and
     follows the calib-select rule; a second run trains nothing."""
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "success_ablation.py"), "--tiny"]
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "success_ablation", "success_ablation.py"), "--tiny"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run(cmd, cwd=tiny_demo, env=env, capture_output=True, text=True,
                            timeout=1200)
@@ -132,7 +116,7 @@ def test_tiny_success_ablation_reuses_the_demo_and_chooses_on_calib(tiny_demo):
 
 
 def test_cache_key_covers_the_code_a_stage_runs(monkeypatch, tmp_path):
-    """Issue 13.6: a change to the package re-runs exactly the stages whose code changed."""
+    """A change to the package re-runs exactly the stages whose code changed."""
     demo = load_tool("run_demo")
     seg = next(s for s in demo.segmentation_stages(str(tmp_path), tiny=True) if s.name == "seg_mtl")
     det = next(s for s in demo.detection_stages(str(tmp_path), tiny=True)

@@ -50,7 +50,7 @@ NN columns average ``--meta-inits`` initialisations of the meta MLP per CNN (pap
 here 3 by default).
 Scores: AUROC, AUPR-In (correct = positive) and AUPR-Out (wrong / unlearned = positive).
 
-Run: ``.venv/bin/python tools/gradient_uncertainty_digits.py [--seeds 0 1 2 3 4] [--quick]
+Run: ``python experiments/gradient_digits/gradient_uncertainty_digits.py [--seeds 0 1 2 3 4] [--quick]
 [--log-features]``.
 Deterministic for given seeds (single-threaded torch, seeded splits, noise and estimators).
 """

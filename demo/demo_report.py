@@ -1,5 +1,5 @@
 """The demo report: side-by-side tables, reliability diagrams, risk-coverage curves,
-confidence heat-maps and sigma trajectories, from the outputs of tools/run_demo.py."""
+confidence heat-maps and sigma trajectories, from the outputs of demo/run_demo.py."""
 import glob
 import json
 import math
@@ -11,6 +11,7 @@ import torch
 from conf_plugins.calibration import CalibrationStats, plot_risk_coverage
 from conf_plugins.calibration.detection_stats import DetectionBinStats
 from conf_plugins.calibration.plots import plot_classwise_reliability
+from conf_plugins.provenance import describe_machine, run_stamp
 
 DET_METHODS = (("Baseline", "baseline"), ("Baseline + temperature", "baseline_temperature"),
                ("Baseline + isotonic", "baseline_isotonic"), ("MC-10", "mc10"), ("DDN", "ddn"),
@@ -123,10 +124,15 @@ def goal_lines(rows):
 
 def detection_figures(out, figures):
     """Baseline and DDN detections on the first val image, coloured by score
-    (tools/visualize_detections.py, usable on any registered dataset)."""
-    from visualize_detections import main as visualize
+    (tools/visualize_detections.py, usable on any registered dataset), upscaled to read."""
+    import importlib.util
 
     root = os.path.dirname(os.path.abspath(__file__))
+    # by its path: tools/ is not on sys.path (and detectron2 may install a `tools` package)
+    spec = importlib.util.spec_from_file_location(
+        "visualize_detections", os.path.join(root, "..", "tools", "visualize_detections.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
     lines = []
     for label, name, cfg in (("Baseline", "teacher", "teacher.yaml"), ("DDN", "ddn", "ddn.yaml")):
         weights = os.path.join(out, "det", name, "model_final.pth")
@@ -134,15 +140,16 @@ def detection_figures(out, figures):
             continue
         folder = os.path.join(figures, f"det_detections_{name}")
         # a DDN student draws without its teacher's file (read only when training)
-        (path,) = visualize(["--config-file", os.path.join(root, "..", "configs", "demo", cfg),
+        (path,) = tool.main(["--config-file", os.path.join(root, "..", "configs", "demo", cfg),
                              "--dataset", "conf_demo_det_val", "--num-images", "1",
                              "--min-score", "0.3", "--output", folder, "MODEL.WEIGHTS", weights,
                              "OUTPUT_DIR", folder])
         lines.append(f"![{label} detections](figures/{os.path.relpath(path, figures)})")
     if not lines:
         return []
-    return ["Detections with score >= 0.3 on the first val image, each box coloured by its score "
-            "(viridis: dark = unconfident, yellow = confident):", "", *lines, ""]
+    return ["Detections with score >= 0.3 on the first val image (upscaled), each box coloured by "
+            "its score (viridis: dark = unconfident, yellow = confident) and labelled with its "
+            "class and score:", "", *lines, ""]
 
 
 def segmentation_section(out, figures, numbers=None):
@@ -269,20 +276,25 @@ def sigma_section(out, figures):
             "![sigma trajectories](figures/sigma_trajectories.png)", ""]
 
 
-def write_report(out, record, tiny=False):
+def write_report(out, record, tiny=False, command=None):
+    """report.md + report.json (every number of the tables, the stages' commands and timings,
+    and the run's stamp: command, UTC date, machine, commit)."""
     figures = os.path.join(out, "figures")
     os.makedirs(figures, exist_ok=True)
     lines = ["# conf_plugins demo report", ""]
     if tiny:
         lines += ["**Tiny run** (a few images and iterations): the numbers test the pipeline, "
                   "they mean nothing.", ""]
-    numbers = {"tiny": tiny}  # every number of the tables, beside the Markdown
+    numbers = {"tiny": tiny, "run": run_stamp(command)}  # every number of the tables
     lines += detection_section(out, figures, numbers)
     lines += detection_figures(out, figures)
     lines += segmentation_section(out, figures, numbers)
     lines += heatmap_section(out, figures)
     lines += sigma_section(out, figures)
-    lines += ["## Commands", "", "Each stage, as run (skipped stages show their last run):", ""]
+    run = numbers["run"]
+    lines += ["## Commands", "", f"Run: `{run['command']}` on {run['date']}, "
+              f"{describe_machine(run['machine'])}, commit {run['commit']}.", "",
+              "Each stage, as run (skipped stages show their last run):", ""]
     for name, info in record.items():
         lines.append(f"* `{name}` ({info.get('seconds', '?')} s): `{info.get('command', '')}`")
     path = os.path.join(out, "report.md")

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""The DDN knob study (issue 12.4): the paper's knobs one at a time around the paper's setting
+"""The DDN knob study: the paper's knobs one at a time around the paper's setting
 (``DEFAULTS``: λ 0.5, M 10, the teacher's own dropout, 200 iterations, match IoU 0.5), then
 the per-knob winners combined; every choice made on the held-out calib split, the val
 numbers reported beside them.
 
-    tools/ddn_study.py --teacher output/demo/det/teacher/model_final.pth --output output/ddn_study
+    python experiments/ddn_study/ddn_study.py --teacher output/demo/det/teacher/model_final.pth --output output/ddn_study
 
 Knobs: λ (MODEL.DDN.DISTILL_WEIGHT), M (MODEL.DDN.NUM_SAMPLES), the teacher's dropout rate
 while sampling (MODEL.DDN.TEACHER_DROPOUT), fine-tuning length (SOLVER.MAX_ITER, LR step at
@@ -24,7 +24,7 @@ import shlex
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPLITS = ("conf_demo_det_calib", "conf_demo_det_val")
 # the paper's Table II setting (the demo's DDN config before this study): the study's centre
 DEFAULTS = {"DISTILL_WEIGHT": 0.5, "NUM_SAMPLES": 10, "TEACHER_DROPOUT": -1.0, "MAX_ITER": 200,

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The main job: the whole pipeline on the built-in demo data, ending in a report.
 
-    make demo                      # = .venv/bin/python tools/run_demo.py
-    tools/run_demo.py --force      # re-run every stage
-    tools/run_demo.py --only seg   # one half
+    make demo                      # = python demo/run_demo.py (in the activated .venv)
+    python demo/run_demo.py --force      # re-run every stage
+    python demo/run_demo.py --only seg   # one half
 
 Detection: dropout teacher -> baseline / MC-10 evaluation -> DDN student -> evaluation;
 temperature / isotonic score calibrators fitted on the calib split -> evaluation.
@@ -254,7 +254,8 @@ def main(argv=None):
     record = run_stages(stages, args.output, args.force)
     from demo_report import write_report
 
-    report = write_report(args.output, record, tiny=args.tiny)
+    command = " ".join(["python demo/run_demo.py", *(argv if argv is not None else sys.argv[1:])])
+    report = write_report(args.output, record, tiny=args.tiny, command=command)
     print(f"[demo] done in {time.time() - start:.0f} s; report: {report}", flush=True)
     return report
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""The success-prediction study on the demo data (issue 11): one command, cached like the demo.
+"""The success-prediction study on the demo data: one command, cached like the demo.
 
-    .venv/bin/python tools/success_ablation.py            # -> output/ablation/report.md + .json
+    python experiments/success_ablation/success_ablation.py            # -> output/ablation/report.md + .json
 
 What it varies (the design choices the success paper leaves open), each as a row:
 
@@ -40,11 +40,15 @@ import argparse
 import copy
 import json
 import os
+import sys
 
 import numpy as np
 import torch
 
 from conf_plugins.calibration.stats import DEFAULT_NUM_BINS
+
+# the demo's stages are reused: demo/run_demo.py is a script beside this one, not a package
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "demo"))
 
 from run_demo import (ROOT, SEG_DATA_SIZES, TINY_SEG, TINY_SEG_DATA, TINY_SNAPSHOT, Stage,
                       run_stages, segmentation_stages, tool)
@@ -284,7 +288,7 @@ def write_report(rows, chosen, out):
             + " | ".join(f"val {k}" for k in keys + ("mIoU",)) + " | "
             + " | ".join(f"val_shifted {k}" for k in keys) + " |")
     lines = ["# Success-prediction study (demo data)", "",
-             "Written by `tools/success_ablation.py`. Maps and temperatures are fitted on half of "
+             "Written by `experiments/success_ablation/success_ablation.py`. Maps and temperatures are fitted on half of "
              "the calib split and the choice is made on the other half (calib-select); val and "
              "val_shifted use maps fitted on the whole calib split. Lower is better for AURC and "
              "ECE.", "", head, "|" + "---|" * (head.count("|") - 1)]

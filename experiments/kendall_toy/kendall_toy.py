@@ -14,7 +14,7 @@ The report leaves open the input distribution, the hidden width, the optimiser a
 batch size of its 500 epochs. Here: ``x ~ N(0, 1)``, 64 ReLU hidden units, full-batch Adam
 (lr 0.05, the same for network and ``s``) for 2000 steps, all in float64. The σ's land on
 the RMS of the noise actually drawn (printed too), which differs from 10 and 1 by the
-sampling error of 1000 draws (≈ 2%). Run: ``python tools/kendall_toy.py [--steps N] [--seed S]``.
+sampling error of 1000 draws (≈ 2%). Run: ``python experiments/kendall_toy/kendall_toy.py [--steps N] [--seed S]``.
 """
 import argparse
 import math
