@@ -4,6 +4,7 @@ Versions are pinned in one place, requirements/pins.txt; the extras below name t
 and take their bounds from that file, so `pip install -e .[d2,mmseg,dev]` inside an
 environment built by tools/env/bootstrap.sh changes nothing.
 """
+
 import os
 import re
 

@@ -5,17 +5,19 @@ Streams N pixels of 19-class logits (Cityscapes-sized 1024x2048 images, generate
   ours:         pixel_confidence (max softmax and argmax over cache-sized pixel tiles, no
                 softmax tensor) -> correct -> CalibrationStats.update (what
                 SegCalibrationMetric does per image), then compute();
-  ours-softmax: the same with the softmax tensor (what the metric did before issue 14);
+  ours-softmax: the same, but through a full softmax tensor (a plain softmax -> max);
   torchmetrics: the same softmax, then BinaryCalibrationError.update, then compute();
   read-only:    summing the logits (the bound of any metric that reads them once);
 each in its own subprocess (peak RSS is per process), side by side in one run. Also times
 the statistics update alone on precomputed confidences and, with --fcn, one inference of
 mmseg's stock FCN R50-D8 Cityscapes model on a 1024x2048 image (its slide test mode,
 random weights, same threads), so the metric's cost can be read beside the model's. Not a
-test: numbers depend on the machine; the ratios are what to read.
+test: numbers depend on the machine; the ratios are what to read. With --json PATH the parent
+process also writes the result as a bench result for docs/generate.py.
 
-    .venv/bin/python bench/seg_metric_throughput.py --pixels 2e8
+    .venv/bin/python bench/seg_metric_throughput.py --pixels 2e8 [--json PATH]
 """
+
 import argparse
 import json
 import resource
@@ -26,6 +28,8 @@ import time
 import torch
 
 H, W, C = 1024, 2048, 19
+GOAL_VS_TORCHMETRICS = 10.0  # metric from logits: throughput ours / torchmetrics, at least
+GOAL_VS_READ_ONLY = 3.0  # time ours from logits / time of reading the logits once, at most
 
 
 def images(num_pixels, seed=0):
@@ -59,8 +63,7 @@ def run_ours(num_pixels, fused=True):
     t = time.perf_counter()
     result = stats.compute(num_bins=15)  # torchmetrics' n_bins below
     metric_seconds += time.perf_counter() - t
-    return {"ECE": result["ECE"], "update_seconds": update_seconds,
-            "metric_seconds": metric_seconds}
+    return {"ECE": result["ECE"], "update_seconds": update_seconds, "metric_seconds": metric_seconds}
 
 
 def run_torchmetrics(num_pixels):
@@ -78,8 +81,11 @@ def run_torchmetrics(num_pixels):
         metric_seconds += time.perf_counter() - start
     t = time.perf_counter()
     ece = float(metric.compute())
-    return {"ECE": ece, "update_seconds": update_seconds + time.perf_counter() - t,
-            "metric_seconds": metric_seconds + time.perf_counter() - t}
+    return {
+        "ECE": ece,
+        "update_seconds": update_seconds + time.perf_counter() - t,
+        "metric_seconds": metric_seconds + time.perf_counter() - t,
+    }
 
 
 def run_read_only(num_pixels):
@@ -102,8 +108,13 @@ def run_fcn(_):
     from mmseg.utils import register_all_modules
 
     register_all_modules()
-    path = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs", "fcn",
-                        "fcn_r50-d8_4xb2-80k_cityscapes-512x1024.py")
+    path = os.path.join(
+        os.path.dirname(mmseg.__file__),
+        ".mim",
+        "configs",
+        "fcn",
+        "fcn_r50-d8_4xb2-80k_cityscapes-512x1024.py",
+    )
     cfg = Config.fromfile(path)
     cfg.model.pretrained = None
     for part in (cfg.model.backbone, cfg.model.decode_head):
@@ -121,8 +132,13 @@ def run_fcn(_):
 def child(which, num_pixels, threads):
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    runs = {"ours": run_ours, "ours-softmax": lambda n: run_ours(n, fused=False),
-            "torchmetrics": run_torchmetrics, "read-only": run_read_only, "fcn": run_fcn}
+    runs = {
+        "ours": run_ours,
+        "ours-softmax": lambda n: run_ours(n, fused=False),
+        "torchmetrics": run_torchmetrics,
+        "read-only": run_read_only,
+        "fcn": run_fcn,
+    }
     result = runs[which](num_pixels)
     result["seconds"] = time.perf_counter() - start
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -130,8 +146,12 @@ def child(which, num_pixels, threads):
 
 
 def measure(which, num_pixels, threads):
-    out = subprocess.run([sys.executable, __file__, "--child", which, "--pixels", str(num_pixels),
-                          "--threads", str(threads)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", which, "--pixels", str(num_pixels), "--threads", str(threads)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -139,36 +159,151 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pixels", type=float, default=1e8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (per core: 1)")
-    parser.add_argument("--fcn", action="store_true",
-                        help="also time one FCN R50-D8 inference at 1024x2048 (~1 min)")
+    parser.add_argument(
+        "--fcn", action="store_true", help="also time one FCN R50-D8 inference at 1024x2048 (~1 min)"
+    )
     parser.add_argument("--child", choices=["ours", "ours-softmax", "torchmetrics", "read-only", "fcn"])
+    parser.add_argument(
+        "--json", metavar="PATH", help="also write the result as JSON (input of docs/generate.py --bench)"
+    )
     args = parser.parse_args()
     num_pixels = int(args.pixels)
     if args.child:
         return child(args.child, num_pixels, args.threads)
-    print(f"{num_pixels:.2e} pixels of {C}-class logits, {H}x{W} images, "
-          f"{args.threads} thread(s)")
-    rows = {name: measure(name, num_pixels, args.threads)
-            for name in ("ours", "ours-softmax", "torchmetrics", "read-only")}
+    print(f"{num_pixels:.2e} pixels of {C}-class logits, {H}x{W} images, {args.threads} thread(s)")
+    rows = {
+        name: measure(name, num_pixels, args.threads)
+        for name in ("ours", "ours-softmax", "torchmetrics", "read-only")
+    }
     for name, r in rows.items():
-        print(f"{name:<13} total {r['seconds']:7.1f} s  {num_pixels / r['seconds'] / 1e6:7.2f} Mpx/s"
-              f"  metric (logits in) {num_pixels / r['metric_seconds'] / 1e6:6.2f} Mpx/s"
-              f"  statistics only {num_pixels / r['update_seconds'] / 1e6:8.1f} Mpx/s"
-              f"  peak RSS {r['peak_rss_mb']:8.0f} MB  ECE {r['ECE']:.6f}")
+        print(
+            f"{name:<13} total {r['seconds']:7.1f} s  {num_pixels / r['seconds'] / 1e6:7.2f} Mpx/s"
+            f"  metric (logits in) {num_pixels / r['metric_seconds'] / 1e6:6.2f} Mpx/s"
+            f"  statistics only {num_pixels / r['update_seconds'] / 1e6:8.1f} Mpx/s"
+            f"  peak RSS {r['peak_rss_mb']:8.0f} MB  ECE {r['ECE']:.6f}"
+        )
     ours, tm = rows["ours"], rows["torchmetrics"]
-    print(f"ratio ours/torchmetrics: metric from logits {tm['metric_seconds'] / ours['metric_seconds']:.2f}x, "
-          f"end-to-end incl. generating the data {tm['seconds'] / ours['seconds']:.2f}x, "
-          f"statistics-only throughput {tm['update_seconds'] / ours['update_seconds']:.2f}x, "
-          f"peak memory {ours['peak_rss_mb'] / tm['peak_rss_mb']:.2f}x; "
-          f"ours vs ours-softmax end to end {rows['ours-softmax']['seconds'] / ours['seconds']:.2f}x")
+    print(
+        f"ratio ours/torchmetrics: metric from logits "
+        f"{tm['metric_seconds'] / ours['metric_seconds']:.2f}x, "
+        f"end-to-end incl. generating the data {tm['seconds'] / ours['seconds']:.2f}x, "
+        f"statistics-only throughput {tm['update_seconds'] / ours['update_seconds']:.2f}x, "
+        f"peak memory {ours['peak_rss_mb'] / tm['peak_rss_mb']:.2f}x; "
+        f"ours vs ours-softmax end to end {rows['ours-softmax']['seconds'] / ours['seconds']:.2f}x"
+    )
     read = rows["read-only"]
-    print(f"ours from logits / read-only bound: {ours['metric_seconds'] / read['metric_seconds']:.1f}x "
-          f"the time of summing the logits once")
+    print(
+        f"ours from logits / read-only bound: {ours['metric_seconds'] / read['metric_seconds']:.1f}x "
+        f"the time of summing the logits once"
+    )
+    fcn = None
     if args.fcn:
         fcn = measure("fcn", H * W, args.threads)
         per_image = ours["metric_seconds"] / (num_pixels / (H * W))
-        print(f"FCN R50-D8 inference, one 1024x2048 image: {fcn['metric_seconds']:.1f} s; our metric "
-              f"on its logits: {per_image:.3f} s = {per_image / fcn['metric_seconds']:.4f}x the inference")
+        print(
+            f"FCN R50-D8 inference, one 1024x2048 image: {fcn['metric_seconds']:.1f} s; our metric "
+            f"on its logits: {per_image:.3f} s = {per_image / fcn['metric_seconds']:.4f}x the inference"
+        )
+    if args.json:
+        write_json(args, num_pixels, rows, fcn)
+
+
+def write_json(args, num_pixels, rows, fcn=None):
+    """The parent's result as a bench JSON: one row per child, the goals' ratios as sentences."""
+    from conf_plugins.provenance import write_bench_result
+
+    def mpx(seconds):
+        return round(num_pixels / seconds / 1e6, 2)
+
+    def ece(value):
+        return None if value != value else round(value, 6)  # NaN (no ECE) -> null
+
+    what = {
+        "ours": "pixel_confidence (tiled max softmax + argmax) -> CalibrationStats",
+        "ours-softmax": "softmax tensor -> max -> CalibrationStats",
+        "torchmetrics": "softmax tensor -> max -> BinaryCalibrationError",
+        "read-only": "sum of the logits (reads them once)",
+    }
+    columns = [
+        "run",
+        "what it does",
+        "total (s)",
+        "metric from logits (Mpx/s)",
+        "statistics only (Mpx/s)",
+        "peak RSS (MB)",
+        "ECE",
+    ]
+    table = [
+        {
+            "run": name,
+            "what it does": what[name],
+            "total (s)": round(r["seconds"], 2),
+            "metric from logits (Mpx/s)": mpx(r["metric_seconds"]),
+            "statistics only (Mpx/s)": None if name == "read-only" else mpx(r["update_seconds"]),
+            "peak RSS (MB)": round(r["peak_rss_mb"]),
+            "ECE": ece(r["ECE"]),
+        }
+        for name, r in rows.items()
+    ]
+    ours, tm, read = rows["ours"], rows["torchmetrics"], rows["read-only"]
+    speedup = tm["metric_seconds"] / ours["metric_seconds"]
+    vs_read = ours["metric_seconds"] / read["metric_seconds"]
+    summary = [
+        f"Metric from logits: ours {speedup:.3f}× the throughput of torchmetrics "
+        f"(goal ≥ {GOAL_VS_TORCHMETRICS:g}×: {'met' if speedup >= GOAL_VS_TORCHMETRICS else 'not met'}).",
+        f"Ours from logits takes {vs_read:.3f}× the time of reading the logits once "
+        f"(goal ≤ {GOAL_VS_READ_ONLY:g}×: {'met' if vs_read <= GOAL_VS_READ_ONLY else 'not met'}).",
+        f"Statistics update alone: ours {tm['update_seconds'] / ours['update_seconds']:.3f}× the "
+        f"throughput of torchmetrics; peak RSS ours / torchmetrics "
+        f"{ours['peak_rss_mb'] / tm['peak_rss_mb']:.3f}×; end to end (generating the data "
+        f"included) ours is {tm['seconds'] / ours['seconds']:.3f}× faster than torchmetrics and "
+        f"{rows['ours-softmax']['seconds'] / ours['seconds']:.3f}× faster than ours-softmax.",
+    ]
+    fcn_text = ""
+    if fcn is not None:
+        table.append(
+            {
+                "run": "FCN R50-D8 inference",
+                "what it does": f"one {H}×{W} image, slide test mode, random weights",
+                "total (s)": round(fcn["seconds"], 2),
+                "metric from logits (Mpx/s)": round(H * W / fcn["metric_seconds"] / 1e6, 2),
+                "statistics only (Mpx/s)": None,
+                "peak RSS (MB)": round(fcn["peak_rss_mb"]),
+                "ECE": None,
+            }
+        )
+        per_image = ours["metric_seconds"] / (num_pixels / (H * W))
+        summary.append(
+            f"Our metric on one {H}×{W} image's logits takes "
+            f"{per_image / fcn['metric_seconds']:.4f}× the FCN R50-D8 inference of "
+            f"that image ({per_image * 1e3:.1f} ms vs {fcn['metric_seconds']:.2f} s)."
+        )
+        fcn_text = (
+            " The FCN row times one inference of mmseg's stock FCN R50-D8 Cityscapes "
+            "model (slide test mode, random weights, same threads) for scale; its Mpx/s "
+            "is pixels predicted per second."
+        )
+    description = (
+        f"{num_pixels:.2e} pixels of {C}-class logits in generated {H}×{W} images, "
+        f"{args.threads} thread(s), each run in its own subprocess (peak RSS is per process). "
+        f"ours: pixel_confidence (max softmax and argmax over cache-sized pixel tiles, no softmax "
+        f"tensor) -> correct -> CalibrationStats.update per image, then compute(); ours-softmax: "
+        f"the same through a full softmax tensor; torchmetrics: the same softmax, then "
+        f"BinaryCalibrationError.update, then compute() (15 bins for both ECEs); read-only: "
+        f"summing the logits, the bound of any metric that reads them once. Metric from logits "
+        f"times everything after the logits exist; statistics only times the update on "
+        f"precomputed confidences; total includes generating the data.{fcn_text}"
+    )
+    write_bench_result(
+        args.json,
+        "Segmentation calibration metric vs torchmetrics",
+        columns,
+        table,
+        summary,
+        description,
+        command=" ".join(["python", "bench/seg_metric_throughput.py", *sys.argv[1:]]),
+    )
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

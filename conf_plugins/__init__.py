@@ -7,4 +7,5 @@ Subpackages:
   mmseg        mmsegmentation components (success heads, hooks, metric, demo data)
   compat       every compatibility shim, in one place
 """
+
 __version__ = "0.1.0"

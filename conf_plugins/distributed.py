@@ -1,4 +1,5 @@
 """The end of a multi-process run, for every launcher (detectron2 ``launch``, torchrun)."""
+
 import gc
 
 import torch.distributed as dist

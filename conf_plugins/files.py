@@ -1,12 +1,13 @@
 """Writing outputs without losing what the user has: refuse to overwrite, write atomically."""
+
 import os
 import tempfile
 
 
 def refuse_overwrite(path, force: bool):
-    """SystemExit if ``path`` exists and ``force`` is not set."""
+    """FileExistsError if ``path`` exists and ``force`` is not set."""
     if os.path.exists(path) and not force:
-        raise SystemExit(f"{path} exists; pass --force to overwrite it")
+        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
 
 
 def write_atomically(path, write):

@@ -1,5 +1,6 @@
 """The demo report: side-by-side tables, reliability diagrams, risk-coverage curves,
 confidence heat-maps and sigma trajectories, from the outputs of demo/run_demo.py."""
+
 import glob
 import json
 import math
@@ -13,12 +14,22 @@ from conf_plugins.calibration.detection_stats import DetectionBinStats
 from conf_plugins.calibration.plots import plot_classwise_reliability
 from conf_plugins.provenance import describe_machine, run_stamp
 
-DET_METHODS = (("Baseline", "baseline"), ("Baseline + temperature", "baseline_temperature"),
-               ("Baseline + isotonic", "baseline_isotonic"), ("MC-10", "mc10"), ("DDN", "ddn"),
-               ("DDN + temperature", "ddn_temperature"))
+DET_METHODS = (
+    ("Baseline", "baseline"),
+    ("Baseline + temperature", "baseline_temperature"),
+    ("Baseline + isotonic", "baseline_isotonic"),
+    ("MC-10", "mc10"),
+    ("DDN", "ddn"),
+    ("DDN + temperature", "ddn_temperature"),
+)
 DET_CLASSES = ("disc", "box", "triangle")
-SEG_METHODS = (("STL", "stl"), ("STL-scaled", "stl_scaled"), ("MTL", "mtl"),
-               ("MTL max-softmax", "mtl_softmax"), ("MC-10", "stl_mc10"))
+SEG_METHODS = (
+    ("STL", "stl"),
+    ("STL-scaled", "stl_scaled"),
+    ("MTL", "mtl"),
+    ("MTL max-softmax", "mtl_softmax"),
+    ("MC-10", "stl_mc10"),
+)
 # A confidence that calls (almost) every pixel confident flags (almost) no failure: then
 # Acc / Precision / F0.5 at 0.5 measure the segmenter, not the confidence.
 FLAGS_NOTHING = 0.05  # failure_detection below this: "flags almost nothing"
@@ -48,67 +59,120 @@ def detection_section(out, figures, numbers=None):
         bins = torch.load(os.path.join(inference, "bin_stats.pt"), weights_only=True)
         panels[label] = DetectionBinStats.from_state_dict(bins[""][0.5])
         for iou in IOUS:
-            shutil.copy(os.path.join(inference, f"reliability_iou{iou}.png"),
-                        os.path.join(figures, f"det_reliability_{name}_iou{iou}.png"))
-        shutil.copy(os.path.join(inference, "dece_map_iou0.5.png"),
-                    os.path.join(figures, f"det_dece_map_{name}_iou0.5.png"))
+            shutil.copy(
+                os.path.join(inference, f"reliability_iou{iou}.png"),
+                os.path.join(figures, f"det_reliability_{name}_iou{iou}.png"),
+            )
+        shutil.copy(
+            os.path.join(inference, "dece_map_iou0.5.png"),
+            os.path.join(figures, f"det_dece_map_{name}_iou0.5.png"),
+        )
     if not rows:
         return []
     if numbers is not None:
-        numbers["detection"] = {label: {"bbox": bbox, "calibration": cal}
-                                for label, _, bbox, cal in rows}
-    main = ("ECE", "MSCE", "MCE", "NLL", "classwise_ECE", "LaECE", "D-ECE", "top1/MSCE",
-            "AUROC", "coverage", "failure_detection")
-    lines += ["## Detection (Faster R-CNN R18-FPN, demo data)", "",
-              "Fitted on the held-out calib split (60 images), reported on val (60 images). mAP / "
-              "AP50 from COCOEvaluator (in %). A detection is correct when it matches an unmatched "
-              "same-class GT with IoU >= t; its confidence is its score. Lower is better for the "
-              "ECEs, MSCE, MCE, NLL; coverage = share of detections with score >= 0.5, "
-              "failure_detection = share of wrong ones below 0.5 (a confidence that flags "
-              "nothing scores 0). Definitions in the README (Detection calibration).", "",
-              "IoU 0.5:", "",
-              "| method | mAP | AP50 | " + " | ".join(main) + " |",
-              "|---|---|---|" + "---|" * len(main)]
+        numbers["detection"] = {label: {"bbox": bbox, "calibration": cal} for label, _, bbox, cal in rows}
+    main = (
+        "ECE",
+        "MSCE",
+        "MCE",
+        "NLL",
+        "classwise_ECE",
+        "LaECE",
+        "D-ECE",
+        "top1/MSCE",
+        "AUROC",
+        "coverage",
+        "failure_detection",
+    )
+    lines += [
+        "## Detection (Faster R-CNN R18-FPN, demo data)",
+        "",
+        "Fitted on the held-out calib split (60 images), reported on val (60 images). mAP / "
+        "AP50 from COCOEvaluator (in %). A detection is correct when it matches an unmatched "
+        "same-class GT with IoU >= t; its confidence is its score. Lower is better for the "
+        "ECEs, MSCE, MCE, NLL; coverage = share of detections with score >= 0.5, "
+        "failure_detection = share of wrong ones below 0.5 (a confidence that flags "
+        "nothing scores 0). Definitions in the README (Detection calibration).",
+        "",
+        "IoU 0.5:",
+        "",
+        "| method | mAP | AP50 | " + " | ".join(main) + " |",
+        "|---|---|---|" + "---|" * len(main),
+    ]
     for label, _, bbox, cal in rows:
         cells = [_fmt(bbox.get("AP"), 2), _fmt(bbox.get("AP50"), 2)]
         cells += [_fmt(cal.get(f"{m}@IoU0.5")) for m in main]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     others = [t for t in IOUS if t != "0.5"]
-    lines += ["", "Other IoU thresholds:", "",
-              "| method | " + " | ".join(f"{m}@{t}" for t in others
-                                        for m in ("ECE", "MSCE", "MCE", "LaECE")) + " |",
-              "|---|" + "---|" * (4 * len(others))]
+    lines += [
+        "",
+        "Other IoU thresholds:",
+        "",
+        "| method | "
+        + " | ".join(f"{m}@{t}" for t in others for m in ("ECE", "MSCE", "MCE", "LaECE"))
+        + " |",
+        "|---|" + "---|" * (4 * len(others)),
+    ]
     for label, _, _, cal in rows:
-        lines.append(f"| {label} | " + " | ".join(
-            _fmt(cal.get(f"{m}@IoU{t}")) for t in others for m in ("ECE", "MSCE", "MCE", "LaECE")) + " |")
-    lines += ["", "Detections counted (IoU 0.5): " + ", ".join(
-        f"{label} {int(cal['count@IoU0.5'])}" for label, _, _, cal in rows), ""]
+        lines.append(
+            f"| {label} | "
+            + " | ".join(
+                _fmt(cal.get(f"{m}@IoU{t}")) for t in others for m in ("ECE", "MSCE", "MCE", "LaECE")
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "Detections counted (IoU 0.5): "
+        + ", ".join(f"{label} {int(cal['count@IoU0.5'])}" for label, _, _, cal in rows),
+        "",
+    ]
     lines += goal_lines(rows)
-    plot_risk_coverage(curves, os.path.join(figures, "det_risk_coverage_iou0.5.png"),
-                       title="Detection risk-coverage, IoU 0.5")
-    plot_classwise_reliability(panels, os.path.join(figures, "det_classwise_reliability_iou0.5.png"),
-                               DET_CLASSES, title="Per-class reliability, IoU 0.5 (val)")
-    lines += ["![risk-coverage](figures/det_risk_coverage_iou0.5.png)", "",
-              "Per-class reliability (accuracy against confidence per class, IoU 0.5):", "",
-              "![per-class reliability](figures/det_classwise_reliability_iou0.5.png)", "",
-              "D-ECE heat-maps (|precision − confidence| by box centre, IoU 0.5): " + ", ".join(
-                  f"[{label}](figures/det_dece_map_{name}_iou0.5.png)" for label, name, _, _ in rows),
-              ""]
-    lines += [f"![{label} D-ECE map](figures/det_dece_map_{name}_iou0.5.png)"
-              for label, name, _, _ in rows if name in ("baseline", "ddn")]
-    lines += [""] + [f"![{label} reliability, IoU 0.5](figures/det_reliability_{name}_iou0.5.png)"
-                     for label, name, _, _ in rows]
+    plot_risk_coverage(
+        curves,
+        os.path.join(figures, "det_risk_coverage_iou0.5.png"),
+        title="Detection risk-coverage, IoU 0.5",
+    )
+    plot_classwise_reliability(
+        panels,
+        os.path.join(figures, "det_classwise_reliability_iou0.5.png"),
+        DET_CLASSES,
+        title="Per-class reliability, IoU 0.5 (val)",
+    )
+    lines += [
+        "![risk-coverage](figures/det_risk_coverage_iou0.5.png)",
+        "",
+        "Per-class reliability (accuracy against confidence per class, IoU 0.5):",
+        "",
+        "![per-class reliability](figures/det_classwise_reliability_iou0.5.png)",
+        "",
+        "D-ECE heat-maps (|precision − confidence| by box centre, IoU 0.5): "
+        + ", ".join(f"[{label}](figures/det_dece_map_{name}_iou0.5.png)" for label, name, _, _ in rows),
+        "",
+    ]
+    lines += [
+        f"![{label} D-ECE map](figures/det_dece_map_{name}_iou0.5.png)"
+        for label, name, _, _ in rows
+        if name in ("baseline", "ddn")
+    ]
+    lines += [""] + [
+        f"![{label} reliability, IoU 0.5](figures/det_reliability_{name}_iou0.5.png)"
+        for label, name, _, _ in rows
+    ]
     return lines + [""]
 
 
 def goal_lines(rows):
-    """Issue 12's DDN goal against the baseline row: MSCE@0.5 −50 %, ≤ 1 mAP lost, MCE no worse."""
+    """The DDN goal against the baseline row: MSCE@0.5 −50 %, ≤ 1 mAP lost, MCE no worse."""
     by = {name: (bbox, cal) for _, name, bbox, cal in rows}
     if "baseline" not in by:
         return []
     (b_box, b_cal), lines = by["baseline"], []
-    for name, label in (("ddn", "DDN"), ("ddn_temperature", "DDN + temperature"),
-                        ("baseline_temperature", "Baseline + temperature")):
+    for name, label in (
+        ("ddn", "DDN"),
+        ("ddn_temperature", "DDN + temperature"),
+        ("baseline_temperature", "Baseline + temperature"),
+    ):
         if name not in by:
             continue
         box, cal = by[name]
@@ -116,40 +180,78 @@ def goal_lines(rows):
         lost = b_box.get("AP", math.nan) - box.get("AP", math.nan)
         mce_ok = cal["MCE@IoU0.5"] <= b_cal["MCE@IoU0.5"]
         met = msce <= -50 and lost <= 1 and mce_ok
-        lines.append(f"* {label} vs Baseline: MSCE@0.5 {msce:+.1f} %, mAP {-lost:+.2f}, MCE@0.5 "
-                     f"{cal['MCE@IoU0.5']:.4f} vs {b_cal['MCE@IoU0.5']:.4f} → goal (−50 %, ≤ 1 mAP, "
-                     f"MCE no worse) **{'met' if met else 'not met'}**.")
+        lines.append(
+            f"* {label} vs Baseline: MSCE@0.5 {msce:+.1f} %, mAP {-lost:+.2f}, MCE@0.5 "
+            f"{cal['MCE@IoU0.5']:.4f} vs {b_cal['MCE@IoU0.5']:.4f} → goal (−50 %, ≤ 1 mAP, "
+            f"MCE no worse) **{'met' if met else 'not met'}**."
+        )
     return lines + [""] if lines else []
 
 
 def detection_figures(out, figures):
-    """Baseline and DDN detections on the first val image, coloured by score
-    (tools/visualize_detections.py, usable on any registered dataset), upscaled to read."""
+    """Baseline, MC-10 (with its entropy, mutual information and box std) and DDN detections on
+    the first val image, coloured by score (tools/visualize_detections.py, usable on any
+    registered dataset), upscaled to read."""
     import importlib.util
 
     root = os.path.dirname(os.path.abspath(__file__))
     # by its path: tools/ is not on sys.path (and detectron2 may install a `tools` package)
     spec = importlib.util.spec_from_file_location(
-        "visualize_detections", os.path.join(root, "..", "tools", "visualize_detections.py"))
+        "visualize_detections", os.path.join(root, "..", "tools", "visualize_detections.py")
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     lines = []
-    for label, name, cfg in (("Baseline", "teacher", "teacher.yaml"), ("DDN", "ddn", "ddn.yaml")):
-        weights = os.path.join(out, "det", name, "model_final.pth")
+    mc10 = [
+        "MODEL.ROI_HEADS.NAME",
+        "MCDropoutROIHeads",
+        "MODEL.MC_DROPOUT.NUM_SAMPLES",
+        "10",
+        "MODEL.MC_DROPOUT.OUTPUT_UNCERTAINTY",
+        "True",
+    ]
+    for label, name, weights_of, cfg, extra in (
+        ("Baseline", "teacher", "teacher", "teacher.yaml", []),
+        ("MC-10", "mc10", "teacher", "teacher.yaml", mc10),
+        ("DDN", "ddn", "ddn", "ddn.yaml", []),
+    ):
+        weights = os.path.join(out, "det", weights_of, "model_final.pth")
         if not os.path.exists(weights):
             continue
         folder = os.path.join(figures, f"det_detections_{name}")
         # a DDN student draws without its teacher's file (read only when training)
-        (path,) = tool.main(["--config-file", os.path.join(root, "..", "configs", "demo", cfg),
-                             "--dataset", "conf_demo_det_val", "--num-images", "1",
-                             "--min-score", "0.3", "--output", folder, "MODEL.WEIGHTS", weights,
-                             "OUTPUT_DIR", folder])
+        (path,) = tool.main(
+            [
+                "--config-file",
+                os.path.join(root, "..", "configs", "demo", cfg),
+                "--dataset",
+                "conf_demo_det_val",
+                "--num-images",
+                "1",
+                "--min-score",
+                "0.3",
+                "--output",
+                folder,
+                "MODEL.WEIGHTS",
+                weights,
+                "OUTPUT_DIR",
+                folder,
+                *extra,
+            ]
+        )
         lines.append(f"![{label} detections](figures/{os.path.relpath(path, figures)})")
     if not lines:
         return []
-    return ["Detections with score >= 0.3 on the first val image (upscaled), each box coloured by "
-            "its score (viridis: dark = unconfident, yellow = confident) and labelled with its "
-            "class and score:", "", *lines, ""]
+    return [
+        "Detections with score >= 0.3 on the first val image (upscaled), each box coloured by "
+        "its score (viridis: dark = unconfident, yellow = confident) and labelled with its "
+        "class and score; MC-10 adds H (entropy of the mean class probabilities), MI (mutual "
+        "information: the dropout samples' disagreement) and σ (mean std of the box, px) "
+        "and draws a ±σ band around each box:",
+        "",
+        *lines,
+        "",
+    ]
 
 
 def segmentation_section(out, figures, numbers=None):
@@ -172,19 +274,33 @@ def segmentation_section(out, figures, numbers=None):
         numbers["segmentation"] = {}
         for domain, label, metrics in table:
             numbers["segmentation"].setdefault(domain, {})[label] = metrics
-    keys = ("ECE", "AUROC", "AURC", "AUPR_In", "AUPR_Out", "coverage", "failure_detection",
-            "accuracy", "precision", "F0.5")
-    lines = ["## Segmentation (FCN R18, demo data)", "",
-             "Per-pixel confidence: STL = max softmax, STL-scaled = max softmax at the temperature "
-             "fitted on the calib split, MTL = probability of success (success branch snapshot + "
-             "Bayes binning on the calib split), MTL max-softmax = the same MTL network's own max "
-             "softmax (the free baseline it must beat), MC-10 = mean softmax of 10 dropout samples of "
-             "the STL model's decode head. At confidence 0.5 (success paper §3.3): "
-             "coverage = share of pixels called confident, failure_detection = share of wrong "
-             "pixels called unconfident, and Acc / Precision / F0.5. Lower is better for ECE and "
-             "AURC. mIoU in %.", "",
-             "| domain | method | mIoU | " + " | ".join(keys) + " |",
-             "|---|---|---|" + "---|" * len(keys)]
+    keys = (
+        "ECE",
+        "AUROC",
+        "AURC",
+        "AUPR_In",
+        "AUPR_Out",
+        "coverage",
+        "failure_detection",
+        "accuracy",
+        "precision",
+        "F0.5",
+    )
+    lines = [
+        "## Segmentation (FCN R18, demo data)",
+        "",
+        "Per-pixel confidence: STL = max softmax, STL-scaled = max softmax at the temperature "
+        "fitted on the calib split, MTL = probability of success (success branch snapshot + "
+        "Bayes binning on the calib split), MTL max-softmax = the same MTL network's own max "
+        "softmax (the free baseline it must beat), MC-10 = mean softmax of 10 dropout samples of "
+        "the STL model's decode head. At confidence 0.5 (success paper §3.3): "
+        "coverage = share of pixels called confident, failure_detection = share of wrong "
+        "pixels called unconfident, and Acc / Precision / F0.5. Lower is better for ECE and "
+        "AURC. mIoU in %.",
+        "",
+        "| domain | method | mIoU | " + " | ".join(keys) + " |",
+        "|---|---|---|" + "---|" * len(keys),
+    ]
     for domain, label, m in table:
         cells = [_fmt(m.get("mIoU"), 2)] + [_fmt(m.get(f"calib/{k}")) for k in keys]
         lines.append(f"| {domain} | {label} | " + " | ".join(cells) + " |")
@@ -193,9 +309,16 @@ def segmentation_section(out, figures, numbers=None):
         name = f"seg_risk_coverage_{domain}.png"
         plot_risk_coverage(methods, os.path.join(figures, name), title=f"Segmentation, {domain}")
         lines.append(f"![risk-coverage {domain}](figures/{name})")
-    lines += ["", "Reliability diagrams: " + ", ".join(
-        f"[{label} {split}](figures/seg_reliability_{name}_{split}.png)"
-        for split in ("val", "val_shifted") for label, name in SEG_METHODS), ""]
+    lines += [
+        "",
+        "Reliability diagrams: "
+        + ", ".join(
+            f"[{label} {split}](figures/seg_reliability_{name}_{split}.png)"
+            for split in ("val", "val_shifted")
+            for label, name in SEG_METHODS
+        ),
+        "",
+    ]
     return lines
 
 
@@ -209,7 +332,8 @@ def flags_nothing_notes(table):
                 f"* {label}, {domain}: at 0.5 it calls {100 * coverage:.1f} % of the pixels "
                 f"confident and flags only {100 * detected:.1f} % of the wrong ones, so its Acc / "
                 "Precision / F0.5 are those of the segmenter (Precision = pixel accuracy), not "
-                "evidence about the confidence; read AUROC / AURC instead.")
+                "evidence about the confidence; read AUROC / AURC instead."
+            )
     return notes + [""] if notes else []
 
 
@@ -225,20 +349,25 @@ def heatmap_section(out, figures):
     if not (mtl and stl):
         return []
     root = os.path.dirname(os.path.abspath(__file__))
-    lines = ["## Confidence heat-maps", "",
-             "The same scene in-domain (val) and off-domain (val_shifted): image | prediction | "
-             "errors (red; dark = ignored) | confidence, for MTL's probability of success and "
-             "STL's max softmax (cf. success paper Fig. 4). Drawn by `ConfidenceSegVisualizer`, "
-             "the visualizer `tools/seg_test.py --show-dir` uses.", ""]
+    lines = [
+        "## Confidence heat-maps",
+        "",
+        "The same scene in-domain (val) and off-domain (val_shifted): image | prediction | "
+        "errors (red; dark = ignored) | confidence, for MTL's probability of success and "
+        "STL's max softmax (cf. success paper Fig. 4). Drawn by `ConfidenceSegVisualizer`, "
+        "the visualizer `tools/seg_test.py --show-dir` uses.",
+        "",
+    ]
     for label, cfg, ckpt, field in (
-            ("MTL", "fcn_r18_mtl.py", mtl[-1], "pred_confidence"),
-            ("STL", "fcn_r18_stl.py", stl[-1], "max_softmax")):
-        model = init_model(os.path.join(root, "..", "configs", "mmseg", "demo", cfg), ckpt,
-                           device="cpu")
+        ("MTL", "fcn_r18_mtl.py", mtl[-1], "pred_confidence"),
+        ("STL", "fcn_r18_stl.py", stl[-1], "max_softmax"),
+    ):
+        model = init_model(os.path.join(root, "..", "configs", "mmseg", "demo", cfg), ckpt, device="cpu")
         for split in ("val", "val_shifted"):
             image = sorted(glob.glob(f"datasets/conf_demo_seg/leftImg8bit/{split}/demo/*.png"))[0]
             label_path = image.replace("leftImg8bit", "gtFine", 1).replace(
-                "_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+                "_leftImg8bit.png", "_gtFine_labelTrainIds.png"
+            )
             name = f"{label}_{split}_{field}.png"
             draw_confidence_panels(model, image, os.path.join(figures, name), field, label_path)
             lines.append(f"![{label} {split} {field}](figures/{name})")
@@ -272,8 +401,14 @@ def sigma_section(out, figures):
     fig.tight_layout()
     FigureCanvasAgg(fig).print_png(os.path.join(figures, "sigma_trajectories.png"))
     final = ", ".join(f"sigma_{t} = {v[-1]:.3f}" for t, v in sigmas.items())
-    return ["## Uncertainty weighting", "", f"Learned task sigmas at the end: {final}.", "",
-            "![sigma trajectories](figures/sigma_trajectories.png)", ""]
+    return [
+        "## Uncertainty weighting",
+        "",
+        f"Learned task sigmas at the end: {final}.",
+        "",
+        "![sigma trajectories](figures/sigma_trajectories.png)",
+        "",
+    ]
 
 
 def write_report(out, record, tiny=False, command=None):
@@ -283,8 +418,10 @@ def write_report(out, record, tiny=False, command=None):
     os.makedirs(figures, exist_ok=True)
     lines = ["# conf_plugins demo report", ""]
     if tiny:
-        lines += ["**Tiny run** (a few images and iterations): the numbers test the pipeline, "
-                  "they mean nothing.", ""]
+        lines += [
+            "**Tiny run** (a few images and iterations): the numbers test the pipeline, they mean nothing.",
+            "",
+        ]
     numbers = {"tiny": tiny, "run": run_stamp(command)}  # every number of the tables
     lines += detection_section(out, figures, numbers)
     lines += detection_figures(out, figures)
@@ -292,9 +429,15 @@ def write_report(out, record, tiny=False, command=None):
     lines += heatmap_section(out, figures)
     lines += sigma_section(out, figures)
     run = numbers["run"]
-    lines += ["## Commands", "", f"Run: `{run['command']}` on {run['date']}, "
-              f"{describe_machine(run['machine'])}, commit {run['commit']}.", "",
-              "Each stage, as run (skipped stages show their last run):", ""]
+    lines += [
+        "## Commands",
+        "",
+        f"Run: `{run['command']}` on {run['date']}, "
+        f"{describe_machine(run['machine'])}, commit {run['commit']}.",
+        "",
+        "Each stage, as run (skipped stages show their last run):",
+        "",
+    ]
     for name, info in record.items():
         lines.append(f"* `{name}` ({info.get('seconds', '?')} s): `{info.get('command', '')}`")
     path = os.path.join(out, "report.md")

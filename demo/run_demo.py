@@ -17,6 +17,7 @@ framework) and pinned environment are unchanged since its last successful run is
 (cache key: a hash of those), unless --force: a change to conf_plugins/mmseg re-runs the
 segmentation stages and leaves detection cached. The report (report.md + PNGs) lists each stage's command.
 """
+
 import argparse
 import hashlib
 import json
@@ -30,10 +31,25 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # --tiny: a few images and iterations, for the pipeline's own test (numbers meaningless)
-TINY_DET = ["SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
-            "SOLVER.STEPS", "(3,)", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
-TINY_SEG = ["train_cfg.max_iters=4", "param_scheduler.0.end=4", "train_dataloader.batch_size=2",
-            "default_hooks.checkpoint.interval=4", "train_cfg.val_interval=1000"]
+TINY_DET = [
+    "SOLVER.MAX_ITER",
+    "4",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.WARMUP_ITERS",
+    "1",
+    "SOLVER.STEPS",
+    "(3,)",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "0.0",
+]
+TINY_SEG = [
+    "train_cfg.max_iters=4",
+    "param_scheduler.0.end=4",
+    "train_dataloader.batch_size=2",
+    "default_hooks.checkpoint.interval=4",
+    "train_cfg.val_interval=1000",
+]
 TINY_SNAPSHOT = ["custom_hooks.0.snapshot_iter=2", "default_hooks.checkpoint.interval=2"]
 TINY_SEG_DATA = {"train": 4, "calib": 2, "val": 2, "val_shifted": 2}
 SEG_DATA_SIZES = {"train": 80, "calib": 20, "val": 24, "val_shifted": 24}
@@ -42,10 +58,16 @@ SEG_DATA_SIZES = {"train": 80, "calib": 20, "val": 24, "val_shifted": 24}
 DET_DATA = "conf_plugins/detectron2/demo_data.py"  # the generators: data changes re-run stages
 SEG_DATA = "conf_plugins/mmseg/demo_data.py"
 # code every stage runs, beside its tool and its framework's adapter; the pinned environment
-SHARED_SOURCES = ("conf_plugins/__init__.py", "conf_plugins/calibration", "conf_plugins/losses",
-                  "conf_plugins/compat", "conf_plugins/distributed.py", "conf_plugins/files.py",
-                  "requirements",
-                  "tools/env/bootstrap.sh")
+SHARED_SOURCES = (
+    "conf_plugins/__init__.py",
+    "conf_plugins/calibration",
+    "conf_plugins/losses",
+    "conf_plugins/compat",
+    "conf_plugins/distributed.py",
+    "conf_plugins/files.py",
+    "requirements",
+    "tools/env/bootstrap.sh",
+)
 
 
 def source_files(paths):
@@ -57,8 +79,9 @@ def source_files(paths):
             files.append(path)
         for folder, dirs, names in os.walk(path):
             dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            files += [os.path.join(folder, n) for n in sorted(names)
-                      if n.endswith((".py", ".txt", ".sh", ".in"))]
+            files += [
+                os.path.join(folder, n) for n in sorted(names) if n.endswith((".py", ".txt", ".sh", ".in"))
+            ]
     return files
 
 
@@ -72,8 +95,11 @@ class Stage:
     def sources(self):
         """The code this stage runs: its tool scripts, the shared subpackages and the adapter
         of its framework (mmseg for configs/mmseg, detectron2 otherwise)."""
-        tools = [os.path.relpath(c, ROOT) for c in self.cmd
-                 if c.endswith(".py") and os.path.dirname(c) == os.path.join(ROOT, "tools")]
+        tools = [
+            os.path.relpath(c, ROOT)
+            for c in self.cmd
+            if c.endswith(".py") and os.path.dirname(c) == os.path.join(ROOT, "tools")
+        ]
         seg = any(c.startswith("configs/mmseg") for c in self.configs)
         adapter = "conf_plugins/mmseg" if seg else "conf_plugins/detectron2"
         return source_files([*tools, *SHARED_SOURCES, adapter])
@@ -117,31 +143,101 @@ def detection_stages(out, tiny):
     t_cfg, d_cfg = ("configs/demo/teacher.yaml", DET_DATA), ("configs/demo/ddn.yaml", DET_DATA)
     cfg = lambda c: ["--config-file", os.path.join(ROOT, c[0])]  # noqa: E731
     stages = [
-        Stage("det_teacher", train + cfg(t_cfg) + ["OUTPUT_DIR", f"{det}/teacher"] + extra,
-              t_cfg, output=teacher),
-        Stage("det_baseline", train + cfg(t_cfg) + ["--eval-only", "MODEL.WEIGHTS", teacher,
-              "OUTPUT_DIR", f"{det}/baseline"] + extra, t_cfg, ["det_teacher"]),
-        Stage("det_mc10", train + cfg(t_cfg) + ["--eval-only", "MODEL.WEIGHTS", teacher,
-              "MODEL.ROI_HEADS.NAME", "MCDropoutROIHeads", "MODEL.MC_DROPOUT.NUM_SAMPLES", "10",
-              "OUTPUT_DIR", f"{det}/mc10"] + extra, t_cfg, ["det_teacher"]),
-        Stage("det_ddn", train + cfg(d_cfg) + ["MODEL.WEIGHTS", teacher, "MODEL.DDN.TEACHER_WEIGHTS",
-              teacher, "OUTPUT_DIR", f"{det}/ddn"] + extra, d_cfg, ["det_teacher"], output=ddn),
-        Stage("det_ddn_eval", train + cfg(d_cfg) + ["--eval-only", "MODEL.WEIGHTS", ddn,
-              "OUTPUT_DIR", f"{det}/ddn"] + extra, d_cfg, ["det_ddn"]),
+        Stage(
+            "det_teacher",
+            train + cfg(t_cfg) + ["OUTPUT_DIR", f"{det}/teacher"] + extra,
+            t_cfg,
+            output=teacher,
+        ),
+        Stage(
+            "det_baseline",
+            train
+            + cfg(t_cfg)
+            + ["--eval-only", "MODEL.WEIGHTS", teacher, "OUTPUT_DIR", f"{det}/baseline"]
+            + extra,
+            t_cfg,
+            ["det_teacher"],
+        ),
+        Stage(
+            "det_mc10",
+            train
+            + cfg(t_cfg)
+            + [
+                "--eval-only",
+                "MODEL.WEIGHTS",
+                teacher,
+                "MODEL.ROI_HEADS.NAME",
+                "MCDropoutROIHeads",
+                "MODEL.MC_DROPOUT.NUM_SAMPLES",
+                "10",
+                "OUTPUT_DIR",
+                f"{det}/mc10",
+            ]
+            + extra,
+            t_cfg,
+            ["det_teacher"],
+        ),
+        Stage(
+            "det_ddn",
+            train
+            + cfg(d_cfg)
+            + ["MODEL.WEIGHTS", teacher, "MODEL.DDN.TEACHER_WEIGHTS", teacher, "OUTPUT_DIR", f"{det}/ddn"]
+            + extra,
+            d_cfg,
+            ["det_teacher"],
+            output=ddn,
+        ),
+        Stage(
+            "det_ddn_eval",
+            train + cfg(d_cfg) + ["--eval-only", "MODEL.WEIGHTS", ddn, "OUTPUT_DIR", f"{det}/ddn"] + extra,
+            d_cfg,
+            ["det_ddn"],
+        ),
     ]
-    # score calibrators fitted on the held-out calib split, evaluated on val (issue 12.2)
+    # score calibrators fitted on the held-out calib split, evaluated on val
     fit = tool("fit_detection_calibration.py")
-    for model, weights, c, method, needs in (("baseline", teacher, t_cfg, "temperature", "det_teacher"),
-                                             ("baseline", teacher, t_cfg, "isotonic", "det_teacher"),
-                                             ("ddn", ddn, d_cfg, "temperature", "det_ddn")):
+    for model, weights, c, method, needs in (
+        ("baseline", teacher, t_cfg, "temperature", "det_teacher"),
+        ("baseline", teacher, t_cfg, "isotonic", "det_teacher"),
+        ("ddn", ddn, d_cfg, "temperature", "det_ddn"),
+    ):
         calibrated = weights.replace(".pth", f"_{method}.pth")
         stages += [
-            Stage(f"det_fit_{model}_{method}", fit + cfg(c) + [
-                "--method", method, "--dataset", "conf_demo_det_calib", "--force",
-                "MODEL.WEIGHTS", weights] + extra, c, [needs], output=calibrated),
-            Stage(f"det_{model}_{method}_eval", train + cfg(c) + [
-                "--eval-only", "MODEL.WEIGHTS", calibrated,
-                "MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD", method, "OUTPUT_DIR", f"{det}/{model}_{method}"] + extra, c, [f"det_fit_{model}_{method}"]),
+            Stage(
+                f"det_fit_{model}_{method}",
+                fit
+                + cfg(c)
+                + [
+                    "--method",
+                    method,
+                    "--dataset",
+                    "conf_demo_det_calib",
+                    "--force",
+                    "MODEL.WEIGHTS",
+                    weights,
+                ]
+                + extra,
+                c,
+                [needs],
+                output=calibrated,
+            ),
+            Stage(
+                f"det_{model}_{method}_eval",
+                train
+                + cfg(c)
+                + [
+                    "--eval-only",
+                    "MODEL.WEIGHTS",
+                    calibrated,
+                    "MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD",
+                    method,
+                    "OUTPUT_DIR",
+                    f"{det}/{model}_{method}",
+                ]
+                + extra,
+                c,
+                [f"det_fit_{model}_{method}"],
+            ),
         ]
     return stages
 
@@ -158,40 +254,79 @@ def segmentation_stages(out, tiny):
         return f"{seg}/{name}/iter_{iters}.pth" if iters else f"{seg}/{name}/iter_600.pth"
 
     stages = [
-        Stage("seg_stl", tool("seg_train.py") + [os.path.join(ROOT, stl_cfg), "--work-dir",
-              f"{seg}/stl"] + (["--cfg-options", *extra] if extra else []), [stl_cfg, SEG_DATA],
-              output=checkpoint("stl")),
-        Stage("seg_mtl", tool("seg_train.py") + [os.path.join(ROOT, mtl_cfg), "--work-dir",
-              f"{seg}/mtl"] + (["--cfg-options", *extra, *snapshot] if extra else []), [mtl_cfg, SEG_DATA],
-              output=checkpoint("mtl")),
-        Stage("seg_temperature", tool("fit_calibration.py") + [os.path.join(ROOT, stl_cfg),
-              checkpoint("stl"), "--force"], [stl_cfg, SEG_DATA], ["seg_stl"]),
-        Stage("seg_bayes", tool("fit_calibration.py") + [os.path.join(ROOT, mtl_cfg),
-              checkpoint("mtl"), "--force"], [mtl_cfg, SEG_DATA], ["seg_mtl"]),
+        Stage(
+            "seg_stl",
+            tool("seg_train.py")
+            + [os.path.join(ROOT, stl_cfg), "--work-dir", f"{seg}/stl"]
+            + (["--cfg-options", *extra] if extra else []),
+            [stl_cfg, SEG_DATA],
+            output=checkpoint("stl"),
+        ),
+        Stage(
+            "seg_mtl",
+            tool("seg_train.py")
+            + [os.path.join(ROOT, mtl_cfg), "--work-dir", f"{seg}/mtl"]
+            + (["--cfg-options", *extra, *snapshot] if extra else []),
+            [mtl_cfg, SEG_DATA],
+            output=checkpoint("mtl"),
+        ),
+        Stage(
+            "seg_temperature",
+            tool("fit_calibration.py") + [os.path.join(ROOT, stl_cfg), checkpoint("stl"), "--force"],
+            [stl_cfg, SEG_DATA],
+            ["seg_stl"],
+        ),
+        Stage(
+            "seg_bayes",
+            tool("fit_calibration.py") + [os.path.join(ROOT, mtl_cfg), checkpoint("mtl"), "--force"],
+            [mtl_cfg, SEG_DATA],
+            ["seg_mtl"],
+        ),
     ]
     bayes_ckpt = checkpoint("mtl").replace(".pth", "_bayes.pth")
     for split in ("val", "val_shifted"):
-        data = [f"test_dataloader.dataset.data_prefix.img_path=leftImg8bit/{split}",
-                f"test_dataloader.dataset.data_prefix.seg_map_path=gtFine/{split}"]
+        data = [
+            f"test_dataloader.dataset.data_prefix.img_path=leftImg8bit/{split}",
+            f"test_dataloader.dataset.data_prefix.seg_map_path=gtFine/{split}",
+        ]
         for method, cfg, ckpt, needs, conf in (
-                ("stl", stl_cfg, checkpoint("stl"), "seg_stl", ["test_evaluator.1.confidence=max_softmax"]),
-                ("stl_scaled", stl_cfg, checkpoint("stl"), "seg_temperature", None),
-                ("mtl", mtl_cfg, bayes_ckpt, "seg_bayes", ["test_evaluator.1.confidence=pred_confidence"]),
-                # the free baseline of the same network: MTL's own max softmax
-                ("mtl_softmax", mtl_cfg, checkpoint("mtl"), "seg_mtl",
-                 ["test_evaluator.1.confidence=max_softmax"]),
-                # MC dropout of the STL model's decode head: mean softmax of 10 samples
-                ("stl_mc10", mc_cfg, checkpoint("stl"), "seg_stl",
-                 ["test_evaluator.1.confidence=max_softmax"])):
+            ("stl", stl_cfg, checkpoint("stl"), "seg_stl", ["test_evaluator.1.confidence=max_softmax"]),
+            ("stl_scaled", stl_cfg, checkpoint("stl"), "seg_temperature", None),
+            ("mtl", mtl_cfg, bayes_ckpt, "seg_bayes", ["test_evaluator.1.confidence=pred_confidence"]),
+            # the free baseline of the same network: MTL's own max softmax
+            (
+                "mtl_softmax",
+                mtl_cfg,
+                checkpoint("mtl"),
+                "seg_mtl",
+                ["test_evaluator.1.confidence=max_softmax"],
+            ),
+            # MC dropout of the STL model's decode head: mean softmax of 10 samples
+            ("stl_mc10", mc_cfg, checkpoint("stl"), "seg_stl", ["test_evaluator.1.confidence=max_softmax"]),
+        ):
             folder = f"{seg}/eval/{method}_{split}"
             if conf is None:  # filled in from the fitted temperature when the stage runs
                 conf = ["test_evaluator.1.temperature=@temperature"]
-            stages.append(Stage(
-                f"seg_eval_{method}_{split}",
-                tool("seg_test.py") + [os.path.join(ROOT, cfg), ckpt, "--work-dir", folder,
-                                       "--out", f"{folder}/metrics.json", "--cfg-options",
-                                       *data, *conf, f"test_evaluator.1.output_dir={folder}"],
-                [cfg, SEG_DATA], [needs]))
+            stages.append(
+                Stage(
+                    f"seg_eval_{method}_{split}",
+                    tool("seg_test.py")
+                    + [
+                        os.path.join(ROOT, cfg),
+                        ckpt,
+                        "--work-dir",
+                        folder,
+                        "--out",
+                        f"{folder}/metrics.json",
+                        "--cfg-options",
+                        *data,
+                        *conf,
+                        f"test_evaluator.1.output_dir={folder}",
+                    ],
+                    [cfg, SEG_DATA],
+                    [needs],
+                )
+            )
     return stages
 
 
@@ -211,8 +346,7 @@ def run_stages(stages, out, force):
     for stage in stages:
         key = stage.key({**done, **{k: v["key"] for k, v in record.items()}})
         previous = done.get(stage.name)
-        fresh = (previous and previous["key"] == key
-                 and (stage.output is None or os.path.exists(stage.output)))
+        fresh = previous and previous["key"] == key and (stage.output is None or os.path.exists(stage.output))
         if fresh and not force:
             print(f"[demo] {stage.name}: up to date, skipped (--force re-runs it)", flush=True)
             record[stage.name] = previous
@@ -221,8 +355,11 @@ def run_stages(stages, out, force):
         print(f"[demo] {stage.name}: {shlex.join(cmd)}", flush=True)
         start = time.time()
         subprocess.run(cmd, check=True)
-        record[stage.name] = {"key": key, "seconds": round(time.time() - start, 1),
-                              "command": shlex.join(cmd)}
+        record[stage.name] = {
+            "key": key,
+            "seconds": round(time.time() - start, 1),
+            "command": shlex.join(cmd),
+        }
         done[stage.name] = record[stage.name]
         os.makedirs(out, exist_ok=True)
         with open(state_file, "w") as f:
@@ -244,12 +381,13 @@ def main(argv=None):
     start = time.time()
     stages = []
     if args.only in (None, "det"):
-        generate_demo_detection(os.path.join(root, "conf_demo_det"),
-                                {"train": 8, "calib": 4, "val": 4} if args.tiny else DEFAULT_SIZES)
+        generate_demo_detection(
+            os.path.join(root, "conf_demo_det"),
+            {"train": 8, "calib": 4, "val": 4} if args.tiny else DEFAULT_SIZES,
+        )
         stages += detection_stages(args.output, args.tiny)
     if args.only in (None, "seg"):
-        generate_demo_segmentation("datasets/conf_demo_seg",
-                                   TINY_SEG_DATA if args.tiny else SEG_DATA_SIZES)
+        generate_demo_segmentation("datasets/conf_demo_seg", TINY_SEG_DATA if args.tiny else SEG_DATA_SIZES)
         stages += segmentation_stages(args.output, args.tiny)
     record = run_stages(stages, args.output, args.force)
     from demo_report import write_report

@@ -1,4 +1,5 @@
 """Test-wide settings; the tiny model configs and inputs live in tests/fixtures.py."""
+
 import os
 
 import numpy as np

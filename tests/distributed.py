@@ -10,6 +10,7 @@ What keeps it from flaking on a loaded machine:
   finalisation, where its destruction can abort the process ("terminate called without an
   active exception", exit -6).
 """
+
 import os
 import tempfile
 
@@ -21,8 +22,9 @@ from conf_plugins.distributed import shutdown_process_group
 
 
 def _rank_main(rank, world_size, folder, fn, args):
-    dist.init_process_group("gloo", init_method="file://" + os.path.join(folder, "store"),
-                            rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method="file://" + os.path.join(folder, "store"), rank=rank, world_size=world_size
+    )
     try:
         torch.save(fn(rank, world_size, *args), os.path.join(folder, f"result{rank}.pt"))
     except BaseException:
@@ -38,7 +40,13 @@ def run_in_processes(fn, world_size: int, *args):
     Raises (via ``torch.multiprocessing``) if any rank fails or exits abnormally.
     """
     with tempfile.TemporaryDirectory() as folder:
-        mp.start_processes(_rank_main, args=(world_size, folder, fn, args), nprocs=world_size,
-                           join=True, start_method="spawn")
-        return [torch.load(os.path.join(folder, f"result{r}.pt"), weights_only=False)
-                for r in range(world_size)]
+        mp.start_processes(
+            _rank_main,
+            args=(world_size, folder, fn, args),
+            nprocs=world_size,
+            join=True,
+            start_method="spawn",
+        )
+        return [
+            torch.load(os.path.join(folder, f"result{r}.pt"), weights_only=False) for r in range(world_size)
+        ]

@@ -1,4 +1,5 @@
 """Tiny real detectron2 / mmseg configs and generated inputs, shared by all tests (CPU)."""
+
 import importlib.util
 import os
 import subprocess
@@ -9,8 +10,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-SCRIPT_FOLDERS = ("tools", "demo", *sorted(os.path.join("experiments", d) for d in
-                                            os.listdir(os.path.join(ROOT, "experiments"))))
+SCRIPT_FOLDERS = (
+    "tools",
+    "demo",
+    *sorted(os.path.join("experiments", d) for d in os.listdir(os.path.join(ROOT, "experiments"))),
+)
 
 
 def load_tool(name: str):
@@ -84,10 +88,17 @@ def tiny_mmseg_model_cfg(decode_head_type="FCNHead", num_classes=4, **head_kwarg
     from mmseg.utils import register_all_modules
 
     register_all_modules()  # mmseg's default scope, as its tools set it
-    head = dict(type=decode_head_type, in_channels=512, in_index=3, channels=32,
-                dropout_ratio=0.1, num_classes=num_classes, norm_cfg=dict(type="BN"),
-                align_corners=False,
-                loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
+    head = dict(
+        type=decode_head_type,
+        in_channels=512,
+        in_index=3,
+        channels=32,
+        dropout_ratio=0.1,
+        num_classes=num_classes,
+        norm_cfg=dict(type="BN"),
+        align_corners=False,
+        loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+    )
     if decode_head_type == "FCNHead":
         head.update(num_convs=1, concat_input=False)
     elif decode_head_type in ("ASPPHead", "DepthwiseSeparableASPPHead"):
@@ -99,12 +110,27 @@ def tiny_mmseg_model_cfg(decode_head_type="FCNHead", num_classes=4, **head_kwarg
 
     return ConfigDict(
         type="EncoderDecoder",
-        data_preprocessor=dict(type="SegDataPreProcessor", mean=[123.675, 116.28, 103.53],
-                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
-                               seg_pad_val=255, size=(64, 64)),
-        backbone=dict(type="ResNetV1c", depth=18, num_stages=4, out_indices=(0, 1, 2, 3),
-                      dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1), norm_cfg=dict(type="BN"),
-                      norm_eval=False, style="pytorch", contract_dilation=True),
+        data_preprocessor=dict(
+            type="SegDataPreProcessor",
+            mean=[123.675, 116.28, 103.53],
+            std=[58.395, 57.12, 57.375],
+            bgr_to_rgb=True,
+            pad_val=0,
+            seg_pad_val=255,
+            size=(64, 64),
+        ),
+        backbone=dict(
+            type="ResNetV1c",
+            depth=18,
+            num_stages=4,
+            out_indices=(0, 1, 2, 3),
+            dilations=(1, 1, 2, 4),
+            strides=(1, 2, 1, 1),
+            norm_cfg=dict(type="BN"),
+            norm_eval=False,
+            style="pytorch",
+            contract_dilation=True,
+        ),
         decode_head=head,
         train_cfg=dict(),
         test_cfg=dict(mode="whole"),
@@ -122,8 +148,9 @@ def mmseg_batch(num_images=2, size=64, num_classes=4, seed=0, ignore_fraction=0.
         inputs.append(torch.randint(0, 255, (3, size, size), generator=g, dtype=torch.uint8))
         label = torch.randint(0, num_classes, (1, size, size), generator=g)
         label[torch.rand(label.shape, generator=g) < ignore_fraction] = 255
-        sample = SegDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size),
-                                             pad_shape=(size, size)))
+        sample = SegDataSample(
+            metainfo=dict(img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size))
+        )
         sample.gt_sem_seg = PixelData(data=label)
         samples.append(sample)
     return dict(inputs=inputs, data_samples=samples)
@@ -132,7 +159,12 @@ def mmseg_batch(num_images=2, size=64, num_classes=4, seed=0, ignore_fraction=0.
 def run_tiny_demo(cwd) -> str:
     """``python demo/run_demo.py --tiny`` (the main job on a few images and iterations) in
     ``cwd``; returns its stdout."""
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "demo", "run_demo.py"), "--tiny"],
-                            cwd=cwd, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "demo", "run_demo.py"), "--tiny"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout

@@ -11,6 +11,7 @@
 * Every Python snippet runs as written; the config snippet builds on a stock mmseg config.
 * The generated pages equal what ``docs/generate.py`` makes of ``docs/data/``.
 """
+
 import functools
 import glob
 import os
@@ -24,8 +25,10 @@ import pytest
 from tests.fixtures import ROOT, load_tool
 
 DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))]
-EXPERIMENTS = sorted(os.path.relpath(p, ROOT)
-                     for p in glob.glob(os.path.join(ROOT, "experiments", "**", "README.md"), recursive=True))
+EXPERIMENTS = sorted(
+    os.path.relpath(p, ROOT)
+    for p in glob.glob(os.path.join(ROOT, "experiments", "**", "README.md"), recursive=True)
+)
 FULL_SCALE = "<!-- full-scale:"
 # what a folder laid out like the repository root needs (the environment included)
 LAYOUT = (".venv", "tools", "configs", "demo", "docs", "experiments", "Makefile")
@@ -36,7 +39,7 @@ def blocks(path):
     text = open(os.path.join(ROOT, path)).read()
     out = []
     for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M):
-        before = text[:match.start()].rstrip().splitlines()
+        before = text[: match.start()].rstrip().splitlines()
         out.append((match.group(1), match.group(2), bool(before) and before[-1].startswith(FULL_SCALE)))
     return out
 
@@ -76,8 +79,9 @@ def run_through_bash(folder, code):
             continue  # targets are checked below; `make test` is this suite
         script.append(tiny(line))
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "DETECTRON2_DATASETS")}
-    result = subprocess.run(["bash", "-c", "\n".join(script)], cwd=folder, env=env,
-                            capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(
+        ["bash", "-c", "\n".join(script)], cwd=folder, env=env, capture_output=True, text=True, timeout=1800
+    )
     assert result.returncode == 0, "\n".join(script) + "\n" + result.stderr[-4000:]
     return result.stdout + result.stderr
 
@@ -127,8 +131,9 @@ def test_own_data_guides_run_as_typed(tmp_path):
     assert (folder / "output" / "own_data" / "fcn_r18_mtl_cityscapes_layout" / "iter_4_bayes.pth").exists()
 
 
-OTHER_RUNNABLE = [(p, code) for p in DOCS if p not in ("README.md", "docs/get_started.md")
-                  for code in runnable(p)]
+OTHER_RUNNABLE = [
+    (p, code) for p in DOCS if p not in ("README.md", "docs/get_started.md") for code in runnable(p)
+]
 
 
 @pytest.mark.skipif(not OTHER_RUNNABLE, reason="the other pages hold full-scale commands only")
@@ -146,12 +151,14 @@ def test_python_snippet_runs_as_written(path, code, tmp_path):
     from conf_plugins.detectron2 import generate_demo_detection
 
     folder = lay_out(tmp_path)
-    generate_demo_detection(str(folder / "datasets" / "conf_demo_det"), {"train": 2, "val": 2},
-                            image_size=64)  # what make demo leaves
+    generate_demo_detection(
+        str(folder / "datasets" / "conf_demo_det"), {"train": 2, "val": 2}, image_size=64
+    )  # what make demo leaves
     script = folder / "snippet.py"
     script.write_text(code)
-    result = subprocess.run([sys.executable, str(script)], cwd=folder, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=folder, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, f"{path}\n{code}\n{result.stderr[-3000:]}"
 
 
@@ -175,8 +182,13 @@ def test_config_snippet_builds_on_a_stock_config(tmp_path):
 
 @functools.lru_cache(maxsize=None)
 def tool_help(script):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, f"{script} --help failed: {result.stderr[-2000:]}"
     return result.stdout
 
@@ -207,7 +219,7 @@ def test_command_names_existing_tools_configs_and_flags(path, command):
     assert os.path.isfile(os.path.join(ROOT, script)), script
     assert os.access(os.path.join(ROOT, script), os.X_OK), f"{script} lost its executable bit"
     help_text = tool_help(script)
-    for flag in (t.split("=")[0] for t in tokens[tokens.index(script):] if t.startswith("--")):
+    for flag in (t.split("=")[0] for t in tokens[tokens.index(script) :] if t.startswith("--")):
         assert flag in help_text, f"{script} does not accept {flag}"
     for token in tokens:
         if token.startswith("configs/"):
@@ -215,8 +227,12 @@ def test_command_names_existing_tools_configs_and_flags(path, command):
 
 
 def test_generated_pages_are_current():
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "docs", "generate.py"), "--check"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "docs", "generate.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
 
 

@@ -1,14 +1,13 @@
 """The main job (demo/run_demo.py) on a tiny size of the demo data: every stage runs through
 the real frameworks, the report's tables hold finite numbers and its images exist; a second
 run skips every stage."""
+
 import json
 import math
 import os
 import re
 import subprocess
 import sys
-
-import pytest
 
 from tests.fixtures import load_tool, run_tiny_demo
 
@@ -20,7 +19,7 @@ def table_rows(report, header_start):
     start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     header = [c.strip() for c in lines[start].strip("|").split("|")]
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
@@ -32,12 +31,27 @@ def test_tiny_pipeline_report(tiny_demo):
     out = tmp_path / "output" / "demo"
     report = (out / "report.md").read_text()
     det = table_rows(report, "| method | mAP")
-    assert [r["method"] for r in det] == ["Baseline", "Baseline + temperature",
-                                          "Baseline + isotonic", "MC-10", "DDN",
-                                          "DDN + temperature"]
+    assert [r["method"] for r in det] == [
+        "Baseline",
+        "Baseline + temperature",
+        "Baseline + isotonic",
+        "MC-10",
+        "DDN",
+        "DDN + temperature",
+    ]
     for row in det:
-        for key in ("mAP", "ECE", "MSCE", "MCE", "NLL", "classwise_ECE", "LaECE", "D-ECE",
-                    "coverage", "failure_detection"):
+        for key in (
+            "mAP",
+            "ECE",
+            "MSCE",
+            "MCE",
+            "NLL",
+            "classwise_ECE",
+            "LaECE",
+            "D-ECE",
+            "coverage",
+            "failure_detection",
+        ):
             assert math.isfinite(float(row[key])), (row["method"], key)
     other = table_rows(report, "| method | ECE@0.3")
     assert len(other) == 6 and all(math.isfinite(float(r["MSCE@0.7"])) for r in other)
@@ -45,11 +59,19 @@ def test_tiny_pipeline_report(tiny_demo):
     for needed in ("det_classwise_reliability_iou0.5.png", "det_dece_map_ddn_iou0.5.png"):
         assert (out / "figures" / needed).exists(), needed
     seg = table_rows(report, "| domain | method")
-    assert [r["method"] for r in seg] == ["STL", "STL-scaled", "MTL", "MTL max-softmax",
-                                           "MC-10"] * 2
+    assert [r["method"] for r in seg] == ["STL", "STL-scaled", "MTL", "MTL max-softmax", "MC-10"] * 2
     for row in seg:
-        for key in ("mIoU", "ECE", "AUROC", "AURC", "AUPR_In", "AUPR_Out", "coverage",
-                    "failure_detection", "accuracy"):
+        for key in (
+            "mIoU",
+            "ECE",
+            "AUROC",
+            "AURC",
+            "AUPR_In",
+            "AUPR_Out",
+            "coverage",
+            "failure_detection",
+            "accuracy",
+        ):
             assert math.isfinite(float(row[key])), (row["method"], key)
     numbers = json.loads((out / "report.json").read_text())  # every number beside the Markdown
     for row in seg:
@@ -61,14 +83,19 @@ def test_tiny_pipeline_report(tiny_demo):
     assert len(images) >= 19  # 4 + 2 detection, 8 segmentation plots, 4 panels, sigmas
     for image in images:
         assert (out / image).stat().st_size > 1000, image
-    for needed in ("sigma_trajectories.png", "seg_risk_coverage_off-domain.png",
-                   "MTL_val_shifted_pred_confidence.png", "STL_val_max_softmax.png"):
+    for needed in (
+        "sigma_trajectories.png",
+        "seg_risk_coverage_off-domain.png",
+        "MTL_val_shifted_pred_confidence.png",
+        "STL_val_max_softmax.png",
+    ):
         assert (out / "figures" / needed).exists(), needed
     import numpy as np
     from PIL import Image
+
     panels = np.asarray(Image.open(out / "figures" / "MTL_val_shifted_pred_confidence.png"))
     assert panels.shape[1] == 4 * 256  # image | prediction | errors | confidence
-    assert len(list((out / "figures").glob("det_detections_*/*_detections.png"))) == 2
+    assert len(list((out / "figures").glob("det_detections_*/*_detections.png"))) == 3  # + MC-10
     assert "tools/train_net.py" in report and "tools/fit_calibration.py" in report
 
     second = run_tiny_demo(tmp_path)
@@ -77,40 +104,55 @@ def test_tiny_pipeline_report(tiny_demo):
 
 def test_report_says_when_a_confidence_flags_nothing():
     report = load_tool("demo_report")
-    table = [("in-domain", "MTL", {"calib/coverage": 0.998, "calib/failure_detection": 0.01}),
-             ("in-domain", "STL", {"calib/coverage": 0.95, "calib/failure_detection": 0.40})]
+    table = [
+        ("in-domain", "MTL", {"calib/coverage": 0.998, "calib/failure_detection": 0.01}),
+        ("in-domain", "STL", {"calib/coverage": 0.95, "calib/failure_detection": 0.40}),
+    ]
     notes = report.flags_nothing_notes(table)
     assert len(notes) == 2 and notes[0].startswith("* MTL, in-domain: at 0.5 it calls 99.8 %")
     assert "flags only 1.0 % of the wrong ones" in notes[0]
 
 
 def test_tiny_success_ablation_reuses_the_demo_and_chooses_on_calib(tiny_demo):
-    """experiments/success_ablation/success_ablation.py --tiny beside the tiny demo: its STL / MTL training stages are
-    the demo's (skipped), every variant row has finite numbers, the choice is a PoS row and
-    follows the calib-select rule; a second run trains nothing."""
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", "success_ablation", "success_ablation.py"), "--tiny"]
+    """experiments/success_ablation/success_ablation.py --tiny beside the tiny demo: its STL /
+    MTL training stages are the demo's (skipped), every variant row has finite numbers, the
+    choice is a PoS row and follows the calib-select rule; a second run trains nothing."""
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "experiments", "success_ablation", "success_ablation.py"),
+        "--tiny",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.run(cmd, cwd=tiny_demo, env=env, capture_output=True, text=True,
-                           timeout=1200)
+    first = subprocess.run(cmd, cwd=tiny_demo, env=env, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stderr[-4000:]
     assert "seg_mtl: up to date, skipped" in first.stdout
     report = json.loads((tiny_demo / "output" / "ablation" / "report.json").read_text())
     rows = report["rows"]
     names = {r["name"] for r in rows}
-    assert {"STL", "balanced snapshot", "balanced live", "balanced net@2", "paper snapshot",
-            "kendall snapshot", "seg_conf snapshot", "balanced max-softmax", "balanced refit",
-            "kendall refit-balanced"} <= names
+    assert {
+        "STL",
+        "balanced snapshot",
+        "balanced live",
+        "balanced net@2",
+        "paper snapshot",
+        "kendall snapshot",
+        "seg_conf snapshot",
+        "balanced max-softmax",
+        "balanced refit",
+        "kendall refit-balanced",
+    } <= names
     for row in rows:
         for split in ("calib_select", "val", "val_shifted"):
             assert math.isfinite(row[split]["ECE"]) and 0 <= row[split]["coverage"] <= 1
-    candidates = [r for r in rows if r["map"] in ("bayes10", "bayes100")
-                  and r["name"].endswith((" snapshot", " live"))]  # deployable
+    candidates = [
+        r for r in rows if r["map"] in ("bayes10", "bayes100") and r["name"].endswith((" snapshot", " live"))
+    ]  # deployable
     best = max(r["calib_select"]["AUROC"] for r in candidates)
-    chosen = next(r for r in rows if (r["name"], r["map"]) == (report["chosen"]["name"],
-                                                                report["chosen"]["map"]))
+    chosen = next(
+        r for r in rows if (r["name"], r["map"]) == (report["chosen"]["name"], report["chosen"]["map"])
+    )
     assert chosen in candidates and round(chosen["calib_select"]["AUROC"], 4) == round(best, 4)
-    second = subprocess.run(cmd, cwd=tiny_demo, env=env, capture_output=True, text=True,
-                            timeout=1200)
+    second = subprocess.run(cmd, cwd=tiny_demo, env=env, capture_output=True, text=True, timeout=1200)
     assert second.returncode == 0
     assert second.stdout.count("up to date, skipped") == 2 + 3  # STL, MTL, the three variants
 
@@ -119,12 +161,15 @@ def test_cache_key_covers_the_code_a_stage_runs(monkeypatch, tmp_path):
     """A change to the package re-runs exactly the stages whose code changed."""
     demo = load_tool("run_demo")
     seg = next(s for s in demo.segmentation_stages(str(tmp_path), tiny=True) if s.name == "seg_mtl")
-    det = next(s for s in demo.detection_stages(str(tmp_path), tiny=True)
-               if s.name == "det_teacher")
+    det = next(s for s in demo.detection_stages(str(tmp_path), tiny=True) if s.name == "det_teacher")
     seg_files = {os.path.relpath(p, ROOT) for p in seg.sources()}
     det_files = {os.path.relpath(p, ROOT) for p in det.sources()}
-    assert {"conf_plugins/mmseg/metric.py", "tools/seg_train.py", "requirements/pins.txt",
-            "conf_plugins/calibration/stats.py"} <= seg_files
+    assert {
+        "conf_plugins/mmseg/metric.py",
+        "tools/seg_train.py",
+        "requirements/pins.txt",
+        "conf_plugins/calibration/stats.py",
+    } <= seg_files
     assert not any(f.startswith("conf_plugins/detectron2") for f in seg_files)
     assert {"conf_plugins/detectron2/evaluator.py", "tools/train_net.py"} <= det_files
     assert not any(f.startswith("conf_plugins/mmseg") for f in det_files)

@@ -1,4 +1,5 @@
 """Both frameworks and conf_plugins import in one process, and the version command works."""
+
 import os
 import subprocess
 import sys
@@ -16,9 +17,12 @@ def test_both_frameworks_import_in_one_process():
 
 
 def test_collect_env_reports_every_framework():
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "collect_env.py")],
-                         capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "collect_env.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     report = {line[:24].strip(): line[25:] for line in out.splitlines()}
     for name in ("torch", "torchvision", "detectron2", "mmcv", "mmengine", "mmseg"):
         assert report[name][0].isdigit(), out
@@ -34,6 +38,12 @@ def test_collect_env_reports_every_framework():
 def test_conf_plugins_imports_from_any_directory(tmp_path):
     """Installed (editable) into the environment: no sys.path edit, no PYTHONPATH needed."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", "import conf_plugins; print(conf_plugins.__file__)"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", "import conf_plugins; print(conf_plugins.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == os.path.join(ROOT, "conf_plugins", "__init__.py")

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Print the versions of the stack and whether detectron2's compiled ops are present.
 
-    make versions            # or: .venv/bin/python tools/collect_env.py
+make versions            # or: .venv/bin/python tools/collect_env.py
 """
+
 import importlib
 import importlib.metadata
 import json
@@ -12,8 +13,7 @@ import sys
 def stack_versions() -> dict:
     """name -> version string (or 'not installed') for every framework we plug into."""
     versions = {"python": sys.version.split()[0]}
-    for name in ("torch", "torchvision", "detectron2", "mmcv", "mmengine", "mmseg", "numpy",
-                 "PIL"):
+    for name in ("torch", "torchvision", "detectron2", "mmcv", "mmengine", "mmseg", "numpy", "PIL"):
         try:
             versions[name] = importlib.import_module(name).__version__
         except ImportError as e:

@@ -3,7 +3,7 @@
 
 * a success model (``SuccessEncoderDecoder``): Bayes binning of the success score against
   true success (success paper §3.2), stored in a *new* checkpoint next to the given one
-  (``<name>_bayes.pth``; never overwrites unless --force);
+  (``<name>_bayes.pth`` or ``--output``; never overwrites unless --force);
 * any other model: temperature scaling of the seg logits (the STL-scaled baseline), written
   to ``<work-dir>/temperature.json``.
 
@@ -15,22 +15,23 @@ only once the fit succeeded.
 
     tools/fit_calibration.py configs/mmseg/demo/fcn_r18_mtl.py CKPT
 """
+
 import argparse
 import json
 import os
 
 import torch
-from mmengine.config import Config, DictAction
-from mmengine.registry import init_default_scope
+from mmengine.config import DictAction
 from mmengine.runner import Runner, load_checkpoint
 from mmseg.registry import MODELS
 
-from conf_plugins.files import refuse_overwrite, write_atomically
 import conf_plugins.mmseg  # noqa: F401  (registers components, safe checkpoint loading)
 from conf_plugins.calibration import BayesBinningCalibrator, TemperatureScaler
 from conf_plugins.calibration.sampling import UniformSample
+from conf_plugins.cli import run_main
+from conf_plugins.files import refuse_overwrite, write_atomically
 from conf_plugins.mmseg import SuccessEncoderDecoder
-from conf_plugins.mmseg.data_settings import apply_data_settings
+from conf_plugins.mmseg.config import load_config
 
 MAX_TEMPERATURE_PIXELS = 2_000_000  # uniform sample of the labelled pixels, drawn streaming
 EVALUATED = ("val_dataloader", "test_dataloader")
@@ -40,12 +41,25 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config")
     parser.add_argument("checkpoint")
-    parser.add_argument("--dataloader", default="calib_dataloader",
-                        help="the config key of the held-out data (default: calib_dataloader)")
-    parser.add_argument("--allow-eval-split", action="store_true",
-                        help="fit even when that data is what the config evaluates on")
-    parser.add_argument("--work-dir", help="where temperature.json goes (default: the "
-                        "checkpoint's folder); created if missing")
+    parser.add_argument(
+        "--dataloader",
+        default="calib_dataloader",
+        help="the config key of the held-out data (default: calib_dataloader)",
+    )
+    parser.add_argument(
+        "--allow-eval-split",
+        action="store_true",
+        help="fit even when that data is what the config evaluates on",
+    )
+    parser.add_argument(
+        "--work-dir",
+        help="where temperature.json goes (default: the checkpoint's folder); created if missing",
+    )
+    parser.add_argument(
+        "--output",
+        help="the calibrated checkpoint of a success model (default: "
+        "<checkpoint>_bayes.pth next to the checkpoint); its folder is created",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
     return parser.parse_args(argv)
@@ -60,29 +74,37 @@ def data_identity(loader_cfg) -> str:
 
 
 def held_out_dataloader(cfg, key: str, allow_eval_split: bool):
-    """The config of dataloader ``key``; SystemExit if missing or if it is an evaluated split."""
+    """The config of dataloader ``key``; ValueError if missing or if it is an evaluated split."""
     loader_cfg = cfg.get(key)
     if loader_cfg is None:
-        raise SystemExit(f"the config has no '{key}': add a dataloader over held-out labelled "
-                         "data (see configs/mmseg/_base_/demo_data.py), or name another one "
-                         "with --dataloader")
+        raise ValueError(
+            f"the config has no '{key}': add a dataloader over held-out labelled "
+            "data (see configs/mmseg/_base_/demo_data.py), or name another one "
+            "with --dataloader"
+        )
     for other in EVALUATED:
-        if other != key and cfg.get(other) is not None and not allow_eval_split \
-                and data_identity(cfg[other]) == data_identity(loader_cfg):
-            raise SystemExit(f"'{key}' reads the same data as '{other}', which the config "
-                             "evaluates on: fitting a calibration there flatters the reported "
-                             "numbers. Point it at held-out data, or pass --allow-eval-split")
+        if (
+            other != key
+            and cfg.get(other) is not None
+            and not allow_eval_split
+            and data_identity(cfg[other]) == data_identity(loader_cfg)
+        ):
+            raise ValueError(
+                f"'{key}' reads the same data as '{other}', which the config "
+                "evaluates on: fitting a calibration there flatters the reported "
+                "numbers. Point it at held-out data, or pass --allow-eval-split"
+            )
     return loader_cfg
 
 
 def build_dataloader(loader_cfg):
-    """The dataloader of ``loader_cfg``; SystemExit when its dataset has no image."""
+    """The dataloader of ``loader_cfg``; ValueError when its dataset has no image."""
     loader_cfg = loader_cfg.copy()
     # unserialised: an empty dataset then has length 0 instead of failing in np.concatenate
     loader_cfg.dataset = dict(loader_cfg.dataset, serialize_data=False)
     dataloader = Runner.build_dataloader(loader_cfg)
     if len(dataloader.dataset) == 0:
-        raise SystemExit(f"the calibration data has no images: {data_identity(loader_cfg)}")
+        raise ValueError(f"the calibration data has no images: {data_identity(loader_cfg)}")
     return dataloader
 
 
@@ -98,8 +120,7 @@ def fit_bayes(model, dataloader, ignore_index):
     calibrator = BayesBinningCalibrator(model.bayes_num_bins)
     for sample, label in predictions(model, dataloader):
         correct = sample.pred_sem_seg.data.squeeze(0) == label
-        calibrator.update(sample.success_score.data.squeeze(0), correct,
-                          mask=label != ignore_index)
+        calibrator.update(sample.success_score.data.squeeze(0), correct, mask=label != ignore_index)
     return calibrator
 
 
@@ -109,21 +130,18 @@ def fit_temperature(model, dataloader, ignore_index, seed=0):
         keep = label != ignore_index
         sample.add(prediction.seg_logits.data[:, keep].T, label[keep])
     if sample.seen == 0:
-        raise SystemExit("no labelled pixels to fit on: every pixel of the split is "
-                         f"ignore_index={ignore_index}")
+        raise ValueError(
+            f"no labelled pixels to fit on: every pixel of the split is ignore_index={ignore_index}"
+        )
     (labels,) = sample.columns
     return TemperatureScaler().fit(sample.values, labels), len(labels)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    apply_data_settings(cfg)  # `data = dict(type, data_root, splits)`: your own data
-    init_default_scope(cfg.get("default_scope", "mmseg"))
+    cfg = load_config(args.config, args.cfg_options)  # default scope current: MODELS.build
     if not os.path.isfile(args.checkpoint):
-        raise SystemExit(f"checkpoint not found: {args.checkpoint}")
+        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     loader_cfg = held_out_dataloader(cfg, args.dataloader, args.allow_eval_split)
     model = MODELS.build(cfg.model)
     checkpoint = load_checkpoint(model, args.checkpoint, map_location="cpu", strict=True)
@@ -131,36 +149,54 @@ def main(argv=None):
     ignore_index = model.decode_head.ignore_index
     fitted_on = dict(dataloader=args.dataloader, data=json.loads(data_identity(loader_cfg)))
     if isinstance(model, SuccessEncoderDecoder):
-        out = f"{os.path.splitext(args.checkpoint)[0]}_bayes.pth"
+        out = args.output or f"{os.path.splitext(args.checkpoint)[0]}_bayes.pth"
         refuse_overwrite(out, args.force)
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # before the fit
         calibrator = fit_bayes(model, build_dataloader(loader_cfg), ignore_index)
         if calibrator.count == 0:
-            raise SystemExit("no labelled pixels to fit on: every pixel of the split is "
-                             f"ignore_index={ignore_index}; nothing was written")
+            raise ValueError(
+                "no labelled pixels to fit on: every pixel of the split is "
+                f"ignore_index={ignore_index}; nothing was written"
+            )
         model.set_calibrator(calibrator)
         checkpoint["state_dict"] = model.state_dict()
-        checkpoint.setdefault("meta", {})["bayes_binning"] = dict(fitted_on,
-                                                                   pixels=calibrator.count)
+        checkpoint.setdefault("meta", {})["bayes_binning"] = dict(fitted_on, pixels=calibrator.count)
         write_atomically(out, lambda tmp: torch.save(checkpoint, tmp))
-        result = {"method": "bayes_binning", "checkpoint": out, **fitted_on,
-                  "pixels": calibrator.count,
-                  "pos_per_bin": [round(float(p), 4) for p in calibrator.probabilities()]}
+        result = {
+            "method": "bayes_binning",
+            "checkpoint": out,
+            **fitted_on,
+            "pixels": calibrator.count,
+            "pos_per_bin": [round(float(p), 4) for p in calibrator.probabilities()],
+        }
     else:
+        if args.output:
+            raise ValueError(
+                "--output names the Bayes-binning checkpoint of a success model; "
+                f"{type(model).__name__} gets temperature scaling, written to "
+                "<--work-dir>/temperature.json"
+            )
         work_dir = args.work_dir or os.path.dirname(os.path.abspath(args.checkpoint))
         os.makedirs(work_dir, exist_ok=True)  # before the fit, not after it
         out = os.path.join(work_dir, "temperature.json")
         refuse_overwrite(out, args.force)
         scaler, pixels = fit_temperature(model, build_dataloader(loader_cfg), ignore_index)
-        result = {"method": "temperature_scaling", "temperature": scaler.temperature,
-                  "checkpoint": args.checkpoint, **fitted_on, "pixels": pixels}
+        result = {
+            "method": "temperature_scaling",
+            "temperature": scaler.temperature,
+            "checkpoint": args.checkpoint,
+            **fitted_on,
+            "pixels": pixels,
+        }
 
         def dump(tmp):
             with open(tmp, "w") as f:
                 json.dump(result, f, indent=1)
+
         write_atomically(out, dump)
     print(json.dumps(result))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -15,6 +15,7 @@ it belongs to, and ``<output>.json`` (what was fitted, on what). Evaluate / depl
 ``MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD <method>``. Refuses to fit on a split the config
 evaluates on (DATASETS.TEST) or trains on unless ``--allow-eval-split``.
 """
+
 import argparse
 import json
 import os
@@ -22,14 +23,11 @@ import tempfile
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog
-from detectron2.engine import default_setup
 
 from conf_plugins.calibration.score_calibrators import METHODS
-from conf_plugins.detectron2.config import add_ddn_config, merge_config_file
-from conf_plugins.detectron2.demo_data import register_demo_detection
-from conf_plugins.detectron2.engine import DEMO_PREFIX, CalibrationTrainer, register_datasets
+from conf_plugins.cli import run_main
+from conf_plugins.detectron2 import engine
+from conf_plugins.detectron2.engine import CalibrationTrainer
 from conf_plugins.detectron2.score_calibration import fit_score_calibrator
 from conf_plugins.files import refuse_overwrite, write_atomically
 
@@ -39,49 +37,60 @@ def parse_args(argv=None):
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--dataset", required=True, help="the held-out split (registered name)")
-    parser.add_argument("--coco", nargs=3, action="append", default=[],
-                        metavar=("NAME", "JSON", "IMAGE_ROOT"), help="register a COCO dataset")
-    parser.add_argument("--output", help="the calibrated checkpoint (default: "
-                        "<MODEL.WEIGHTS without .pth>_<method>.pth)")
-    parser.add_argument("--allow-eval-split", action="store_true",
-                        help="fit even on a split of DATASETS.TEST / DATASETS.TRAIN")
+    parser.add_argument(
+        "--coco",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO dataset",
+    )
+    parser.add_argument(
+        "--output", help="the calibrated checkpoint (default: <MODEL.WEIGHTS without .pth>_<method>.pth)"
+    )
+    parser.add_argument(
+        "--allow-eval-split",
+        action="store_true",
+        help="fit even on a split of DATASETS.TEST / DATASETS.TRAIN",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     return parser.parse_args(argv)
 
 
 def setup(args):
-    cfg = add_ddn_config(get_cfg())
-    merge_config_file(cfg, args.config_file)
-    cfg.merge_from_list(args.opts)
+    """:func:`conf_plugins.detectron2.engine.setup` for the fit: the uncalibrated model with
+    its class probabilities (the temperature fits the class logits), logs in a temporary
+    folder, and only the held-out split ``--dataset`` registered and checked."""
+    fixed = [
+        "MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS",
+        "True",
+        "OUTPUT_DIR",
+        tempfile.mkdtemp(prefix="fit_detection_calibration_"),
+    ]
+    args = argparse.Namespace(**{**vars(args), "opts": [*args.opts, *fixed], "eval_only": True})
+    cfg = engine.setup(args, datasets_to_check=(args.dataset,))
     if cfg.MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD:
-        raise SystemExit("MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD is set: the calibrator is "
-                         "fitted on the uncalibrated model; leave it '' here")
-    cfg.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS = True  # the temperature fits the class logits
-    cfg.OUTPUT_DIR = tempfile.mkdtemp(prefix="fit_detection_calibration_")
-    cfg.freeze()
-    default_setup(cfg, argparse.Namespace(config_file=args.config_file, opts=args.opts,
-                                          eval_only=True))
+        raise ValueError(
+            "MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD is set: the calibrator is "
+            "fitted on the uncalibrated model; leave it '' here"
+        )
     return cfg
 
 
 def main(argv=None):
     args = parse_args(argv)
     cfg = setup(args)
-    register_datasets(cfg, args.coco)
-    if args.dataset.startswith(DEMO_PREFIX + "_") and args.dataset not in DatasetCatalog.list():
-        register_demo_detection()
-    if args.dataset not in DatasetCatalog.list():
-        raise SystemExit(f"dataset '{args.dataset}' is not registered: add --coco "
-                         f"{args.dataset} JSON IMAGE_ROOT")
     seen = {*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN}
     if args.dataset in seen and not args.allow_eval_split:
-        raise SystemExit(f"'{args.dataset}' is a split the config evaluates or trains on "
-                         "(DATASETS.TEST / TRAIN): a calibrator fitted there flatters the numbers "
-                         "reported on it; fit on a held-out split, or pass --allow-eval-split")
+        raise ValueError(
+            f"'{args.dataset}' is a split the config evaluates or trains on "
+            "(DATASETS.TEST / TRAIN): a calibrator fitted there flatters the numbers "
+            "reported on it; fit on a held-out split, or pass --allow-eval-split"
+        )
     weights = cfg.MODEL.WEIGHTS
     if not os.path.isfile(weights):
-        raise SystemExit(f"MODEL.WEIGHTS not found: {weights!r}")
+        raise FileNotFoundError(f"MODEL.WEIGHTS not found: {weights!r}")
     out = args.output or f"{os.path.splitext(weights)[0]}_{args.method}.pth"
     for path in (out, os.path.splitext(out)[0] + ".json"):
         refuse_overwrite(path, args.force)
@@ -90,13 +99,17 @@ def main(argv=None):
     model.eval()
     summary = fit_score_calibrator(cfg, model, args.dataset, args.method)
     summary.update(weights=weights, checkpoint=out)
-    checkpoint = {**{k: v for k, v in checkpoint.items() if k not in ("optimizer", "scheduler")},
-                  "model": model.state_dict(), "score_calibration": summary}
+    checkpoint = {
+        **{k: v for k, v in checkpoint.items() if k not in ("optimizer", "scheduler")},
+        "model": model.state_dict(),
+        "score_calibration": summary,
+    }
     write_atomically(out, lambda tmp: torch.save(checkpoint, tmp))
 
     def dump(tmp):
         with open(tmp, "w") as f:
             json.dump(summary, f, indent=1)
+
     write_atomically(os.path.splitext(out)[0] + ".json", dump)
     shown = {k: v for k, v in summary.items() if k not in ("bin_values", "uncalibrated")}
     print(json.dumps(shown), flush=True)
@@ -104,4 +117,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -5,16 +5,18 @@
         --cfg-options test_dataloader.dataset.data_prefix.img_path=leftImg8bit/val_shifted \\
                       test_dataloader.dataset.data_prefix.seg_map_path=gtFine/val_shifted
 """
+
 import argparse
 import json
 import os
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.runner import Runner
 
+from conf_plugins.cli import run_main
 from conf_plugins.distributed import shutdown_process_group
 from conf_plugins.mmseg.checkpoints import require_complete_checkpoint
-from conf_plugins.mmseg.data_settings import apply_data_settings
+from conf_plugins.mmseg.config import load_config
 from conf_plugins.mmseg.distributed import init_cpu_distributed_if_needed
 
 
@@ -24,8 +26,11 @@ def parse_args(argv=None):
     parser.add_argument("checkpoint")
     parser.add_argument("--work-dir")
     parser.add_argument("--out", help="write the metrics as JSON to this file")
-    parser.add_argument("--show-dir", help="draw every prediction (the config's visualizer, e.g. "
-                        "ConfidenceSegVisualizer: image | prediction | errors | confidence) here")
+    parser.add_argument(
+        "--show-dir",
+        help="draw every prediction (the config's visualizer, e.g. "
+        "ConfidenceSegVisualizer: image | prediction | errors | confidence) here",
+    )
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
@@ -34,18 +39,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    apply_data_settings(cfg)  # `data = dict(type, data_root, splits)`: your own data
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     if not os.path.isfile(args.checkpoint):
-        raise SystemExit(f"checkpoint not found: {args.checkpoint}")
+        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     cfg.load_from = args.checkpoint
-    if args.work_dir:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir") is None:
-        cfg.work_dir = os.path.join("output", os.path.splitext(os.path.basename(args.config))[0])
     if args.show_dir:  # as mmseg's tools/test.py --show-dir
         cfg.default_hooks.visualization.update(draw=True, interval=1)
         cfg.visualizer["save_dir"] = args.show_dir
@@ -65,4 +62,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    print(main())
+    print(run_main(main))

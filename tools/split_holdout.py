@@ -8,9 +8,13 @@ on these), a seeded random split by image. The Cityscapes recipes read them:
 
     tools/split_holdout.py data/cityscapes leftImg8bit/train --holdout 300   # -> data/cityscapes/splits/
 """
+
 import argparse
 import os
 import random
+
+from conf_plugins.cli import run_main
+from conf_plugins.files import refuse_overwrite
 
 
 def parse_args(argv=None):
@@ -33,7 +37,7 @@ def image_names(folder, suffix):
         for f in files:
             if f.endswith(suffix):
                 rel = os.path.relpath(os.path.join(root, f), folder)
-                names.append(rel[:-len(suffix)])
+                names.append(rel[: -len(suffix)])
     return sorted(names)
 
 
@@ -42,16 +46,19 @@ def main(argv=None):
     folder = os.path.join(args.data_root, args.img_dir)
     names = image_names(folder, args.img_suffix)
     if not 0 < args.holdout < len(names):
-        raise SystemExit(f"--holdout must be in [1, {len(names) - 1}] for the {len(names)} "
-                         f"images '*{args.img_suffix}' under {folder}, got {args.holdout}")
+        raise ValueError(
+            f"--holdout must be in [1, {len(names) - 1}] for the {len(names)} "
+            f"images '*{args.img_suffix}' under {folder}, got {args.holdout}"
+        )
     held = set(random.Random(args.seed).sample(names, args.holdout))
     out_dir = args.out_dir or os.path.join(args.data_root, "splits")
     os.makedirs(out_dir, exist_ok=True)
-    outputs = {f"{args.name}_fit.txt": [n for n in names if n not in held],
-               f"{args.name}_calib.txt": [n for n in names if n in held]}
+    outputs = {
+        f"{args.name}_fit.txt": [n for n in names if n not in held],
+        f"{args.name}_calib.txt": [n for n in names if n in held],
+    }
     for file in outputs:
-        if os.path.exists(os.path.join(out_dir, file)) and not args.force:
-            raise SystemExit(f"{os.path.join(out_dir, file)} exists; pass --force to overwrite")
+        refuse_overwrite(os.path.join(out_dir, file), args.force)
     for file, entries in outputs.items():
         path = os.path.join(out_dir, file)
         with open(path + ".tmp", "w") as f:
@@ -62,4 +69,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

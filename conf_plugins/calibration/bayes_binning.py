@@ -7,7 +7,7 @@ successes n_S and failures n_F on a calibration split,
     P(s|S) = n_S[m] / N_S,  P(s|F) = n_F[m] / N_F,  P(F) = N_F / N         (§3.2)
 
 for s in bin m. With these empirical priors the formula equals n_S[m] / (n_S[m] + n_F[m]),
-the success frequency of the bin. Bins follow :mod:`.stats`: ``((m−1)/M, m/M]``, s = 0 in
+the success frequency of the bin. Bins follow :mod:`.binning`: ``((m−1)/M, m/M]``, s = 0 in
 the first bin (the paper writes ``[(m−1)/M, m/M)``; the two differ only for s exactly on an
 edge).
 
@@ -21,10 +21,13 @@ Defined behaviour where the formula is not:
 * **P(F) = 0** (no failure at all): P(S|s) = 1 in every bin; **P(F) = 1**: 0 in every bin
   (the limits of the formula).
 """
+
 import numpy as np
 import torch
 
-from .stats import as_count, as_unit_interval, bin_index, sum_over_ranks, validated_pairs
+from .binning import bin_index
+from .checks import as_count, as_unit_interval, validated_pairs
+from .reduce import sum_over_ranks
 
 FORMAT_VERSION = 1
 
@@ -64,7 +67,7 @@ class BayesBinningCalibrator:
         index = bin_index(s, M).add_(ok, alpha=M).reshape(-1)
         if mask is not None:
             index.masked_fill_(~mask.reshape(-1), 2 * M)
-        counts = torch.bincount(index, minlength=2 * M + 1)[:2 * M].to("cpu", torch.float64)
+        counts = torch.bincount(index, minlength=2 * M + 1)[: 2 * M].to("cpu", torch.float64)
         self.failure_counts += counts[:M]
         self.success_counts += counts[M:]
         self._table = None
@@ -90,8 +93,10 @@ class BayesBinningCalibrator:
         n_s, n_f = self.success_counts.numpy(), self.failure_counts.numpy()
         total_s, total_f = n_s.sum(), n_f.sum()
         if total_s + total_f == 0:
-            raise RuntimeError("BayesBinningCalibrator has no counts: call fit()/update() on "
-                               "calibration data (or load_state_dict) before predict()")
+            raise RuntimeError(
+                "BayesBinningCalibrator has no counts: call fit()/update() on "
+                "calibration data (or load_state_dict) before predict()"
+            )
         filled = n_s + n_f > 0
         if total_f == 0:
             table = np.ones(self.num_bins)
@@ -101,8 +106,7 @@ class BayesBinningCalibrator:
             p_s_given_success = n_s[filled] / total_s
             p_s_given_failure = n_f[filled] / total_f
             p_fail = total_f / (total_s + total_f)
-            pos = p_s_given_success / (p_s_given_success
-                                       + p_s_given_failure * p_fail / (1 - p_fail))
+            pos = p_s_given_success / (p_s_given_success + p_s_given_failure * p_fail / (1 - p_fail))
             centres = (np.arange(self.num_bins) + 0.5) / self.num_bins
             table = np.interp(centres, centres[filled], pos)
         self._table = table
@@ -122,29 +126,35 @@ class BayesBinningCalibrator:
         return pos.cpu().numpy() if is_numpy else pos
 
     def state_dict(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "num_bins": self.num_bins,
-                "success_counts": self.success_counts.clone(),
-                "failure_counts": self.failure_counts.clone()}
+        return {
+            "format_version": FORMAT_VERSION,
+            "num_bins": self.num_bins,
+            "success_counts": self.success_counts.clone(),
+            "failure_counts": self.failure_counts.clone(),
+        }
 
     def load_state_dict(self, state: dict) -> "BayesBinningCalibrator":
         """Replace the counts; ValueError if ``state`` does not match this calibrator."""
         if state.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"Bayes-binning state has format version "
-                             f"{state.get('format_version')!r}, expected {FORMAT_VERSION}")
+            raise ValueError(
+                f"Bayes-binning state has format version "
+                f"{state.get('format_version')!r}, expected {FORMAT_VERSION}"
+            )
         if state.get("num_bins") != self.num_bins:
-            raise ValueError(f"Bayes-binning state has {state.get('num_bins')!r} bins, this "
-                             f"calibrator has {self.num_bins}")
+            raise ValueError(
+                f"Bayes-binning state has {state.get('num_bins')!r} bins, this calibrator has {self.num_bins}"
+            )
         counts = []
         for name in ("success_counts", "failure_counts"):
             if name not in state:
                 raise ValueError(f"Bayes-binning state lacks '{name}'")
             c = torch.as_tensor(state[name]).to(torch.float64).cpu()
             if c.shape != (self.num_bins,):
-                raise ValueError(f"Bayes-binning '{name}' has shape {tuple(c.shape)}, "
-                                 f"expected ({self.num_bins},)")
+                raise ValueError(
+                    f"Bayes-binning '{name}' has shape {tuple(c.shape)}, expected ({self.num_bins},)"
+                )
             if not (torch.isfinite(c).all() and (c >= 0).all() and (c == c.round()).all()):
-                raise ValueError(f"Bayes-binning '{name}' must hold finite non-negative "
-                                 "integer counts")
+                raise ValueError(f"Bayes-binning '{name}' must hold finite non-negative integer counts")
             counts.append(c.clone())
         self.success_counts, self.failure_counts = counts
         self._table = None
@@ -158,4 +168,3 @@ class BayesBinningCalibrator:
 
     def __repr__(self) -> str:
         return f"BayesBinningCalibrator(num_bins={self.num_bins}, count={self.count})"
-

@@ -9,11 +9,12 @@ does: a detection left unmatched that covers a same-class crowd region (intersec
 the detection's area >= t) is *ignored*, neither right nor wrong; crowd regions can absorb
 any number of detections.
 
-Issue 14: the greedy rule is sequential in score order, but independent across images and
+Speed: the greedy rule is sequential in score order, but independent across images and
 IoU thresholds, so :func:`match_detection_batch` runs it for a batch of images and every
 threshold at once: one step per score rank (≤ 100 for detectron2's default) over a
 (images × thresholds × GT) tensor, instead of a Python loop over every detection.
 """
+
 import torch
 
 
@@ -36,8 +37,9 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, over_first: bool = False
 def check_image(det_boxes, det_scores, det_classes, gt_boxes, gt_classes):
     """Raise ValueError on lengths that differ or non-finite detections."""
     num_det = det_boxes.shape[0]
-    if not (det_scores.shape[0] == det_classes.shape[0] == num_det
-            and gt_boxes.shape[0] == gt_classes.shape[0]):
+    if not (
+        det_scores.shape[0] == det_classes.shape[0] == num_det and gt_boxes.shape[0] == gt_classes.shape[0]
+    ):
         raise ValueError("detections / ground truth: boxes, scores and classes differ in length")
     if not torch.isfinite(det_scores).all() or not torch.isfinite(det_boxes).all():
         raise ValueError("detections contain NaN or inf scores or boxes")
@@ -47,7 +49,7 @@ def _padded(tensors, width, fill, dtype):
     """Stack 1-D / 2-D tensors of different lengths into (B, width, ...) padded with ``fill``."""
     out = torch.full((len(tensors), width, *tensors[0].shape[1:]), fill, dtype=dtype)
     for i, t in enumerate(tensors):
-        out[i, :t.shape[0]] = t
+        out[i, : t.shape[0]] = t
     return out
 
 
@@ -74,8 +76,7 @@ def match_detection_batch(images, iou_thresholds=(0.5,)):
     """
     thresholds = torch.tensor([float(t) for t in iou_thresholds], dtype=torch.float64)
     for im in images:
-        check_image(im["det_boxes"], im["det_scores"], im["det_classes"], im["gt_boxes"],
-                    im["gt_classes"])
+        check_image(im["det_boxes"], im["det_scores"], im["det_classes"], im["gt_boxes"], im["gt_classes"])
     if not images:
         return []
     num_t = len(thresholds)
@@ -85,17 +86,25 @@ def match_detection_batch(images, iou_thresholds=(0.5,)):
     num_crowd = max(im.get("crowd_classes", torch.zeros(0)).shape[0] for im in images)
     # each image's detections in descending score order (stable: ties keep their order)
     orders = [torch.argsort(im["det_scores"], descending=True, stable=True) for im in images]
-    det_boxes = _padded([im["det_boxes"].double()[o] for im, o in zip(images, orders)],
-                        num_det, 0.0, torch.float64) if num_det else None
-    det_classes = _padded([im["det_classes"].long()[o] for im, o in zip(images, orders)],
-                          num_det, -2, torch.int64) if num_det else None
+    det_boxes = (
+        _padded([im["det_boxes"].double()[o] for im, o in zip(images, orders)], num_det, 0.0, torch.float64)
+        if num_det
+        else None
+    )
+    det_classes = (
+        _padded([im["det_classes"].long()[o] for im, o in zip(images, orders)], num_det, -2, torch.int64)
+        if num_det
+        else None
+    )
     correct = torch.zeros(len(images), num_t, num_det, dtype=torch.bool)
     matched_iou = torch.zeros(len(images), num_t, num_det, dtype=torch.float64)
     if num_det and num_gt:
         iou = _class_masked_overlap(
-            det_boxes, det_classes,
+            det_boxes,
+            det_classes,
             _padded([im["gt_boxes"].double().reshape(-1, 4) for im in images], num_gt, 0.0, torch.float64),
-            _padded([im["gt_classes"].long() for im in images], num_gt, -1, torch.int64))
+            _padded([im["gt_classes"].long() for im in images], num_gt, -1, torch.int64),
+        )
         taken = torch.zeros(len(images), num_t, num_gt, dtype=torch.bool)
         for rank in range(num_det):  # the greedy rule, for all images and thresholds at once
             available = iou[:, None, rank, :].masked_fill(taken, -1.0)  # (B, T, G)
@@ -103,29 +112,53 @@ def match_detection_batch(images, iou_thresholds=(0.5,)):
             hit = best >= thresholds
             correct[:, :, rank] = hit
             matched_iou[:, :, rank] = best.where(hit, 0.0)
-            taken.scatter_(2, gt_index[..., None], (hit | taken.gather(2, gt_index[..., None])[..., 0])[..., None])
+            taken.scatter_(
+                2, gt_index[..., None], (hit | taken.gather(2, gt_index[..., None])[..., 0])[..., None]
+            )
     ignored = torch.zeros_like(correct)
     if num_det and num_crowd:
         crowd = _class_masked_overlap(
-            det_boxes, det_classes,
-            _padded([im.get("crowd_boxes", torch.zeros(0, 4)).double().reshape(-1, 4) for im in images],
-                    num_crowd, 0.0, torch.float64),
-            _padded([im.get("crowd_classes", torch.zeros(0, dtype=torch.int64)).long() for im in images],
-                    num_crowd, -1, torch.int64), over_first=True)
+            det_boxes,
+            det_classes,
+            _padded(
+                [im.get("crowd_boxes", torch.zeros(0, 4)).double().reshape(-1, 4) for im in images],
+                num_crowd,
+                0.0,
+                torch.float64,
+            ),
+            _padded(
+                [im.get("crowd_classes", torch.zeros(0, dtype=torch.int64)).long() for im in images],
+                num_crowd,
+                -1,
+                torch.int64,
+            ),
+            over_first=True,
+        )
         ignored = (crowd.max(dim=2).values[:, None, :] >= thresholds[None, :, None]) & ~correct
     out = []
     for i, (order, size) in enumerate(zip(orders, sizes)):
         back = torch.empty_like(order)
         back[order] = torch.arange(size)  # from score order back to the input order
-        out.append((correct[i, :, :size][:, back], ignored[i, :, :size][:, back],
-                    matched_iou[i, :, :size][:, back]))
+        out.append(
+            (correct[i, :, :size][:, back], ignored[i, :, :size][:, back], matched_iou[i, :, :size][:, back])
+        )
     return out
 
 
-def match_detections(det_boxes, det_scores, det_classes, gt_boxes, gt_classes,
-                     iou_thresholds=(0.5,)) -> torch.Tensor:
+def match_detections(
+    det_boxes, det_scores, det_classes, gt_boxes, gt_classes, iou_thresholds=(0.5,)
+) -> torch.Tensor:
     """Correctness (len(iou_thresholds), D) bool of one image's detections (no crowd)."""
-    (correct, _, _), = match_detection_batch([dict(
-        det_boxes=det_boxes, det_scores=det_scores, det_classes=det_classes,
-        gt_boxes=gt_boxes, gt_classes=gt_classes)], iou_thresholds)
+    ((correct, _, _),) = match_detection_batch(
+        [
+            dict(
+                det_boxes=det_boxes,
+                det_scores=det_scores,
+                det_classes=det_classes,
+                gt_boxes=gt_boxes,
+                gt_classes=gt_classes,
+            )
+        ],
+        iou_thresholds,
+    )
     return correct

@@ -1,4 +1,4 @@
-"""Detection calibration beyond one score histogram: class-wise ECE, LaECE and D-ECE (issue 12.3).
+"""Detection calibration beyond one score histogram: class-wise ECE, LaECE and D-ECE.
 
 All three are sums over a grid of bins of ``|Σ confidence − Σ target|``, so one mergeable
 state serves them: per (group, bin) the count, Σ confidence, Σ correct and Σ IoU (float64,
@@ -18,11 +18,15 @@ all-reduce). Bins are equal-width ``((k-1)/J, k/J]`` with the edge convention of
   optionally size), D-ECE = Σ_b (|B_b| / N) · |prec(B_b) − conf(B_b)| over every non-empty
   joint bin. :meth:`DetectionBinStats.position_map` gives the per-cell miscalibration map.
 """
+
 import math
 
+import numpy as np
 import torch
 
-from .stats import bin_index, sum_over_ranks
+from .binning import bin_index
+from .bootstrap import sparse_rows
+from .reduce import sum_over_ranks
 
 _SUMS = ("count", "sum_conf", "sum_correct", "sum_iou")
 
@@ -40,27 +44,55 @@ class DetectionBinStats:
         if num_groups < 1 or not bins or any(int(b) < 1 for b in bins):
             raise ValueError(f"need >= 1 group and >= 1 bin per feature, got {num_groups}, {bins}")
         self.num_groups, self.bins = int(num_groups), tuple(int(b) for b in bins)
-        self.state = torch.zeros(len(_SUMS), self.num_groups, math.prod(self.bins),
-                                 dtype=torch.float64)
+        self.state = torch.zeros(len(_SUMS), self.num_groups, math.prod(self.bins), dtype=torch.float64)
 
     def update(self, confidence, correct, groups, iou=None, features=()):
         """Add N detections: confidence (N,) in [0, 1], correct (N,) bool, groups (N,) class
         indices, iou (N,) matched IoU (0 when unmatched), one (N,) tensor in [0, 1] per
         extra feature."""
+        cells = self._cells(confidence, correct, groups, iou, features)
+        if cells is not None:
+            flat, weights = cells
+            for row, weight in enumerate(weights):
+                self.state[row].view(-1).scatter_add_(0, flat, weight)
+        return self
+
+    def records_by_image(
+        self, images, num_images: int, confidence, correct, groups, iou=None, features=()
+    ) -> torch.Tensor:
+        """The statistics of each image's detections as rows of a sparse ``(num_images, S)``
+        matrix (``images``: (N,) image index per detection); S = the size of ``state``.
+        Nothing is accumulated into ``self``."""
+        S = self.state.numel()
+        images = torch.as_tensor(images).long().reshape(-1)
+        cells = self._cells(confidence, correct, groups, iou, features)
+        if cells is None:
+            return sparse_rows([], [], [], (num_images, S))
+        flat, weights = cells
+        if images.numel() != flat.numel() or images.min() < 0 or images.max() >= num_images:
+            raise ValueError(f"images must give one index in [0, {num_images}) per detection")
+        cols = torch.cat([flat + row * self.state[0].numel() for row in range(len(weights))])
+        return sparse_rows(images.repeat(len(weights)), cols, torch.cat(weights), (num_images, S))
+
+    def _cells(self, confidence, correct, groups, iou, features):
+        """Validated ``(flat cell index (N,), [weight (N,) per sum])``, None without detections."""
         conf = torch.as_tensor(confidence).double().reshape(-1)
         n = conf.numel()
         correct = torch.as_tensor(correct).reshape(-1)
         groups = torch.as_tensor(groups).long().reshape(-1)
-        iou = torch.zeros(n, dtype=torch.float64) if iou is None else torch.as_tensor(iou).double().reshape(-1)
+        iou = (
+            torch.zeros(n, dtype=torch.float64) if iou is None else torch.as_tensor(iou).double().reshape(-1)
+        )
         if len(features) != len(self.bins) - 1:
             raise ValueError(f"{len(self.bins) - 1} features expected, got {len(features)}")
         columns = [conf] + [torch.as_tensor(f).double().reshape(-1) for f in features]
         if any(c.numel() != n for c in columns + [iou]) or correct.numel() != n or groups.numel() != n:
             raise ValueError("confidence, correct, groups, iou and features differ in length")
         if n == 0:
-            return self
-        for name, c in zip(["confidence"] + [f"feature {i}" for i in range(len(features))] + ["iou"],
-                           columns + [iou]):
+            return None
+        for name, c in zip(
+            ["confidence"] + [f"feature {i}" for i in range(len(features))] + ["iou"], columns + [iou]
+        ):
             if not (torch.isfinite(c).all() and (c >= 0).all() and (c <= 1).all()):
                 raise ValueError(f"{name} must be finite and in [0, 1]")
         if (groups < 0).any() or (groups >= self.num_groups).any():
@@ -69,10 +101,7 @@ class DetectionBinStats:
         for values, num_bins in zip(columns, self.bins):  # row-major joint bin
             cell = cell * num_bins + bin_index(values, num_bins)  # CalibrationStats' exact edges
         flat = groups * self.state.shape[2] + cell
-        for row, weight in enumerate((torch.ones(n, dtype=torch.float64), conf,
-                                      correct.double(), iou)):
-            self.state[row].view(-1).scatter_add_(0, flat, weight)
-        return self
+        return flat, [torch.ones(n, dtype=torch.float64), conf, correct.double(), iou]
 
     def merge(self, other: "DetectionBinStats") -> "DetectionBinStats":
         if (other.num_groups, other.bins) != (self.num_groups, self.bins):
@@ -106,6 +135,30 @@ class DetectionBinStats:
         if not used.any():
             return math.nan
         return float((gap.sum(dim=1)[used] / n[used]).mean())
+
+    def metrics_of_records(self, records) -> dict:
+        """``classwise_ECE``, ``LaECE`` and ``D-ECE`` of a batch of summed
+        :meth:`records_by_image` rows ``(B, S)`` (e.g. bootstrap resamples): ``{name: (B,)}``.
+        Batched forms of :meth:`classwise_ece`, :meth:`laece`, :meth:`dece`."""
+        records = records.numpy() if isinstance(records, torch.Tensor) else np.asarray(records)
+        B = records.shape[0]
+        state = records.reshape(B, len(_SUMS), self.num_groups, self.bins[0], -1)
+        marginal = state.sum(-1)  # (B, sums, groups, confidence bins)
+        out = {}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            n = marginal[:, 0].sum(-1)  # (B, groups)
+            used = n > 0
+            for name, row in (("classwise_ECE", 2), ("LaECE", 3)):
+                per_class = np.abs(marginal[:, 1] - marginal[:, row]).sum(-1) / np.where(used, n, 1)
+                out[name] = np.where(
+                    used.any(-1), np.where(used, per_class, 0).sum(-1) / np.maximum(used.sum(-1), 1), np.nan
+                )
+            pooled = state.reshape(B, len(_SUMS), self.num_groups, -1).sum(2)  # (B, sums, cells)
+            total = pooled[:, 0].sum(-1)
+            out["D-ECE"] = np.where(
+                total > 0, np.abs(pooled[:, 1] - pooled[:, 2]).sum(-1) / np.where(total > 0, total, 1), np.nan
+            )
+        return out
 
     def classwise_ece(self) -> float:
         """Mean over classes with detections of each class's ECE (nan without detections)."""
@@ -143,7 +196,9 @@ class DetectionBinStats:
     def from_state_dict(cls, state: dict) -> "DetectionBinStats":
         out = cls(state["num_groups"], state["bins"])
         if tuple(state["state"].shape) != tuple(out.state.shape):
-            raise ValueError(f"state of shape {tuple(state['state'].shape)} does not fit "
-                             f"{state['num_groups']} groups x bins {state['bins']}")
+            raise ValueError(
+                f"state of shape {tuple(state['state'].shape)} does not fit "
+                f"{state['num_groups']} groups x bins {state['bins']}"
+            )
         out.state = state["state"].double().clone()
         return out

@@ -30,6 +30,7 @@ Two paths:
   gradients of every layer with ``torch.func`` (``vmap`` of ``grad`` of
   ``functional_call``), for the paper's layer-wise metrics (§2, §4).
 """
+
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -121,13 +122,14 @@ def _closed_form(features, logits, include_bias, metrics):
     dtype = torch.promote_types(features.dtype, logits.dtype)
     probs = logits.to(dtype).softmax(1)
     one_hot = nn.functional.one_hot(logits.argmax(1), logits.shape[1]).movedim(-1, 1)
-    return _outer_product_metrics(probs - one_hot.to(dtype), features.to(dtype), 1,
-                                  include_bias, _check_metrics(metrics))
+    return _outer_product_metrics(
+        probs - one_hot.to(dtype), features.to(dtype), 1, include_bias, _check_metrics(metrics)
+    )
 
 
-def last_layer_gradient_metrics(features: torch.Tensor, logits: torch.Tensor,
-                                include_bias: bool = True,
-                                metrics: Sequence[str] = METRICS) -> dict[str, torch.Tensor]:
+def last_layer_gradient_metrics(
+    features: torch.Tensor, logits: torch.Tensor, include_bias: bool = True, metrics: Sequence[str] = METRICS
+) -> dict[str, torch.Tensor]:
     """Per-sample metrics of ``∇_{W,b} −log p_ŷ`` for a last linear layer ``logits = W h + b``.
 
     Args:
@@ -141,14 +143,16 @@ def last_layer_gradient_metrics(features: torch.Tensor, logits: torch.Tensor,
     Cost O(N·(C + D)) time and memory: the N×C×D gradients are never formed.
     """
     if features.dim() != 2 or logits.dim() != 2 or features.shape[0] != logits.shape[0]:
-        raise ValueError("features must be [N, D] and logits [N, C], got "
-                         f"{tuple(features.shape)} and {tuple(logits.shape)}")
+        raise ValueError(
+            "features must be [N, D] and logits [N, C], got "
+            f"{tuple(features.shape)} and {tuple(logits.shape)}"
+        )
     return _closed_form(features, logits, include_bias, metrics)
 
 
-def pixel_gradient_metrics(features: torch.Tensor, logits: torch.Tensor,
-                           include_bias: bool = True,
-                           metrics: Sequence[str] = METRICS) -> dict[str, torch.Tensor]:
+def pixel_gradient_metrics(
+    features: torch.Tensor, logits: torch.Tensor, include_bias: bool = True, metrics: Sequence[str] = METRICS
+) -> dict[str, torch.Tensor]:
     """Per-pixel metrics for a final 1×1 convolution (a linear layer applied at every pixel).
 
     Args:
@@ -158,22 +162,33 @@ def pixel_gradient_metrics(features: torch.Tensor, logits: torch.Tensor,
     Returns ``{metric: [N, H, W] tensor}``: pixel (n, y, x) gets the metrics of the gradient
     of ``−log p_ŷ`` at that pixel alone, computed in place along the channel dim.
     """
-    if (features.dim() != 4 or logits.dim() != 4 or features.shape[0] != logits.shape[0]
-            or features.shape[2:] != logits.shape[2:]):
-        raise ValueError("features must be [N, D, H, W] and logits [N, C, H, W], got "
-                         f"{tuple(features.shape)} and {tuple(logits.shape)}")
+    if (
+        features.dim() != 4
+        or logits.dim() != 4
+        or features.shape[0] != logits.shape[0]
+        or features.shape[2:] != logits.shape[2:]
+    ):
+        raise ValueError(
+            "features must be [N, D, H, W] and logits [N, C, H, W], got "
+            f"{tuple(features.shape)} and {tuple(logits.shape)}"
+        )
     return _closed_form(features, logits, include_bias, metrics)
 
 
 @torch.no_grad()
-def flat_gradient_metrics(gradients: torch.Tensor,
-                          metrics: Sequence[str] = METRICS) -> dict[str, torch.Tensor]:
+def flat_gradient_metrics(
+    gradients: torch.Tensor, metrics: Sequence[str] = METRICS
+) -> dict[str, torch.Tensor]:
     """Metrics of explicit per-sample gradients ``[N, P]`` (one flattened gradient per row)."""
     metrics = _check_metrics(metrics)
     if gradients.dim() != 2 or gradients.shape[1] == 0:
         raise ValueError(f"gradients must be [N, P] with P > 0, got {tuple(gradients.shape)}")
-    out = {"l1_norm": lambda g: g.abs().sum(1), "l2_norm": lambda g: g.pow(2).sum(1).sqrt(),
-           "min": lambda g: g.amin(1), "max": lambda g: g.amax(1)}
+    out = {
+        "l1_norm": lambda g: g.abs().sum(1),
+        "l2_norm": lambda g: g.pow(2).sum(1).sqrt(),
+        "min": lambda g: g.amin(1),
+        "max": lambda g: g.amax(1),
+    }
     result = {m: out[m](gradients) for m in metrics if m in out}
     if any(m in metrics for m in _MOMENT_METRICS):
         mean = gradients.mean(1)
@@ -189,10 +204,13 @@ def _module_of(param_name: str) -> str:
     return param_name.rpartition(".")[0]
 
 
-def per_layer_gradient_metrics(model: nn.Module, inputs: torch.Tensor,
-                               metrics: Sequence[str] = METRICS, whole_network: bool = True,
-                               chunk_size: int | None = None,
-                               ) -> dict[str, dict[str, torch.Tensor]]:
+def per_layer_gradient_metrics(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    metrics: Sequence[str] = METRICS,
+    whole_network: bool = True,
+    chunk_size: int | None = None,
+) -> dict[str, dict[str, torch.Tensor]]:
     """Per-sample, per-layer metrics of ``∇_w −log p_ŷ`` for a classifier ``model``.
 
     Args:
@@ -211,8 +229,9 @@ def per_layer_gradient_metrics(model: nn.Module, inputs: torch.Tensor,
     """
     metrics = _check_metrics(metrics)
     if model.training:
-        raise ValueError("per_layer_gradient_metrics needs model.eval(): the metrics are "
-                         "defined at inference")
+        raise ValueError(
+            "per_layer_gradient_metrics needs model.eval(): the metrics are defined at inference"
+        )
     _check_finite("inputs", inputs)
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     if not params:
@@ -230,13 +249,14 @@ def per_layer_gradient_metrics(model: nn.Module, inputs: torch.Tensor,
         return -out.log_softmax(1).squeeze(0).gather(0, y.unsqueeze(0)).squeeze(0)
 
     grads = vmap(grad(nll_at_prediction), in_dims=(None, 0, 0), chunk_size=chunk_size)(
-        params, inputs, predicted)
+        params, inputs, predicted
+    )
     layers: dict[str, list[torch.Tensor]] = {}
     for name, g in grads.items():
         layers.setdefault(_module_of(name), []).append(g.reshape(g.shape[0], -1))
-    result = {layer: flat_gradient_metrics(torch.cat(parts, 1), metrics)
-              for layer, parts in layers.items()}
+    result = {layer: flat_gradient_metrics(torch.cat(parts, 1), metrics) for layer, parts in layers.items()}
     if whole_network:
         result[WHOLE_NETWORK] = flat_gradient_metrics(
-            torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], 1), metrics)
+            torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], 1), metrics
+        )
     return result

@@ -20,6 +20,7 @@ Scores (§2): AUROC, AUPR-In (correct = positive, score as is) and AUPR-Out (wro
 positive, score negated, as in Hendrycks & Gimpel), from scikit-learn's ``roc_auc_score``
 and ``average_precision_score``.
 """
+
 from collections.abc import Mapping
 
 import numpy as np
@@ -41,8 +42,9 @@ def _to_numpy(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def build_meta_features(logits, gradient_metrics: Mapping | None = None,
-                        include_max_softmax: bool = False) -> tuple[np.ndarray, list[str]]:
+def build_meta_features(
+    logits, gradient_metrics: Mapping | None = None, include_max_softmax: bool = False
+) -> tuple[np.ndarray, list[str]]:
     """Feature matrix ``[N, F]`` (float64) and its column names.
 
     Args:
@@ -73,8 +75,7 @@ def build_meta_features(logits, gradient_metrics: Mapping | None = None,
     arrays = {name: _to_numpy(v).reshape(-1) for name, v in columns.items()}
     bad = [name for name, v in arrays.items() if v.shape[0] != logits.shape[0]]
     if bad:
-        raise ValueError(f"features {bad} do not have one value per row of logits "
-                         f"({logits.shape[0]})")
+        raise ValueError(f"features {bad} do not have one value per row of logits ({logits.shape[0]})")
     X = np.stack(list(arrays.values()), axis=1)
     _check_features(X)
     return X, list(arrays)
@@ -85,8 +86,7 @@ def _check_features(X: np.ndarray) -> None:
         raise ValueError(f"features must be a non-empty [N, F] matrix, got shape {X.shape}")
     if not np.isfinite(X).all():
         rows, cols = np.nonzero(~np.isfinite(X))
-        raise ValueError(f"features contain NaN or inf (first at row {rows[0]}, "
-                         f"column {cols[0]})")
+        raise ValueError(f"features contain NaN or inf (first at row {rows[0]}, column {cols[0]})")
 
 
 def _check_xy(X, y) -> tuple[np.ndarray, np.ndarray]:
@@ -97,28 +97,41 @@ def _check_xy(X, y) -> tuple[np.ndarray, np.ndarray]:
     if not np.isin(y, (0, 1)).all():
         raise ValueError("labels must be 0 (wrong) or 1 (correct)")
     if np.unique(y).size < 2:
-        raise ValueError("labels contain a single class; meta classification needs both "
-                         "correct (1) and wrong (0) samples")
+        raise ValueError(
+            "labels contain a single class; meta classification needs both correct (1) and wrong (0) samples"
+        )
     return X, y.astype(np.int64)
 
 
 def make_meta_classifiers(seed: int = 0) -> dict:
     """Unfitted meta classifiers of §3–4 (see module docstring), keyed by name."""
+
     def scaled(estimator):
         return make_pipeline(StandardScaler(), estimator)
 
     return {
         "glm": scaled(LogisticRegression(penalty=None, solver="lbfgs", max_iter=1000)),
-        "lasso": scaled(LogisticRegression(penalty="l1", C=1.0, solver="liblinear",
-                                           random_state=seed)),
+        "lasso": scaled(LogisticRegression(penalty="l1", C=1.0, solver="liblinear", random_state=seed)),
         "ridge": scaled(LogisticRegression(penalty="l2", C=1.0, solver="lbfgs", max_iter=1000)),
-        "elastic_net": scaled(LogisticRegression(penalty="elasticnet", C=1.0, l1_ratio=0.5,
-                                                 solver="saga", max_iter=5000,
-                                                 random_state=seed)),
-        "mlp": scaled(MLPClassifier(hidden_layer_sizes=(15,), activation="relu", alpha=1e-3,
-                                    solver="sgd", momentum=0.9, batch_size=256,
-                                    learning_rate="adaptive", learning_rate_init=0.01,
-                                    max_iter=500, random_state=seed)),
+        "elastic_net": scaled(
+            LogisticRegression(
+                penalty="elasticnet", C=1.0, l1_ratio=0.5, solver="saga", max_iter=5000, random_state=seed
+            )
+        ),
+        "mlp": scaled(
+            MLPClassifier(
+                hidden_layer_sizes=(15,),
+                activation="relu",
+                alpha=1e-3,
+                solver="sgd",
+                momentum=0.9,
+                batch_size=256,
+                learning_rate="adaptive",
+                learning_rate_init=0.01,
+                max_iter=500,
+                random_state=seed,
+            )
+        ),
     }
 
 
@@ -139,9 +152,11 @@ def meta_classification_scores(y_correct, score) -> dict[str, float]:
     score = _to_numpy(score).reshape(-1)
     X, y = _check_xy(score[:, None], y_correct)
     score = X[:, 0]
-    return {"AUROC": float(roc_auc_score(y, score)),
-            "AUPR_In": float(average_precision_score(y, score)),
-            "AUPR_Out": float(average_precision_score(1 - y, -score))}
+    return {
+        "AUROC": float(roc_auc_score(y, score)),
+        "AUPR_In": float(average_precision_score(y, score)),
+        "AUPR_Out": float(average_precision_score(1 - y, -score)),
+    }
 
 
 def evaluate_meta_classifier(estimator, X, y) -> dict[str, float]:
@@ -162,11 +177,12 @@ def add_known_unknowns(X, y, X_noise) -> tuple[np.ndarray, np.ndarray]:
     _check_features(X)
     _check_features(X_noise)
     if X_noise.shape[1] != X.shape[1]:
-        raise ValueError(f"noise features have {X_noise.shape[1]} columns, expected "
-                         f"{X.shape[1]}")
+        raise ValueError(f"noise features have {X_noise.shape[1]} columns, expected {X.shape[1]}")
     if y.shape[0] != X.shape[0]:
         raise ValueError(f"{X.shape[0]} feature rows but {y.shape[0]} labels")
     if not np.isin(y, (0, 1)).all():
         raise ValueError("labels must be 0 (wrong) or 1 (correct)")
-    return (np.concatenate([X, X_noise]),
-            np.concatenate([y.astype(np.int64), np.zeros(len(X_noise), dtype=np.int64)]))
+    return (
+        np.concatenate([X, X_noise]),
+        np.concatenate([y.astype(np.int64), np.zeros(len(X_noise), dtype=np.int64)]),
+    )

@@ -9,9 +9,10 @@ pixels (temporaries of (C, tile), never of the logits' size):
 * entropy ``log S − (1/S) Σ_c e_c (z_c − z_max)/T`` with ``e_c = exp((z_c − z_max)/T)``,
   ``S = Σ_c e_c`` (the softmax entropy, natural log).
 
-Issue 14: the softmax over 19 classes dominated the segmentation metric's time; whole-plane
+Speed: the softmax over 19 classes dominates the segmentation metric's time; whole-plane
 steps (a class loop over 8 MB planes) were bound by memory traffic, cache-sized tiles are not.
 """
+
 import math
 
 import torch
@@ -33,13 +34,14 @@ def first_max_index(is_max: torch.Tensor, bit_weights: torch.Tensor, out: torch.
     return out
 
 
-def pixel_confidence(logits: torch.Tensor, temperature: float = 1.0, margin: bool = False,
-                     entropy: bool = False):
+def pixel_confidence(
+    logits: torch.Tensor, temperature: float = 1.0, margin: bool = False, entropy: bool = False
+):
     """``(max_softmax, prediction, margin or None, entropy or None)`` of ``logits`` (C, ...).
 
     Same values as ``(z / T).softmax(0).max(0)`` etc. to float rounding (tested). On CPU the
     pixels are taken in tiles of ``TILE_PIXELS``, so every temporary is (C, tile) and stays in
-    cache (issue 14: whole-plane steps were memory-bound); on a GPU in one step. The
+    cache (whole-plane steps are memory-bound); on a GPU in one step. The
     exponentials are ``exp2`` of ``(z_c − z_max)·log2(e)/T`` (same value, faster on CPU).
     """
     if logits.dim() < 1 or logits.shape[0] < 2:
@@ -59,12 +61,11 @@ def pixel_confidence(logits: torch.Tensor, temperature: float = 1.0, margin: boo
     work = torch.empty(num_classes, min(tile, n), dtype=z.dtype, device=z.device)
     extra = torch.empty_like(work)
     bitmask = num_classes <= MAX_BITMASK_CLASSES
-    bit_weights = torch.pow(2.0, torch.arange(num_classes - 1, -1, -1, dtype=z.dtype,
-                                              device=z.device))
+    bit_weights = torch.pow(2.0, torch.arange(num_classes - 1, -1, -1, dtype=z.dtype, device=z.device))
     for lo in range(0, n, tile):
         hi = min(lo + tile, n)
         part, top = flat[:, lo:hi], max_softmax[lo:hi]  # max_softmax holds z_max until the end
-        shifted, other = work[:, :hi - lo], extra[:, :hi - lo]
+        shifted, other = work[:, : hi - lo], extra[:, : hi - lo]
         if bitmask:
             torch.amax(part, dim=0, out=top)
             torch.sub(part, top, out=shifted)
@@ -88,5 +89,9 @@ def pixel_confidence(logits: torch.Tensor, temperature: float = 1.0, margin: boo
             ent[lo:hi].mul_(-math.log(2.0)).add_(total.log())
         torch.reciprocal(total, out=top)
     shape = tuple(spatial)
-    return (max_softmax.reshape(shape), pred.reshape(shape),
-            None if gap is None else gap.reshape(shape), None if ent is None else ent.reshape(shape))
+    return (
+        max_softmax.reshape(shape),
+        pred.reshape(shape),
+        None if gap is None else gap.reshape(shape),
+        None if ent is None else ent.reshape(shape),
+    )

@@ -4,6 +4,7 @@ Fig. 3) and confidence heat-maps (success-prediction paper Fig. 4).
 Figures are drawn on the Agg canvas directly (``matplotlib.figure.Figure``), so importing or
 calling these never touches pyplot's global state or the user's backend.
 """
+
 import os
 
 import matplotlib
@@ -32,16 +33,18 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def plot_reliability(stats_or_reliability, path, num_bins: int = DEFAULT_NUM_BINS,
-                     title: str = None) -> str:
+def plot_reliability(stats_or_reliability, path, num_bins: int = DEFAULT_NUM_BINS, title: str = None) -> str:
     """Reliability diagram: accuracy per confidence bin against the diagonal, the gap to each
     bin's mean confidence shaded, ECE in the legend; below it the confidence histogram.
 
     ``stats_or_reliability`` is a :class:`CalibrationStats` (binned into ``num_bins``) or the
     dict of :meth:`CalibrationStats.reliability`. Returns ``path``.
     """
-    rel = (stats_or_reliability.reliability(num_bins)
-           if isinstance(stats_or_reliability, CalibrationStats) else stats_or_reliability)
+    rel = (
+        stats_or_reliability.reliability(num_bins)
+        if isinstance(stats_or_reliability, CalibrationStats)
+        else stats_or_reliability
+    )
     edges, count = np.asarray(rel["edges"]), np.asarray(rel["count"], dtype=np.float64)
     acc, conf = np.asarray(rel["accuracy"]), np.asarray(rel["mean_confidence"])
     total = count.sum()
@@ -53,10 +56,27 @@ def plot_reliability(stats_or_reliability, path, num_bins: int = DEFAULT_NUM_BIN
 
     fig = Figure(figsize=(5, 6))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.bar(left[full], acc[full], width[full], align="edge", color="tab:blue",
-            edgecolor="black", label=f"accuracy (ECE = {ece:.4f})")
-    top.bar(left[full], conf[full] - acc[full], width[full], bottom=acc[full], align="edge",
-            color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", label="gap")
+    top.bar(
+        left[full],
+        acc[full],
+        width[full],
+        align="edge",
+        color="tab:blue",
+        edgecolor="black",
+        label=f"accuracy (ECE = {ece:.4f})",
+    )
+    top.bar(
+        left[full],
+        conf[full] - acc[full],
+        width[full],
+        bottom=acc[full],
+        align="edge",
+        color="tab:red",
+        alpha=0.3,
+        edgecolor="tab:red",
+        hatch="//",
+        label="gap",
+    )
     top.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=title or "Reliability diagram")
     top.legend(loc="upper left")
@@ -80,10 +100,10 @@ def plot_risk_coverage(curves: dict, path, title: str = None) -> str:
         if coverage.size == 0:
             raise ValueError(f"plot_risk_coverage: '{name}' has no samples")
         aurc = stats.ranking_metrics()["AURC"]
-        ax.plot(coverage, risk, marker="." if coverage.size < 50 else None,
-                label=f"{name} (AURC = {aurc:.4f})")
-    ax.set(xlim=(0, 1), xlabel="coverage", ylabel="risk (error rate)",
-           title=title or "Risk–coverage")
+        ax.plot(
+            coverage, risk, marker="." if coverage.size < 50 else None, label=f"{name} (AURC = {aurc:.4f})"
+        )
+    ax.set(xlim=(0, 1), xlabel="coverage", ylabel="risk (error rate)", title=title or "Risk–coverage")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -102,14 +122,14 @@ def plot_confidence_heatmap(image, confidence, path, title: str = None, mask=Non
     if image is not None:
         image = _to_numpy(image)
         if image.shape != conf.shape + (3,) or image.dtype != np.uint8:
-            raise ValueError(f"image must be uint8 of shape {conf.shape + (3,)}, got "
-                             f"{image.dtype} {image.shape}")
+            raise ValueError(
+                f"image must be uint8 of shape {conf.shape + (3,)}, got {image.dtype} {image.shape}"
+            )
     valid = np.isfinite(conf)
     if mask is not None:
         mask = _to_numpy(mask)
         if mask.shape != conf.shape or mask.dtype != np.bool_:
-            raise ValueError(f"mask must be bool of shape {conf.shape}, got "
-                             f"{mask.dtype} {mask.shape}")
+            raise ValueError(f"mask must be bool of shape {conf.shape}, got {mask.dtype} {mask.shape}")
         valid &= mask
 
     panels = 2 if image is not None else 1
@@ -140,9 +160,13 @@ def plot_position_map(stats, path, title: str = None) -> str:
     ax = fig.subplots()
     cmap = matplotlib.colormaps["magma"].copy()
     cmap.set_bad("lightgray")
-    shown = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0,
-                      vmax=max(np.nanmax(grid) if np.isfinite(grid).any() else 1.0, 1e-6),
-                      extent=(0, 1, 1, 0))
+    shown = ax.imshow(
+        np.ma.masked_invalid(grid),
+        cmap=cmap,
+        vmin=0,
+        vmax=max(np.nanmax(grid) if np.isfinite(grid).any() else 1.0, 1e-6),
+        extent=(0, 1, 1, 0),
+    )
     ax.set_xlabel("box centre x / image width")
     ax.set_ylabel("box centre y / image height")
     ax.set_title(title or "D-ECE by box position")
@@ -165,8 +189,14 @@ def plot_classwise_reliability(panels: dict, path, class_names=None, title: str 
             if not used.any():
                 continue
             name = class_names[c] if class_names else f"class {c}"
-            ax.plot(conf[c, used] / count[c, used], correct[c, used] / count[c, used], "-",
-                    marker="o", markersize=3, label=name)
+            ax.plot(
+                conf[c, used] / count[c, used],
+                correct[c, used] / count[c, used],
+                "-",
+                marker="o",
+                markersize=3,
+                label=name,
+            )
         ax.plot([0, 1], [0, 1], "k:", linewidth=1)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)

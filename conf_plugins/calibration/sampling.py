@@ -1,8 +1,10 @@
-"""Bounded-memory helpers for fits on data streams: a uniform row sample and a weight
-fingerprint that ties a fitted calibration to the weights it was fitted for."""
-import hashlib
+"""Bounded-memory helpers for fits on data streams: a uniform row sample.
+
+``weights_fingerprint`` lives in :mod:`.fingerprint` (re-exported here for older imports)."""
 
 import torch
+
+from .fingerprint import weights_fingerprint  # noqa: F401
 
 
 class UniformSample:
@@ -26,8 +28,9 @@ class UniformSample:
     def add(self, values: torch.Tensor, *columns: torch.Tensor):
         n = len(values)
         if any(len(c) != n for c in columns):
-            raise ValueError(f"sample rows differ in length: {n} values, columns of "
-                             f"{[len(c) for c in columns]}")
+            raise ValueError(
+                f"sample rows differ in length: {n} values, columns of {[len(c) for c in columns]}"
+            )
         self.seen += n
         keys = torch.rand(n, generator=self.generator)
         values, columns = values.detach().cpu(), [c.detach().cpu() for c in columns]
@@ -44,14 +47,3 @@ class UniformSample:
             values, columns = values[keep], [c[keep] for c in columns]
         self.keys, self.values, self.columns = keys, values, columns
         return self
-
-
-def weights_fingerprint(named_tensors, extra: str = "") -> torch.Tensor:
-    """SHA-256 (32 uint8) of (name, dtype, shape, bytes) of each tensor, in the given order,
-    and of ``extra`` (e.g. the inference mode the calibration belongs to)."""
-    digest = hashlib.sha256(extra.encode())
-    for name, tensor in named_tensors:
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8)

@@ -1,4 +1,4 @@
-"""Score calibrators for detectors, fitted on held-out detections (issue 12.2).
+"""Score calibrators for detectors, fitted on held-out detections.
 
 The target is binary: a detection is correct when it matches a GT box of its class
 (:func:`~conf_plugins.calibration.detection_matching.match_detection_batch`).
@@ -21,15 +21,16 @@ held-out detections uses the fit pooled over all classes. All fitted state is te
 (buffers of :class:`DetectionScoreCalibrator`), saved in the model's checkpoint with a
 fingerprint of the weights it belongs to.
 """
+
 import math
 
 import numpy as np
 import torch
 from torch import nn
 
+from .binning import bin_index
 from .detection_stats import DetectionBinStats
-from .sampling import weights_fingerprint
-from .stats import bin_index
+from .fingerprint import weights_fingerprint
 from .temperature import T_MAX, T_MIN
 
 METHODS = ("temperature", "histogram", "isotonic")
@@ -40,15 +41,19 @@ def _check_fit_inputs(logits, classes, correct):
     classes = torch.as_tensor(classes).detach().long().reshape(-1)
     correct = torch.as_tensor(correct).detach().reshape(-1)
     if logits.dim() != 2 or logits.shape[0] != classes.numel() or correct.numel() != classes.numel():
-        raise ValueError(f"need logits (N, K+1), classes (N,) and correct (N,), got "
-                         f"{tuple(logits.shape)}, {tuple(classes.shape)}, {tuple(correct.shape)}")
+        raise ValueError(
+            f"need logits (N, K+1), classes (N,) and correct (N,), got "
+            f"{tuple(logits.shape)}, {tuple(classes.shape)}, {tuple(correct.shape)}"
+        )
     if classes.numel() == 0:
         raise ValueError("no detections to fit the temperature on")
     if not torch.isfinite(logits).all():
         raise ValueError("logits contain NaN or inf")
     if classes.min() < 0 or classes.max() >= logits.shape[1] - 1:
-        raise ValueError(f"classes must be in [0, {logits.shape[1] - 1}) (K foreground classes "
-                         f"of K+1 logits), got [{classes.min()}, {classes.max()}]")
+        raise ValueError(
+            f"classes must be in [0, {logits.shape[1] - 1}) (K foreground classes "
+            f"of K+1 logits), got [{classes.min()}, {classes.max()}]"
+        )
     return logits, classes, correct.double()
 
 
@@ -110,14 +115,15 @@ class DetectionScoreCalibrator(nn.Module):
     uint8, zero until fitted) of the weights it belongs to and of its own state.
     """
 
-    def __init__(self, method: str, num_classes: int, num_bins: int = 10,
-                 isotonic_bins: int = 1000):
+    def __init__(self, method: str, num_classes: int, num_bins: int = 10, isotonic_bins: int = 1000):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"score calibration method must be one of {METHODS}, got {method!r}")
         if num_classes < 1 or num_bins < 1 or isotonic_bins < 1:
-            raise ValueError("num_classes, num_bins and isotonic_bins must be >= 1, got "
-                             f"{num_classes}, {num_bins}, {isotonic_bins}")
+            raise ValueError(
+                "num_classes, num_bins and isotonic_bins must be >= 1, got "
+                f"{num_classes}, {num_bins}, {isotonic_bins}"
+            )
         self.method, self.num_classes = method, num_classes
         self.num_bins, self.isotonic_bins = num_bins, isotonic_bins
         self.register_buffer("fingerprint", torch.zeros(32, dtype=torch.uint8))
@@ -156,8 +162,10 @@ class DetectionScoreCalibrator(nn.Module):
         if self.method == "temperature":
             raise ValueError("a temperature is fitted on logits (fit_temperature), not counts")
         if stats.num_groups != self.num_classes or stats.bins != (self.stats_bins(),):
-            raise ValueError(f"need DetectionBinStats({self.num_classes}, ({self.stats_bins()},)),"
-                             f" got ({stats.num_groups}, {stats.bins})")
+            raise ValueError(
+                f"need DetectionBinStats({self.num_classes}, ({self.stats_bins()},)),"
+                f" got ({stats.num_groups}, {stats.bins})"
+            )
         count, sum_conf, sum_correct = (stats.state[i] for i in range(3))
         if count.sum() == 0:
             raise ValueError("no held-out detections to fit the score calibrator on")
@@ -169,12 +177,15 @@ class DetectionScoreCalibrator(nn.Module):
         else:
             pooled_knots = self._isotonic_knots(*pooled)
             for c in range(self.num_classes):
-                x, y = self._isotonic_knots(count[c], sum_conf[c], sum_correct[c]) \
-                    if count[c].sum() > 0 else pooled_knots
+                x, y = (
+                    self._isotonic_knots(count[c], sum_conf[c], sum_correct[c])
+                    if count[c].sum() > 0
+                    else pooled_knots
+                )
                 self.knot_x[c].fill_(math.nan)
                 self.knot_y[c].fill_(math.nan)
-                self.knot_x[c, :len(x)] = torch.as_tensor(x)
-                self.knot_y[c, :len(y)] = torch.as_tensor(y)
+                self.knot_x[c, : len(x)] = torch.as_tensor(x)
+                self.knot_y[c, : len(y)] = torch.as_tensor(y)
         return self
 
     @staticmethod
@@ -196,20 +207,23 @@ class DetectionScoreCalibrator(nn.Module):
         self.fingerprint.copy_(self._digest(named_weights, signature))
 
     def _digest(self, named_weights, signature):
-        return weights_fingerprint([*named_weights, *self._own_state()],
-                                   f"{self.method};{signature}")
+        return weights_fingerprint([*named_weights, *self._own_state()], f"{self.method};{signature}")
 
     def verify(self, named_weights, signature: str = "", config_key: str = "the config"):
         """RuntimeError unless fitted for exactly these weights, mode and state."""
         if not self.fitted:
-            raise RuntimeError(f"{config_key} asks for {self.method} score calibration but the "
-                               "loaded weights hold no fitted calibrator: fit one with "
-                               "tools/fit_detection_calibration.py and load its checkpoint")
+            raise RuntimeError(
+                f"{config_key} asks for {self.method} score calibration but the "
+                "loaded weights hold no fitted calibrator: fit one with "
+                "tools/fit_detection_calibration.py and load its checkpoint"
+            )
         if not torch.equal(self._digest(named_weights, signature), self.fingerprint.cpu()):
-            raise RuntimeError(f"the {self.method} score calibrator in these weights was fitted "
-                               "for other weights, another inference mode or another "
-                               "calibration method / bin count (stale or mismatched calibrator): "
-                               "refit it with tools/fit_detection_calibration.py")
+            raise RuntimeError(
+                f"the {self.method} score calibrator in these weights was fitted "
+                "for other weights, another inference mode or another "
+                "calibration method / bin count (stale or mismatched calibrator): "
+                "refit it with tools/fit_detection_calibration.py"
+            )
 
     # -- inference ---------------------------------------------------------------------
     def scale_logits(self, logits: torch.Tensor) -> torch.Tensor:

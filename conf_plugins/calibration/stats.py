@@ -33,176 +33,51 @@ Conventions (shared by every class of :mod:`conf_plugins.calibration`):
   confident prediction; recall without a correct one; failure_detection without a wrong one;
   F0.5 when tp = fp = fn = 0. Empty
   coarse bins are skipped in ECE/MSCE/MCE and are ``nan`` in :meth:`reliability`.
+
+The fine-bin index is :mod:`.binning`, the input checks :mod:`.checks`, the ranking metrics
+:mod:`.ranking` and the all-reduce :mod:`.reduce`; this module holds the statistics.
 """
-import functools
+
 import math
-import numbers
 
 import numpy as np
 import torch
 
+from .binning import bin_index
+from .bootstrap import sparse_rows
+from .checks import as_count, as_tensor, as_threshold, validated_pairs
+from .ranking import aurc, auroc, average_precision
+from .reduce import sum_over_ranks
+
 DEFAULT_FINE_BINS = 6000
-MAX_FINE_BINS = 1_000_000  # binning below is exact for float32 input up to this K
 LOG_EPS = float(np.finfo(np.float64).eps)
 FORMAT_VERSION = 1
 F_BETA = 0.5  # success-prediction paper §3.3: precision weighted double
 DEFAULT_NUM_BINS = 10  # coarse bins of ECE / MSCE / MCE everywhere (DDN paper §III: M = 10)
 _CHUNK = 1 << 18  # samples per pass: bounds temporaries (~8 MB) and keeps them in cache
 # the keys of CalibrationStats.compute (plus "mean_entropy" when entropies were given)
-METRIC_NAMES = ("ECE", "MSCE", "MCE", "NLL", "NLL_DDN", "Brier", "AUROC", "AUPR_In", "AUPR_Out",
-                "AURC", "accuracy", "precision", "recall", "F0.5", "coverage",
-                "failure_detection", "count", "mean_confidence", "success_rate")
+METRIC_NAMES = (
+    "ECE",
+    "MSCE",
+    "MCE",
+    "NLL",
+    "NLL_DDN",
+    "Brier",
+    "AUROC",
+    "AUPR_In",
+    "AUPR_Out",
+    "AURC",
+    "accuracy",
+    "precision",
+    "recall",
+    "F0.5",
+    "coverage",
+    "failure_detection",
+    "count",
+    "mean_confidence",
+    "success_rate",
+)
 _STATS = ("count", "sum_conf", "sum_conf_sq", "sum_neg_log_conf", "sum_neg_log_one_minus_conf")
-
-
-@functools.lru_cache(maxsize=None)
-def _upper_edges(num_bins: int, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """Upper edge of each fine bin, rounded *down* to ``dtype``.
-
-    For a value ``v`` of ``dtype`` and the float64 edge ``e``: ``v > e`` iff ``v > down(e)``,
-    where ``down(e)`` is the largest ``dtype`` value <= ``e``; comparisons in ``dtype``
-    therefore agree with comparisons against the exact float64 edges.
-    """
-    exact = torch.arange(1, num_bins + 1, dtype=torch.float64) / num_bins
-    edges = exact.to(dtype)
-    too_big = edges.to(torch.float64) > exact
-    edges[too_big] = torch.nextafter(edges[too_big], torch.tensor(-1.0, dtype=dtype))
-    return edges.to(device)
-
-
-def sum_over_ranks(flat: torch.Tensor, group=None):
-    """``flat`` summed over the ranks of ``group`` (a CPU tensor), or None without
-    torch.distributed. One all-reduce; on CUDA for the NCCL backend, on CPU otherwise (gloo)."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return None
-    device = "cpu"
-    if dist.get_backend(group) == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    flat = flat.to(device)
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-    return flat.cpu()
-
-
-def as_count(value, name: str, upper: int = MAX_FINE_BINS) -> int:
-    """``value`` (int or numpy integer, not bool) as an int in [1, upper]; else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-            or not 1 <= int(value) <= upper:
-        raise ValueError(f"{name} must be an integer in [1, {upper}], got {value!r}")
-    return int(value)
-
-
-def as_threshold(value, name: str = "threshold") -> float:
-    """``value`` as a Python float in (0, 1]; ValueError otherwise.
-
-    A numpy float32 / float16 scalar stands for the decimal it prints as
-    (``np.float32(0.3)`` -> 0.3), not for its binary expansion 0.30000001192…
-    """
-    if isinstance(value, (np.float32, np.float16)):
-        value = float(str(value))
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number in (0, 1], got {value!r}")
-    value = float(value)
-    if not 0 < value <= 1:  # also refuses NaN; at 0, c == 0 and c in (0, 1/K] share a bin
-        raise ValueError(f"{name} must be in (0, 1] (confident = confidence > {name}), "
-                         f"got {value!r}")
-    return value
-
-
-def compute_dtype(values: torch.Tensor) -> torch.dtype:
-    """float64 input stays float64; every other input is evaluated in float32 (exact upcast)."""
-    return torch.float64 if values.dtype == torch.float64 else torch.float32
-
-
-def bin_index(values: torch.Tensor, num_bins: int) -> torch.Tensor:
-    """0-based bin of each value in ``[0, 1]``: ``j`` such that ``j/K < v <= (j+1)/K``; 0 -> 0.
-
-    ``values`` must already be validated and of :func:`compute_dtype`. The candidate
-    ``trunc(v*K - 1/2)`` is the true bin or the one below it (rounding errors are far below
-    half a bin for ``K <= MAX_FINE_BINS``); one comparison against the exact edge fixes it.
-    """
-    upper = _upper_edges(num_bins, values.dtype, str(values.device))
-    index = torch.mul(values, num_bins).sub_(0.5).long()
-    index += values > upper.index_select(0, index.reshape(-1)).view_as(index)
-    return index
-
-
-def as_tensor(x, name: str) -> torch.Tensor:
-    """A tensor view of ``x`` (tensor, numpy array or sequence)."""
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    try:
-        array = np.asarray(x)
-        if any(stride < 0 for stride in array.strides):  # e.g. a[::-1]; torch needs >= 0
-            array = array.copy()
-        return torch.from_numpy(array)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name}: cannot convert {type(x).__name__} to a tensor") from err
-
-
-def as_unit_interval(x, name: str, mask=None) -> torch.Tensor:
-    """``x`` as a floating tensor of :func:`compute_dtype` whose (unmasked) values are in [0, 1].
-
-    Raises ValueError on NaN, inf or values outside [0, 1] among the values that count;
-    masked-out entries may hold anything and are replaced by 0.
-    """
-    x = as_tensor(x, name)
-    if x.is_complex():
-        raise ValueError(f"{name} must be real, got {x.dtype}")
-    x = x.to(compute_dtype(x)) if x.is_floating_point() else x.to(torch.float64)
-    if x.numel() == 0:
-        return x
-    lo, hi = torch.aminmax(x)
-    if bool(lo >= 0) and bool(hi <= 1):  # False for NaN
-        return x
-    counted = x if mask is None else x[mask]
-    if not torch.isfinite(counted).all():
-        raise ValueError(f"{name} contains NaN or inf")
-    if counted.numel() and not (counted.min() >= 0 and counted.max() <= 1):
-        raise ValueError(f"{name} must lie in [0, 1], got values in "
-                         f"[{counted.min().item():.6g}, {counted.max().item():.6g}]")
-    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-
-def as_binary(x, name: str, mask=None) -> torch.Tensor:
-    """``x`` as a bool tensor; raises ValueError unless every counted value is 0/1 (or bool)."""
-    x = as_tensor(x, name)
-    if x.dtype == torch.bool:
-        return x
-    valid = (x == 0) | (x == 1)
-    if mask is not None:
-        valid |= ~mask
-    if not valid.all():
-        raise ValueError(f"{name} must be bool or 0/1, got other values")
-    return x != 0
-
-
-def as_mask(mask, shape) -> torch.Tensor:
-    """``mask`` as a bool tensor of ``shape`` (True = the sample counts)."""
-    mask = as_tensor(mask, "mask")
-    if mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a bool tensor/array, got {mask.dtype}")
-    if mask.shape != shape:
-        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(shape)}")
-    return mask
-
-
-def validated_pairs(values, labels, mask, value_name: str, label_name: str):
-    """Checked (values in [0, 1], binary labels, mask) tensors of equal shape, or None when
-    nothing is left to count (empty input or an all-False mask). Shared input rules of
-    :meth:`CalibrationStats.update` and ``BayesBinningCalibrator.update``."""
-    v = as_tensor(values, value_name)
-    b = as_tensor(labels, label_name).to(v.device)
-    if b.shape != v.shape:
-        raise ValueError(f"{value_name} has shape {tuple(v.shape)} but {label_name} has "
-                         f"shape {tuple(b.shape)}")
-    if mask is not None:
-        mask = as_mask(mask, v.shape).to(v.device)
-        if not mask.any():
-            return None
-    if v.numel() == 0:
-        return None
-    return as_unit_interval(v, value_name, mask), as_binary(b, label_name, mask), mask
 
 
 class CalibrationStats:
@@ -234,8 +109,10 @@ class CalibrationStats:
         """``num_bins`` as an int that divides the fine bins, else ValueError naming ``name``."""
         num_bins = as_count(num_bins, name)
         if self.num_fine_bins % num_bins:
-            raise ValueError(f"{name}={num_bins} must divide the {self.num_fine_bins} fine "
-                             "bins so that coarse bins are exact (e.g. 10, 15, 20, 25, 30, 50)")
+            raise ValueError(
+                f"{name}={num_bins} must divide the {self.num_fine_bins} fine "
+                "bins so that coarse bins are exact (e.g. 10, 15, 20, 25, 30, 50)"
+            )
         return num_bins
 
     def reset(self) -> "CalibrationStats":
@@ -283,7 +160,7 @@ class CalibrationStats:
         for lo in range(0, conf.numel(), _CHUNK):
             part = slice(lo, lo + _CHUNK)
             self._accumulate(sums, conf[part], corr[part], None if mask is None else mask[part])
-        sums = sums[:, :2 * K]
+        sums = sums[:, : 2 * K]
         sums[3:].neg_()  # Σ log -> Σ −log
         self._state += sums.reshape(len(_STATS), 2, K).cpu()
         return self
@@ -297,9 +174,15 @@ class CalibrationStats:
         conf64 = conf.to(torch.float64)
         ones = torch.ones((), dtype=torch.float64, device=conf.device).expand_as(conf64)
         # scatter_add_ of ones, not bincount: 3x faster on CPU (bench/seg_metric_throughput.py)
-        for row, weight in enumerate((ones, conf64, conf64 * conf64,
-                                      conf.clamp(min=LOG_EPS).log_(),
-                                      (1 - conf).clamp_(min=LOG_EPS).log_())):
+        for row, weight in enumerate(
+            (
+                ones,
+                conf64,
+                conf64 * conf64,
+                conf.clamp(min=LOG_EPS).log_(),
+                (1 - conf).clamp_(min=LOG_EPS).log_(),
+            )
+        ):
             sums[row].scatter_add_(0, index, weight.to(torch.float64))
 
     def _add_entropy(self, entropy, shape, mask):
@@ -308,8 +191,7 @@ class CalibrationStats:
             raise ValueError(f"entropy has shape {tuple(ent.shape)}, expected {tuple(shape)}")
         ent = ent.to(torch.float64)
         if mask is not None:
-            ent = torch.where(mask.to(ent.device), ent, torch.zeros((), dtype=ent.dtype,
-                                                                     device=ent.device))
+            ent = torch.where(mask.to(ent.device), ent, torch.zeros((), dtype=ent.dtype, device=ent.device))
         if not (torch.isfinite(ent).all() and (ent >= 0).all()):
             raise ValueError("entropy must be finite and >= 0")
         n = ent.numel() if mask is None else int(mask.sum())
@@ -321,8 +203,10 @@ class CalibrationStats:
         if not isinstance(other, CalibrationStats):
             raise TypeError(f"cannot merge {type(other).__name__} into CalibrationStats")
         if other.num_fine_bins != self.num_fine_bins:
-            raise ValueError(f"cannot merge statistics with {other.num_fine_bins} fine bins "
-                             f"into statistics with {self.num_fine_bins}")
+            raise ValueError(
+                f"cannot merge statistics with {other.num_fine_bins} fine bins "
+                f"into statistics with {self.num_fine_bins}"
+            )
         self._state += other._state
         self._entropy += other._entropy
         return self
@@ -339,8 +223,8 @@ class CalibrationStats:
         flat = sum_over_ranks(torch.cat([self._state.reshape(-1), self._entropy]), group)
         if flat is None:
             return self
-        self._state.copy_(flat[:self._state.numel()].view_as(self._state))
-        self._entropy.copy_(flat[self._state.numel():])
+        self._state.copy_(flat[: self._state.numel()].view_as(self._state))
+        self._entropy.copy_(flat[self._state.numel() :])
         return self
 
     def state_dict(self) -> dict:
@@ -353,20 +237,24 @@ class CalibrationStats:
     def load_state_dict(self, state: dict) -> "CalibrationStats":
         """Replace the statistics by ``state``; ValueError if it does not fit this object."""
         if state.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"CalibrationStats state has format version "
-                             f"{state.get('format_version')!r}, expected {FORMAT_VERSION}")
+            raise ValueError(
+                f"CalibrationStats state has format version "
+                f"{state.get('format_version')!r}, expected {FORMAT_VERSION}"
+            )
         if state.get("num_fine_bins") != self.num_fine_bins:
-            raise ValueError(f"CalibrationStats state has {state.get('num_fine_bins')!r} fine "
-                             f"bins, this object has {self.num_fine_bins}")
+            raise ValueError(
+                f"CalibrationStats state has {state.get('num_fine_bins')!r} fine "
+                f"bins, this object has {self.num_fine_bins}"
+            )
         missing = [n for n in _STATS + ("entropy_sum", "entropy_count") if n not in state]
         if missing:
             raise ValueError(f"CalibrationStats state lacks {missing}")
         tensors = [torch.as_tensor(state[n], dtype=torch.float64) for n in _STATS]
         if any(t.shape != (2, self.num_fine_bins) for t in tensors):
-            raise ValueError(f"CalibrationStats state tensors must have shape "
-                             f"(2, {self.num_fine_bins})")
-        entropy = torch.tensor([float(state["entropy_sum"]), float(state["entropy_count"])],
-                               dtype=torch.float64)
+            raise ValueError(f"CalibrationStats state tensors must have shape (2, {self.num_fine_bins})")
+        entropy = torch.tensor(
+            [float(state["entropy_sum"]), float(state["entropy_count"])], dtype=torch.float64
+        )
         new = torch.stack(tensors)
         if not (torch.isfinite(new).all() and torch.isfinite(entropy).all()):
             raise ValueError("CalibrationStats state holds NaN or inf")
@@ -376,8 +264,10 @@ class CalibrationStats:
             raise ValueError("CalibrationStats state holds non-integer counts")
         slack = 1e-9 * (1 + new[0])
         if not ((new[1] <= new[0] + slack).all() and (new[2] <= new[0] + slack).all()):
-            raise ValueError("CalibrationStats state is inconsistent: a bin's sum of "
-                             "confidences exceeds its count (confidences are <= 1)")
+            raise ValueError(
+                "CalibrationStats state is inconsistent: a bin's sum of "
+                "confidences exceeds its count (confidences are <= 1)"
+            )
         self._state, self._entropy = new, entropy
         return self
 
@@ -402,8 +292,10 @@ class CalibrationStats:
         threshold = as_threshold(threshold, name)
         k = round(threshold * self.num_fine_bins)
         if k / self.num_fine_bins != threshold:  # as_threshold guarantees 0 < k <= K
-            raise ValueError(f"{name}={threshold!r} must be a fine-bin edge k/"
-                             f"{self.num_fine_bins} for exact thresholded metrics")
+            raise ValueError(
+                f"{name}={threshold!r} must be a fine-bin edge k/"
+                f"{self.num_fine_bins} for exact thresholded metrics"
+            )
         return k
 
     def reliability(self, num_bins: int = DEFAULT_NUM_BINS) -> dict:
@@ -419,8 +311,12 @@ class CalibrationStats:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_conf = np.where(count > 0, coarse[1] / count, np.nan)
             accuracy = np.where(count > 0, correct / count, np.nan)
-        return {"edges": np.arange(num_bins + 1, dtype=np.float64) / num_bins, "count": count,
-                "mean_confidence": mean_conf, "accuracy": accuracy}
+        return {
+            "edges": np.arange(num_bins + 1, dtype=np.float64) / num_bins,
+            "count": count,
+            "mean_confidence": mean_conf,
+            "accuracy": accuracy,
+        }
 
     def risk_coverage(self):
         """Risk–coverage curve (DDN paper Fig. 3): numpy ``(coverage, risk)``.
@@ -438,11 +334,11 @@ class CalibrationStats:
     def ranking_metrics(self) -> dict:
         """``AUROC``, ``AUPR_In``, ``AUPR_Out`` and ``AURC`` (see :meth:`compute`), which need
         no coarse bins or threshold; nan where undefined (and all nan without samples)."""
-        wrong, right = self._state[0].numpy()
-        return {"AUROC": _auroc(right[::-1], wrong[::-1]),
-                "AUPR_In": _average_precision(right[::-1], wrong[::-1]),
-                "AUPR_Out": _average_precision(wrong, right),
-                "AURC": _aurc(right[::-1], wrong[::-1])}
+        counts = self._state[0].numpy()[None]
+        return {
+            name: math.nan if np.isnan(value[0]) else float(value[0])
+            for name, value in ranking_metrics_of_counts(counts).items()
+        }
 
     def compute(self, num_bins: int = DEFAULT_NUM_BINS, threshold: float = 0.5) -> dict:
         """All metrics as ``{name: float}``.
@@ -474,89 +370,143 @@ class CalibrationStats:
         Raises ValueError when no sample was accumulated, when ``num_bins`` does not divide
         the fine bins or ``threshold`` is not a fine edge.
         """
-        n_total = float(self._state[0].sum())
-        if n_total == 0:
-            raise ValueError("CalibrationStats.compute: no samples were accumulated "
-                             "(empty input, or everything masked out)")
+        if float(self._state[0].sum()) == 0:
+            raise ValueError(
+                "CalibrationStats.compute: no samples were accumulated "
+                "(empty input, or everything masked out)"
+            )
         num_bins = self._coarse_bins(num_bins)
-        coarse = self._coarse(num_bins)
-        k = self._edge_index(threshold)
-        s = self._numpy()
-        wrong, right = s["count"]
-        n_right = right.sum()
-
-        bin_n = coarse[0]
-        bin_right = right.reshape(num_bins, -1).sum(1)
-        gap = np.abs(bin_right - coarse[1])  # |D_k| · |freq(D_k) − conf(D_k)|
-        full = bin_n > 0
-        out = {
-            "ECE": gap.sum() / n_total,
-            "MSCE": (gap[full] ** 2 / bin_n[full]).sum() / n_total,
-            "MCE": (gap[full] / bin_n[full]).max(),
-            "NLL": (s["sum_neg_log_conf"][1].sum() + s["sum_neg_log_one_minus_conf"][0].sum())
-            / n_total,
-            "NLL_DDN": s["sum_neg_log_conf"].sum() / n_total,
-            "Brier": (s["sum_conf_sq"].sum() - 2 * s["sum_conf"][1].sum() + n_right) / n_total,
-            **self.ranking_metrics(),
-        }
-        tp, fp = right[k:].sum(), wrong[k:].sum()
-        fn, tn = right[:k].sum(), wrong[:k].sum()
-        b2 = F_BETA ** 2
-        out.update({
-            "accuracy": (tp + tn) / n_total,
-            "precision": _ratio(tp, tp + fp),
-            "recall": _ratio(tp, tp + fn),
-            "F0.5": _ratio((1 + b2) * tp, (1 + b2) * tp + b2 * fn + fp),
-            "coverage": (tp + fp) / n_total,
-            "failure_detection": _ratio(tn, tn + fp),
-            "count": n_total,
-            "mean_confidence": s["sum_conf"].sum() / n_total,
-            "success_rate": n_right / n_total,
-        })
+        out = metrics_of_states(self._state.numpy()[None], num_bins, self._edge_index(threshold))
+        # undefined values are math.nan itself (equal dicts compare equal, as before)
+        out = {name: math.nan if np.isnan(value[0]) else float(value[0]) for name, value in out.items()}
         if self._entropy[1] > 0:
             out["mean_entropy"] = float(self._entropy[0] / self._entropy[1])
-        return {name: float(value) for name, value in out.items()}
+        return out
+
+    def records_by_group(self, confidence, correct, groups, num_groups: int, mask=None) -> torch.Tensor:
+        """Per-group statistics of samples as a sparse ``(num_groups, S)`` matrix: row g is the
+        :meth:`as_record` of the samples of group g (e.g. one image's detections), i.e. what
+        :meth:`update` with only them would give; nothing is accumulated into ``self``.
+        Bounded memory: one column entry per sample and statistic."""
+        checked = validated_pairs(as_tensor(confidence, "confidence"), correct, mask, "confidence", "correct")
+        K, S = self.num_fine_bins, len(_STATS) * 2 * self.num_fine_bins
+        if checked is None:
+            return sparse_rows([], [], [], (num_groups, S))
+        conf, corr, mask = (t.reshape(-1) if t is not None else None for t in checked)
+        groups = torch.as_tensor(groups).reshape(-1).long().to(conf.device)
+        if groups.numel() != conf.numel() or (
+            groups.numel() and (groups.min() < 0 or groups.max() >= num_groups)
+        ):
+            raise ValueError(f"groups must give one index in [0, {num_groups}) per sample")
+        if mask is not None:
+            conf, corr, groups = conf[mask], corr[mask], groups[mask]
+        index = bin_index(conf, K).add_(corr, alpha=K)
+        conf64 = conf.to(torch.float64)
+        terms = (
+            torch.ones_like(conf64),
+            conf64,
+            conf64 * conf64,
+            conf.clamp(min=LOG_EPS).log_().neg_(),
+            (1 - conf).clamp_(min=LOG_EPS).log_().neg_(),
+        )
+        rows = groups.repeat(len(_STATS))
+        cols = torch.cat([index + i * 2 * K for i in range(len(_STATS))])
+        values = torch.cat([t.to(torch.float64) for t in terms])
+        return sparse_rows(rows, cols, values, (num_groups, S))
+
+    def as_record(self) -> torch.Tensor:
+        """The statistics as one flat float64 vector (a row of a per-image record matrix for
+        :mod:`~conf_plugins.calibration.bootstrap`); :func:`metrics_of_records` inverts it."""
+        return self._state.reshape(-1).clone()
 
 
-def _ratio(num, den) -> float:
-    return float(num / den) if den > 0 else math.nan
+def ranking_metrics_of_counts(counts: np.ndarray) -> dict:
+    """AUROC, AUPR_In, AUPR_Out, AURC of ``counts`` (B, 2, K): per fine bin the number of
+    wrong (row 0) and correct (row 1) predictions, in ascending confidence."""
+    wrong, right = counts[:, 0], counts[:, 1]
+    return {
+        "AUROC": auroc(right[:, ::-1], wrong[:, ::-1]),
+        "AUPR_In": average_precision(right[:, ::-1], wrong[:, ::-1]),
+        "AUPR_Out": average_precision(wrong, right),
+        "AURC": aurc(right[:, ::-1], wrong[:, ::-1]),
+    }
 
 
-def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(score of a positive > score of a negative) + ½ P(tie); groups in descending score."""
-    n_pos, n_neg = pos.sum(), neg.sum()
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    pos_above = np.cumsum(pos) - pos
-    return float((neg * (pos_above + 0.5 * pos)).sum() / (n_pos * n_neg))
+def metrics_of_states(
+    state: np.ndarray, num_bins: int, k: int, fine_index=None, num_fine_bins: int = None
+) -> dict:
+    """Every metric of :meth:`CalibrationStats.compute` (but ``mean_entropy``) for a batch of
+    states ``(B, stats, 2, K)`` (e.g. bootstrap resamples): ``{name: (B,) array}``; ``k`` is
+    the fine edge of the threshold. The one implementation of these formulas.
+
+    ``fine_index`` (ascending) says which fine bins of ``num_fine_bins`` the K columns are,
+    when empty fine bins were left out (they change no metric): a bootstrap of a few
+    thousand detections then works on the few hundred occupied bins, not on all of them."""
+    B, _, _, K = state.shape
+    if fine_index is None:
+        fine_index, num_fine_bins = np.arange(K), K
+    s = {name: state[:, i] for i, name in enumerate(_STATS)}
+    wrong, right = s["count"][:, 0], s["count"][:, 1]
+    n_total, n_right = wrong.sum(-1) + right.sum(-1), right.sum(-1)
+    coarse_of = np.zeros((K, num_bins))  # fine bin -> its coarse bin, one-hot
+    coarse_of[np.arange(K), np.asarray(fine_index) // (num_fine_bins // num_bins)] = 1
+    coarse = state.sum(2) @ coarse_of  # (B, stat, bin)
+    bin_n = coarse[:, 0]
+    bin_right = right @ coarse_of
+    gap = np.abs(bin_right - coarse[:, 1])  # |D_k| · |freq(D_k) − conf(D_k)|
+    full = bin_n > 0
+    safe_n = np.where(full, bin_n, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_bin = np.where(full, gap / safe_n, -np.inf).max(-1)
+        out = {
+            "ECE": gap.sum(-1) / n_total,
+            "MSCE": np.where(full, gap**2 / safe_n, 0.0).sum(-1) / n_total,
+            "MCE": np.where(np.isfinite(per_bin), per_bin, np.nan),
+            "NLL": (s["sum_neg_log_conf"][:, 1].sum(-1) + s["sum_neg_log_one_minus_conf"][:, 0].sum(-1))
+            / n_total,
+            "NLL_DDN": s["sum_neg_log_conf"].sum((-2, -1)) / n_total,
+            "Brier": (s["sum_conf_sq"].sum((-2, -1)) - 2 * s["sum_conf"][:, 1].sum(-1) + n_right) / n_total,
+            **ranking_metrics_of_counts(s["count"]),
+        }
+        above = np.asarray(fine_index) >= k
+        tp, fp = right[:, above].sum(-1), wrong[:, above].sum(-1)
+        fn, tn = right[:, ~above].sum(-1), wrong[:, ~above].sum(-1)
+        b2 = F_BETA**2
+        out.update(
+            {
+                "accuracy": (tp + tn) / n_total,
+                "precision": _ratio(tp, tp + fp),
+                "recall": _ratio(tp, tp + fn),
+                "F0.5": _ratio((1 + b2) * tp, (1 + b2) * tp + b2 * fn + fp),
+                "coverage": (tp + fp) / n_total,
+                "failure_detection": _ratio(tn, tn + fp),
+                "count": n_total,
+                "mean_confidence": s["sum_conf"].sum((-2, -1)) / n_total,
+                "success_rate": n_right / n_total,
+            }
+        )
+    return out
 
 
-def _average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Σ_n (R_n − R_{n−1}) P_n over tie groups in descending score (nan without positives)."""
-    n_pos = pos.sum()
-    if n_pos == 0:
-        return math.nan
-    tp, fp = np.cumsum(pos), np.cumsum(neg)
-    hit = pos > 0
-    return float((pos[hit] / n_pos * tp[hit] / (tp[hit] + fp[hit])).sum())
+def metrics_of_records(
+    records, num_fine_bins: int = DEFAULT_FINE_BINS, num_bins: int = DEFAULT_NUM_BINS, threshold: float = 0.5
+) -> dict:
+    """:func:`metrics_of_states` of summed :meth:`CalibrationStats.as_record` rows
+    ``(B, S)`` (what :mod:`~conf_plugins.calibration.bootstrap` resamples)."""
+    stats = CalibrationStats(num_fine_bins)
+    num_bins, _ = stats.check_metric_args(num_bins, threshold)
+    records = np.asarray(records.numpy() if isinstance(records, torch.Tensor) else records, np.float64)
+    state = records.reshape(records.shape[0], len(_STATS), 2, num_fine_bins)
+    occupied = np.flatnonzero(state[:, 0].sum((0, 1)) > 0)  # empty fine bins change nothing
+    return metrics_of_states(
+        state[..., occupied],
+        num_bins,
+        stats._edge_index(threshold),
+        fine_index=occupied,
+        num_fine_bins=num_fine_bins,
+    )
 
 
-def _aurc(right: np.ndarray, wrong: np.ndarray) -> float:
-    """(1/N) Σ_i risk(top i) in descending confidence, expected over orders within ties.
-
-    A group of n samples (w wrong) after C samples (W wrong) adds, by linearity of the
-    expected error count W + m·w/n at its m-th sample,
-    Σ_{m=1..n} (W + m r)/(C + m) = n r + (W − r C)(ψ(C+n+1) − ψ(C+1)), r = w/n.
-    """
-    n = right + wrong
-    if n.sum() == 0:
-        return math.nan
-    keep = n > 0
-    before = (np.cumsum(n) - n)[keep]
-    wrong_before = (np.cumsum(wrong) - wrong)[keep]
-    n, wrong = n[keep], wrong[keep]
-    r = wrong / n
-    digamma = torch.special.digamma
-    harmonic = (digamma(torch.from_numpy(before + n + 1)) - digamma(torch.from_numpy(before + 1)))
-    total = (wrong + (wrong_before - r * before) * harmonic.numpy()).sum()
-    return float(total / n.sum())
+def _ratio(num, den):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)

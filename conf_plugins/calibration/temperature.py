@@ -1,6 +1,7 @@
 """Temperature scaling (Guo et al. 2017; the STL-scaled baseline of the success-prediction
 paper §4): one scalar T, fitted on held-out logits by minimising the NLL, calibrated
 probabilities softmax(z / T)."""
+
 import math
 import warnings
 
@@ -21,10 +22,12 @@ def _flatten_logits(logits, labels, dim: int, ignore_index):
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
     dim = dim % logits.dim()
-    expected = logits.shape[:dim] + logits.shape[dim + 1:]
+    expected = logits.shape[:dim] + logits.shape[dim + 1 :]
     if labels.shape != expected:
-        raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {tuple(expected)} "
-                         f"for logits of shape {tuple(logits.shape)} with classes on dim {dim}")
+        raise ValueError(
+            f"labels have shape {tuple(labels.shape)}, expected {tuple(expected)} "
+            f"for logits of shape {tuple(logits.shape)} with classes on dim {dim}"
+        )
     num_classes = logits.shape[dim]
     logits = logits.movedim(dim, -1).reshape(-1, num_classes)
     labels = labels.reshape(-1).to(logits.device, torch.int64)  # uint8 / int16 labels too
@@ -32,13 +35,17 @@ def _flatten_logits(logits, labels, dim: int, ignore_index):
         keep = labels != ignore_index
         logits, labels = logits[keep], labels[keep]
     if labels.numel() == 0:
-        raise ValueError("temperature scaling needs at least one labelled sample, got none "
-                         "(empty input or everything ignored)")
+        raise ValueError(
+            "temperature scaling needs at least one labelled sample, got none "
+            "(empty input or everything ignored)"
+        )
     if not torch.isfinite(logits).all():
         raise ValueError("logits contain NaN or inf")
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"labels must be in [0, {num_classes}) (or ignore_index="
-                         f"{ignore_index}), got values in [{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"labels must be in [0, {num_classes}) (or ignore_index="
+            f"{ignore_index}), got values in [{labels.min()}, {labels.max()}]"
+        )
     return logits.to(torch.float64), labels
 
 
@@ -60,10 +67,15 @@ def _check_loaded_temperature(module, state_dict, prefix, *args):
     if value is None:
         return  # reported by load_state_dict as a missing key
     value = torch.as_tensor(value)
-    if value.numel() != 1 or not torch.isfinite(value).all() \
-            or not math.log(T_MIN) - 1e-9 <= float(value) <= math.log(T_MAX) + 1e-9:
-        raise ValueError(f"{prefix}log_temperature must be one finite value in "
-                         f"[log {T_MIN:g}, log {T_MAX:g}], got {value.flatten()[:4].tolist()}")
+    if (
+        value.numel() != 1
+        or not torch.isfinite(value).all()
+        or not math.log(T_MIN) - 1e-9 <= float(value) <= math.log(T_MAX) + 1e-9
+    ):
+        raise ValueError(
+            f"{prefix}log_temperature must be one finite value in "
+            f"[log {T_MIN:g}, log {T_MAX:g}], got {value.flatten()[:4].tolist()}"
+        )
 
 
 class TemperatureScaler(nn.Module):
@@ -89,8 +101,9 @@ class TemperatureScaler(nn.Module):
         return logits / self.log_temperature.exp().to(dtype=logits.dtype, device=logits.device)
 
     @torch.no_grad()
-    def fit(self, logits, labels, ignore_index=None, max_iter: int = 100, dim: int = 1,
-            tol: float = 1e-10) -> "TemperatureScaler":
+    def fit(
+        self, logits, labels, ignore_index=None, max_iter: int = 100, dim: int = 1, tol: float = 1e-10
+    ) -> "TemperatureScaler":
         """Fit T on held-out ``logits`` (classes on ``dim``: (N, C) or (N, C, H, W)) and labels.
 
         Labels equal to ``ignore_index`` are left out. Raises ValueError on empty input,
@@ -105,9 +118,11 @@ class TemperatureScaler(nn.Module):
             beta = 1.0
         elif slope_lo >= 0 or slope_hi <= 0:  # monotone NLL: the minimum is at a bound
             beta = lo if slope_lo >= 0 else hi
-            warnings.warn(f"temperature scaling: the NLL minimum lies at T = {1 / beta:g}, "
-                          f"the bound of [{T_MIN:g}, {T_MAX:g}]; the logits carry (almost) "
-                          "no information about the labels or are already (near) one-hot")
+            warnings.warn(
+                f"temperature scaling: the NLL minimum lies at T = {1 / beta:g}, "
+                f"the bound of [{T_MIN:g}, {T_MAX:g}]; the logits carry (almost) "
+                "no information about the labels or are already (near) one-hot"
+            )
         else:
             beta = min(max(1.0, lo), hi)
             for _ in range(max_iter):

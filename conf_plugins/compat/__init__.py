@@ -10,6 +10,7 @@ and tested (tests/compat/):
 torch's safe-globals allow-list (nothing else changes; no code is unpickled beyond that
 list). Called when ``conf_plugins.mmseg`` is imported.
 """
+
 from .torch_load import allow_mmengine_checkpoint_globals
 
 __all__ = ["allow_mmengine_checkpoint_globals"]

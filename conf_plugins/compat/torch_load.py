@@ -8,6 +8,7 @@ because ``HistoryBuffer`` pickles its statistics methods as ``getattr(HistoryBuf
 the safe unpickler still calls only allow-listed callables, so this adds attribute look-ups
 on allow-listed objects and no code execution.
 """
+
 import numpy as np
 import torch
 
@@ -18,9 +19,10 @@ def _numpy_globals():
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:
         from numpy.core.multiarray import _reconstruct, scalar
-    dtype_classes = [type(np.dtype(t)) for t in
-                     ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
-                      "uint8", "bool")]
+    dtype_classes = [
+        type(np.dtype(t))
+        for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+    ]
     return [_reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes]
 
 

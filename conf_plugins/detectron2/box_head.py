@@ -1,4 +1,5 @@
 """A Fast R-CNN box head with dropout after its FC layers, for MC-dropout sampling."""
+
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
@@ -52,8 +53,10 @@ class DropoutFastRCNNConvFCHead(FastRCNNConvFCHead):
             x = layer(x)
         num_rois, keep = x.shape[0], 1.0 - self.dropout
         widths = [fc.out_features for fc in self.fcs]
-        masks = [[torch.empty(num_rois, w, dtype=x.dtype, device=x.device).bernoulli_(keep)
-                  for w in widths] for _ in range(num_samples)]
+        masks = [
+            [torch.empty(num_rois, w, dtype=x.dtype, device=x.device).bernoulli_(keep) for w in widths]
+            for _ in range(num_samples)
+        ]
         masks = [torch.stack([m[k] for m in masks]).div_(keep) for k in range(len(widths))]
         x = (x.unsqueeze(0) * masks[0]).reshape(num_samples * num_rois, -1)
         k = 1
@@ -68,11 +71,15 @@ class DropoutFastRCNNConvFCHead(FastRCNNConvFCHead):
 def sample_predictions(box_head, box_predictor, box_features, num_samples: int):
     """M MC-dropout samples of (class logits (M, R, K+1), box deltas (M, R, 4K)), batched."""
     if not isinstance(box_head, DropoutFastRCNNConvFCHead):
-        raise TypeError("MC-dropout sampling needs MODEL.ROI_BOX_HEAD.NAME = "
-                        f"'DropoutFastRCNNConvFCHead', got {type(box_head).__name__}")
+        raise TypeError(
+            "MC-dropout sampling needs MODEL.ROI_BOX_HEAD.NAME = "
+            f"'DropoutFastRCNNConvFCHead', got {type(box_head).__name__}"
+        )
     if box_head.dropout == 0.0:
-        raise ValueError("MC-dropout sampling with MODEL.ROI_BOX_HEAD.DROPOUT = 0 gives M "
-                         "identical samples; set a dropout rate > 0")
+        raise ValueError(
+            "MC-dropout sampling with MODEL.ROI_BOX_HEAD.DROPOUT = 0 gives M "
+            "identical samples; set a dropout rate > 0"
+        )
     if num_samples < 1:
         raise ValueError(f"number of MC-dropout samples must be >= 1, got {num_samples}")
     feats = box_head.forward_samples(box_features, num_samples)

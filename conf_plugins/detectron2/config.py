@@ -1,4 +1,5 @@
 """Config keys of the detectron2 components (call before ``merge_from_file``)."""
+
 import math
 
 from detectron2.config import CfgNode as CN
@@ -53,6 +54,16 @@ def add_ddn_config(cfg):
     _C.TEST.CALIBRATION.IOU_THRESHOLDS = (0.3, 0.5, 0.7)
     # Coarse bins of ECE / MSCE / MCE and the reliability diagrams.
     _C.TEST.CALIBRATION.NUM_BINS = 10
+    # Percentile-bootstrap 95 % intervals over images of every calibration metric
+    # (<metric>_ci_lo / _ci_hi): resamples (0 = none) and their seed.
+    _C.TEST.CALIBRATION.BOOTSTRAP = 1000
+    _C.TEST.CALIBRATION.BOOTSTRAP_SEED = 0
+
+    # An image corruption applied by every test loader before the stock resize (COCO-C
+    # protocol; conf_plugins.shift): NAME one of conf_plugins.shift.CORRUPTIONS, "" = none.
+    _C.INPUT.CORRUPTION = CN()
+    _C.INPUT.CORRUPTION.NAME = ""
+    _C.INPUT.CORRUPTION.SEVERITY = 3  # 1-5
     return cfg
 
 
@@ -85,7 +96,7 @@ def merge_config_file(cfg, path: str):
         if base is None:
             break
         if base.startswith(MODEL_ZOO_PREFIX):
-            cfg.merge_from_file(model_zoo.get_config_file(base[len(MODEL_ZOO_PREFIX):]))
+            cfg.merge_from_file(model_zoo.get_config_file(base[len(MODEL_ZOO_PREFIX) :]))
             break
         current = os.path.join(os.path.dirname(current), os.path.expanduser(base))
     for data in chain:
@@ -110,19 +121,29 @@ def validate_ddn_config(cfg):
     """Check the keys of :func:`add_ddn_config` when a component is built (not after a run),
     naming the bad key and value. Returns the effective teacher dropout rate."""
     ddn = cfg.MODEL.DDN
-    _check(_is_int(cfg.MODEL.MC_DROPOUT.NUM_SAMPLES) and cfg.MODEL.MC_DROPOUT.NUM_SAMPLES >= 1,
-           "MODEL.MC_DROPOUT.NUM_SAMPLES", cfg.MODEL.MC_DROPOUT.NUM_SAMPLES, "an integer >= 1")
-    _check(_is_int(ddn.NUM_SAMPLES) and ddn.NUM_SAMPLES >= 1, "MODEL.DDN.NUM_SAMPLES",
-           ddn.NUM_SAMPLES, "an integer >= 1")
-    _check(_is_real(ddn.TEACHER_DROPOUT) and (ddn.TEACHER_DROPOUT == -1
-                                              or 0 < ddn.TEACHER_DROPOUT < 1),
-           "MODEL.DDN.TEACHER_DROPOUT", ddn.TEACHER_DROPOUT,
-           "in (0, 1), or -1 for MODEL.ROI_BOX_HEAD.DROPOUT")
-    _check(_is_real(ddn.MATCH_IOU) and 0 < ddn.MATCH_IOU <= 1, "MODEL.DDN.MATCH_IOU",
-           ddn.MATCH_IOU, "in (0, 1]")
+    _check(
+        _is_int(cfg.MODEL.MC_DROPOUT.NUM_SAMPLES) and cfg.MODEL.MC_DROPOUT.NUM_SAMPLES >= 1,
+        "MODEL.MC_DROPOUT.NUM_SAMPLES",
+        cfg.MODEL.MC_DROPOUT.NUM_SAMPLES,
+        "an integer >= 1",
+    )
+    _check(
+        _is_int(ddn.NUM_SAMPLES) and ddn.NUM_SAMPLES >= 1,
+        "MODEL.DDN.NUM_SAMPLES",
+        ddn.NUM_SAMPLES,
+        "an integer >= 1",
+    )
+    _check(
+        _is_real(ddn.TEACHER_DROPOUT) and (ddn.TEACHER_DROPOUT == -1 or 0 < ddn.TEACHER_DROPOUT < 1),
+        "MODEL.DDN.TEACHER_DROPOUT",
+        ddn.TEACHER_DROPOUT,
+        "in (0, 1), or -1 for MODEL.ROI_BOX_HEAD.DROPOUT",
+    )
+    _check(
+        _is_real(ddn.MATCH_IOU) and 0 < ddn.MATCH_IOU <= 1, "MODEL.DDN.MATCH_IOU", ddn.MATCH_IOU, "in (0, 1]"
+    )
     for key in ("DISTILL_WEIGHT", "GT_WEIGHT"):
-        _check(_is_real(ddn[key]) and ddn[key] >= 0, f"MODEL.DDN.{key}", ddn[key],
-               "a finite number >= 0")
+        _check(_is_real(ddn[key]) and ddn[key] >= 0, f"MODEL.DDN.{key}", ddn[key], "a finite number >= 0")
     return ddn.TEACHER_DROPOUT if ddn.TEACHER_DROPOUT >= 0 else cfg.MODEL.ROI_BOX_HEAD.DROPOUT
 
 
@@ -134,8 +155,9 @@ def validate_score_calibration_config(cfg):
     key = "MODEL.ROI_HEADS.SCORE_CALIBRATION."
     _check(sc.METHOD in ("",) + METHODS, key + "METHOD", sc.METHOD, f"'' or one of {METHODS}")
     for name in ("NUM_BINS", "ISOTONIC_BINS"):
-        _check(_is_int(sc[name]) and 1 <= sc[name] <= 100000, key + name, sc[name],
-               "an integer in [1, 100000]")
+        _check(
+            _is_int(sc[name]) and 1 <= sc[name] <= 100000, key + name, sc[name], "an integer in [1, 100000]"
+        )
     _check(_is_real(sc.IOU) and 0 < sc.IOU <= 1, key + "IOU", sc.IOU, "in (0, 1]")
     return sc
 
@@ -146,9 +168,29 @@ def validate_calibration_config(cfg):
 
     calib = cfg.TEST.CALIBRATION
     thresholds = calib.IOU_THRESHOLDS
-    _check(isinstance(thresholds, (list, tuple)) and len(thresholds) > 0
-           and all(_is_real(t) and 0 < t <= 1 for t in thresholds),
-           "TEST.CALIBRATION.IOU_THRESHOLDS", thresholds, "a non-empty list of IoUs in (0, 1]")
+    _check(
+        isinstance(thresholds, (list, tuple))
+        and len(thresholds) > 0
+        and all(_is_real(t) and 0 < t <= 1 for t in thresholds),
+        "TEST.CALIBRATION.IOU_THRESHOLDS",
+        thresholds,
+        "a non-empty list of IoUs in (0, 1]",
+    )
     num_bins, _ = CalibrationStats().check_metric_args(
-        calib.NUM_BINS, 0.5, names=("TEST.CALIBRATION.NUM_BINS", "threshold"))
+        calib.NUM_BINS, 0.5, names=("TEST.CALIBRATION.NUM_BINS", "threshold")
+    )
+    _check(
+        isinstance(calib.BOOTSTRAP, int)
+        and not isinstance(calib.BOOTSTRAP, bool)
+        and (calib.BOOTSTRAP == 0 or calib.BOOTSTRAP >= 2),
+        "TEST.CALIBRATION.BOOTSTRAP",
+        calib.BOOTSTRAP,
+        "0 (no intervals) or an integer >= 2",
+    )
+    _check(
+        isinstance(calib.BOOTSTRAP_SEED, int),
+        "TEST.CALIBRATION.BOOTSTRAP_SEED",
+        calib.BOOTSTRAP_SEED,
+        "an integer",
+    )
     return tuple(float(t) for t in thresholds), num_bins

@@ -1,4 +1,5 @@
 """The DDN student's meta-architecture: Faster R-CNN with backbone and RPN frozen."""
+
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 
 

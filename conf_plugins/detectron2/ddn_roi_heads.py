@@ -1,4 +1,5 @@
 """The Distilled Dropout Network student's ROI heads (DDN paper §III.C, §V)."""
+
 import torch
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
@@ -33,8 +34,17 @@ class DDNROIHeads(ProbabilityROIHeads):
     """
 
     @configurable
-    def __init__(self, *, teacher_weights: str, teacher_dropout: float, num_samples: int,
-                 match_iou: float, distill_weight: float, gt_weight: float, **kwargs):
+    def __init__(
+        self,
+        *,
+        teacher_weights: str,
+        teacher_dropout: float,
+        num_samples: int,
+        match_iou: float,
+        distill_weight: float,
+        gt_weight: float,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if self.train_on_pred_boxes:
             raise ValueError("DDNROIHeads does not support MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES")
@@ -50,9 +60,14 @@ class DDNROIHeads(ProbabilityROIHeads):
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ddn = cfg.MODEL.DDN
-        ret.update(teacher_weights=ddn.TEACHER_WEIGHTS, teacher_dropout=validate_ddn_config(cfg),
-                   num_samples=ddn.NUM_SAMPLES, match_iou=ddn.MATCH_IOU,
-                   distill_weight=ddn.DISTILL_WEIGHT, gt_weight=ddn.GT_WEIGHT)
+        ret.update(
+            teacher_weights=ddn.TEACHER_WEIGHTS,
+            teacher_dropout=validate_ddn_config(cfg),
+            num_samples=ddn.NUM_SAMPLES,
+            match_iou=ddn.MATCH_IOU,
+            distill_weight=ddn.DISTILL_WEIGHT,
+            gt_weight=ddn.GT_WEIGHT,
+        )
         return ret
 
     @property
@@ -60,8 +75,11 @@ class DDNROIHeads(ProbabilityROIHeads):
         """The frozen teacher, loaded from ``MODEL.DDN.TEACHER_WEIGHTS`` when training first
         needs it: a trained student is evaluated and deployed without the teacher's file."""
         if not self._teacher:
-            self._teacher = (DropoutTeacher.from_checkpoint(
-                self.teacher_weights, self.box_head, self.box_predictor, self.teacher_dropout),)
+            self._teacher = (
+                DropoutTeacher.from_checkpoint(
+                    self.teacher_weights, self.box_head, self.box_predictor, self.teacher_dropout
+                ),
+            )
         return self._teacher[0]
 
     def forward(self, images, features, proposals, targets=None):
@@ -73,14 +91,14 @@ class DDNROIHeads(ProbabilityROIHeads):
         if not self.training:
             return super()._forward_box(features, proposals)
         # Same as the stock training branch, plus the teacher on the same pooled features.
-        box_features = self.box_pooler([features[f] for f in self.box_in_features],
-                                       [p.proposal_boxes for p in proposals])
+        box_features = self.box_pooler(
+            [features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals]
+        )
         predictions = self.box_predictor(self.box_head(box_features))
         targets = self.distillation_targets(box_features, proposals, self._undetected_gt)
         losses = self.box_predictor.losses(predictions, proposals)
         losses["loss_cls"] = self.gt_weight * losses["loss_cls"]
-        losses["loss_distill"] = self.distill_weight * logit_distillation_loss(
-            predictions[0], targets)
+        losses["loss_distill"] = self.distill_weight * logit_distillation_loss(predictions[0], targets)
         return losses
 
     @torch.no_grad()
@@ -93,7 +111,8 @@ class DDNROIHeads(ProbabilityROIHeads):
         targets = logits.mean(dim=0)
         if undetected_gt is None:  # decided on the sampled proposals' own GT
             undetected_gt = self._undetected_rows(
-                logits, deltas, proposals, [(p.gt_boxes.tensor, p.gt_classes) for p in proposals])
+                logits, deltas, proposals, [(p.gt_boxes.tensor, p.gt_classes) for p in proposals]
+            )
         uniform = torch.cat([self._proposals_of(p, rows) for p, rows in zip(proposals, undetected_gt)])
         targets[uniform] = 0.0
         try:
@@ -112,11 +131,13 @@ class DDNROIHeads(ProbabilityROIHeads):
         overlaps the GT box of class c with IoU >= MATCH_IOU (stock inference before NMS,
         which only drops lower-scored duplicates). Independent of the minibatch sampling."""
         self.teacher.to(features[self.box_in_features[0]].device)
-        pooled = self.box_pooler([features[f] for f in self.box_in_features],
-                                 [p.proposal_boxes for p in proposals])
+        pooled = self.box_pooler(
+            [features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals]
+        )
         logits, deltas = self.teacher.sample(pooled, self.num_samples)
-        return self._undetected_rows(logits, deltas, proposals,
-                                     [(t.gt_boxes.tensor, t.gt_classes) for t in targets])
+        return self._undetected_rows(
+            logits, deltas, proposals, [(t.gt_boxes.tensor, t.gt_classes) for t in targets]
+        )
 
     def _undetected_rows(self, logits, deltas, proposals, ground_truth):
         """Per image, :meth:`_undetected_in_image` of its slice of the M samples over all
@@ -125,8 +146,15 @@ class DDNROIHeads(ProbabilityROIHeads):
         rows, start = [], 0
         for p, (gt_boxes, gt_classes) in zip(proposals, ground_truth):
             n = len(p)
-            rows.append(self._undetected_in_image(probs[:, start:start + n], deltas[:, start:start + n],
-                                                  p.proposal_boxes.tensor, gt_boxes, gt_classes))
+            rows.append(
+                self._undetected_in_image(
+                    probs[:, start : start + n],
+                    deltas[:, start : start + n],
+                    p.proposal_boxes.tensor,
+                    gt_boxes,
+                    gt_classes,
+                )
+            )
             start += n
         return rows
 
@@ -134,16 +162,14 @@ class DDNROIHeads(ProbabilityROIHeads):
         """(G', 5) rows (box, class) of the GT boxes the teacher's samples do not detect."""
         num_classes = probs.shape[-1] - 1
         keep = (gt_classes >= 0) & (gt_classes < num_classes)
-        unique_gt = torch.unique(torch.cat([gt_boxes[keep], gt_classes[keep, None].to(gt_boxes)], 1),
-                                 dim=0)
+        unique_gt = torch.unique(torch.cat([gt_boxes[keep], gt_classes[keep, None].to(gt_boxes)], 1), dim=0)
         num_samples = probs.shape[0]
         transform = self.box_predictor.box2box_transform
         missed = []
         for row in unique_gt:
             gt_box, c = row[:4], int(row[4])
-            class_deltas = deltas[..., 4 * c:4 * c + 4] if deltas.shape[-1] > 4 else deltas
-            boxes = transform.apply_deltas(class_deltas.reshape(-1, 4),
-                                           proposal_boxes.repeat(num_samples, 1))
+            class_deltas = deltas[..., 4 * c : 4 * c + 4] if deltas.shape[-1] > 4 else deltas
+            boxes = transform.apply_deltas(class_deltas.reshape(-1, 4), proposal_boxes.repeat(num_samples, 1))
             kept = probs[..., c].reshape(-1) >= self.box_predictor.test_score_thresh
             iou = pairwise_iou(Boxes(gt_box[None]), Boxes(boxes[kept]))
             if not (iou >= self.match_iou).any():
@@ -153,9 +179,9 @@ class DDNROIHeads(ProbabilityROIHeads):
     @staticmethod
     def _proposals_of(image_proposals, undetected_rows):
         """Bool mask of the proposals whose foreground GT (box + class) is one of ``rows``."""
-        mask = torch.zeros(len(image_proposals), dtype=torch.bool,
-                           device=image_proposals.gt_classes.device)
+        mask = torch.zeros(len(image_proposals), dtype=torch.bool, device=image_proposals.gt_classes.device)
         for row in undetected_rows:
-            mask |= ((image_proposals.gt_boxes.tensor == row[:4]).all(dim=1)
-                     & (image_proposals.gt_classes == int(row[4])))
+            mask |= (image_proposals.gt_boxes.tensor == row[:4]).all(dim=1) & (
+                image_proposals.gt_classes == int(row[4])
+            )
         return mask

@@ -5,6 +5,7 @@ sizes, on textured backgrounds with clutter (distractor strokes and blobs in the
 colours), partial occlusion and small objects, so that a detector trained on it is imperfect
 and its calibration is measurable. Same seed, same files.
 """
+
 import json
 import os
 
@@ -44,8 +45,11 @@ def _scene(rng, size):
     annotations = []
     for _ in range(rng.integers(1, 5)):
         cls = int(rng.integers(len(CLASSES)))
-        side = int(rng.integers(size // 10, size // 3)) if rng.random() > 0.3 else int(
-            rng.integers(size // 20 + 2, size // 8 + 2))  # ~30% small objects
+        side = (
+            int(rng.integers(size // 10, size // 3))
+            if rng.random() > 0.3
+            else int(rng.integers(size // 20 + 2, size // 8 + 2))
+        )  # ~30% small objects
         x0, y0 = (int(v) for v in rng.integers(0, size - side, size=2))
         box = [x0, y0, x0 + side, y0 + int(side * rng.uniform(0.7, 1.3))]
         box[3] = min(box[3], size - 1)
@@ -55,13 +59,12 @@ def _scene(rng, size):
     return np.asarray(image), annotations
 
 
-def generate_demo_detection(root: str, num_images=None, image_size: int = 128,
-                            seed: int = 0) -> dict:
+def generate_demo_detection(root: str, num_images=None, image_size: int = 128, seed: int = 0) -> dict:
     """Write ``root/{split}/*.png`` and ``root/annotations/instances_{split}.json``.
 
     ``num_images`` maps split -> count (default 200 train, 60 calib, 60 val; calib is the
-    held-out split that score calibrators and the DDN knob study are fitted / chosen on). Returns split -> json
-    path. Existing files with the same generation parameters are reused; with
+    held-out split that score calibrators and the DDN knob study are fitted / chosen on).
+    Returns split -> json path. Existing files with the same generation parameters are reused; with
     ``num_images=None`` an existing dataset of any size is reused.
     """
     stamp = os.path.join(root, "generation.json")
@@ -86,15 +89,20 @@ def generate_demo_detection(root: str, num_images=None, image_size: int = 128,
             pixels, objects = _scene(rng, image_size)
             file_name = f"{split}/{image_id:05d}.png"
             Image.fromarray(pixels).save(os.path.join(root, file_name))
-            images.append({"id": image_id, "file_name": file_name, "height": image_size,
-                           "width": image_size})
+            images.append({"id": image_id, "file_name": file_name, "height": image_size, "width": image_size})
             for cls, (x0, y0, x1, y1) in objects:
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                    "category_id": cls + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                                    "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": cls + 1,
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "area": (x1 - x0) * (y1 - y0),
+                        "iscrowd": 0,
+                    }
+                )
         with open(paths[split], "w") as f:
-            json.dump({"images": images, "annotations": annotations,
-                       "categories": categories}, f)
+            json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
     with open(stamp, "w") as f:
         json.dump(params, f)
     return paths
@@ -116,6 +124,7 @@ def register_demo_detection(root: str = None, prefix: str = "conf_demo_det", **k
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
             from detectron2.data import MetadataCatalog
+
             MetadataCatalog.remove(name)
         register_coco_instances(name, {}, json_file, root)
         names.append(name)

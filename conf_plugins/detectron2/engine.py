@@ -8,6 +8,7 @@ of its own imports the pieces instead::
                                               "--coco", "mine_val", "val.json", "images/"]))
     trainer = CalibrationTrainer(cfg)
 """
+
 import json
 import os
 
@@ -22,6 +23,7 @@ from detectron2.utils import comm
 from conf_plugins.distributed import shutdown_process_group
 
 from .config import add_ddn_config, merge_config_file
+from .corruption import build_corrupted_test_loader
 from .demo_data import register_demo_detection
 from .evaluator import DetectionCalibrationEvaluator
 
@@ -37,71 +39,97 @@ class CalibrationTrainer(DefaultTrainer):
         during training): a model that predicts nothing yet gets NaN calibration metrics and a
         warning instead of killing the run; ``--eval-only`` makes it an error."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return DatasetEvaluators([
-            COCOEvaluator(dataset_name, output_dir=output_folder),
-            DetectionCalibrationEvaluator.from_config(cfg, dataset_name, output_folder,
-                                                      allow_empty=allow_empty),
-        ])
+        return DatasetEvaluators(
+            [
+                COCOEvaluator(dataset_name, output_dir=output_folder),
+                DetectionCalibrationEvaluator.from_config(
+                    cfg, dataset_name, output_folder, allow_empty=allow_empty
+                ),
+            ]
+        )
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """The stock test loader, with ``INPUT.CORRUPTION`` applied when it is set."""
+        return build_corrupted_test_loader(cfg, dataset_name)
 
 
 def argument_parser():
     """detectron2's ``default_argument_parser`` plus ``--coco NAME JSON IMAGE_ROOT``."""
     parser = default_argument_parser()
-    parser.add_argument("--coco", nargs=3, action="append", default=[],
-                        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-                        help="register a COCO-format dataset (repeatable); the same as an "
-                             "entry of DATASETS.COCO")
+    parser.add_argument(
+        "--coco",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format dataset (repeatable); the same as an entry of DATASETS.COCO",
+    )
     return parser
 
 
-def register_datasets(cfg, coco=()):
+def register_datasets(cfg, coco=(), names=()):
     """Register the COCO-format datasets of ``DATASETS.COCO`` and ``coco`` (name, JSON, image
-    root), and the demo data, generated on first use, only when the config names it."""
+    root), and the demo data, generated on first use, only when the config or ``names`` use it."""
     for entry in [*cfg.DATASETS.COCO, *coco]:
         if len(entry) != 3:
-            raise SystemExit(f"DATASETS.COCO / --coco entries are (name, json_file, image_root), "
-                             f"got {entry!r}")
+            raise ValueError(
+                f"DATASETS.COCO / --coco entries are (name, json_file, image_root), got {entry!r}"
+            )
         name, json_file, image_root = entry
         if not os.path.isfile(json_file):
-            raise SystemExit(f"dataset '{name}': no such COCO JSON: {json_file}")
+            raise FileNotFoundError(f"dataset '{name}': no such COCO JSON: {json_file}")
         if name in DatasetCatalog.list():
-            raise SystemExit(f"dataset '{name}' is already registered (a detectron2 builtin or "
-                             "a repeated entry): choose another name")
+            raise ValueError(
+                f"dataset '{name}' is already registered (a detectron2 builtin or "
+                "a repeated entry): choose another name"
+            )
         register_coco_instances(name, {}, json_file, image_root)
-    used = (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)
+    used = (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST, *names)
     if any(name.startswith(DEMO_PREFIX + "_") for name in used):
         register_demo_detection()
 
 
-def check_datasets(cfg):
-    """Fail early, with directions, when a dataset of the config is unknown or not on disk."""
-    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+def check_datasets(cfg, names=None):
+    """Fail early, with directions, when a dataset of ``names`` (default: the config's
+    DATASETS.TRAIN and DATASETS.TEST) is unknown (ValueError) or not on disk
+    (FileNotFoundError). Loads each one, i.e. reads its JSON."""
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if names is None else names:
         if name not in DatasetCatalog.list():
-            raise SystemExit(f"dataset '{name}' is not registered: register a COCO-format "
-                             f"dataset with --coco {name} JSON IMAGE_ROOT (or DATASETS.COCO in "
-                             "the config), or use the demo data (configs/demo/teacher.yaml)")
+            raise ValueError(
+                f"dataset '{name}' is not registered: register a COCO-format "
+                f"dataset with --coco {name} JSON IMAGE_ROOT (or DATASETS.COCO in "
+                "the config), or use the demo data (configs/demo/teacher.yaml)"
+            )
         try:
             DatasetCatalog.get(name)
         except (FileNotFoundError, OSError, AssertionError) as e:
             root = os.environ.get("DETECTRON2_DATASETS", "datasets")
-            raise SystemExit(
+            raise FileNotFoundError(
                 f"dataset '{name}' is not available ({e}).\nCOCO is expected under {root}/coco "
                 "(set DETECTRON2_DATASETS). To try conf_plugins without COCO, use the built-in "
-                "demo data: tools/train_net.py --config-file configs/demo/teacher.yaml") from None
+                "demo data: tools/train_net.py --config-file configs/demo/teacher.yaml"
+            ) from None
 
 
-def setup(args):
+def setup(args, datasets_to_check=None):
     """The frozen config of ``args`` (our keys added, ``model_zoo:`` bases resolved), with
-    its datasets registered and checked; detectron2's ``default_setup`` (logging, seed)."""
+    its datasets registered and checked; detectron2's ``default_setup`` (logging, seed).
+
+    ``datasets_to_check``: the dataset names checked (see :func:`check_datasets`), by default
+    the config's DATASETS.TRAIN and DATASETS.TEST. A tool that runs on one split names that
+    one alone: checking the training set of COCO would read its whole JSON for nothing.
+    """
     if not args.config_file:
-        raise SystemExit("--config-file is required (e.g. configs/demo/teacher.yaml)")
+        raise ValueError("--config-file is required (e.g. configs/demo/teacher.yaml)")
     cfg = add_ddn_config(get_cfg())
     merge_config_file(cfg, args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
-    register_datasets(cfg, getattr(args, "coco", ()))
-    check_datasets(cfg)
+    names = None if datasets_to_check is None else tuple(datasets_to_check)
+    register_datasets(cfg, getattr(args, "coco", ()), names or ())
+    check_datasets(cfg, names)
     return cfg
 
 
@@ -111,9 +139,11 @@ def run(args):
     if args.eval_only:
         model = CalibrationTrainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
-        evaluators = [CalibrationTrainer.build_evaluator(cfg, name, allow_empty=False)
-                      for name in cfg.DATASETS.TEST]
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        evaluators = [
+            CalibrationTrainer.build_evaluator(cfg, name, allow_empty=False) for name in cfg.DATASETS.TEST
+        ]
         results = CalibrationTrainer.test(cfg, model, evaluators)
         if comm.is_main_process():  # machine-readable copy of what detectron2 printed
             with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:

@@ -1,4 +1,5 @@
 """detectron2 evaluator for the calibration of detection scores (DDN paper §V, Fig. 4)."""
+
 import json
 import logging
 import math
@@ -11,10 +12,11 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
 from conf_plugins.calibration import CalibrationStats
+from conf_plugins.calibration.bootstrap import DEFAULT_RESAMPLES, bootstrap_intervals, sparse_rows
 from conf_plugins.calibration.detection_matching import match_detection_batch
 from conf_plugins.calibration.detection_stats import DetectionBinStats
 from conf_plugins.calibration.plots import plot_position_map, plot_reliability
-from conf_plugins.calibration.stats import METRIC_NAMES
+from conf_plugins.calibration.stats import METRIC_NAMES, metrics_of_records
 
 from .config import validate_calibration_config
 
@@ -40,7 +42,7 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
     A detection is correct when it matches an unmatched same-class, non-crowd GT box with
     IoU >= t (greedy by score, :func:`match_detection_batch`); its confidence is its score;
     one left unmatched that lies on a same-class crowd region is ignored (COCO's rule). Images
-    are matched in batches of ``BATCH_IMAGES`` (all IoU thresholds at once, issue 14). Each
+    are matched in batches of ``BATCH_IMAGES`` (all IoU thresholds at once). Each
     process accumulates :class:`CalibrationStats` (O(bins) memory); ``evaluate`` sums them
     over processes (all_reduce), so any number of processes gives the same numbers. Results
     come under the ``calibration`` key (beside ``bbox`` of ``COCOEvaluator``) as
@@ -59,11 +61,20 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
     detection would count as wrong.
     """
 
-    def __init__(self, dataset_name: str, iou_thresholds=(0.3, 0.5, 0.7), num_bins: int = 10,
-                 output_dir: str = None, distributed: bool = True, allow_empty: bool = False):
+    def __init__(
+        self,
+        dataset_name: str,
+        iou_thresholds=(0.3, 0.5, 0.7),
+        num_bins: int = 10,
+        output_dir: str = None,
+        distributed: bool = True,
+        allow_empty: bool = False,
+        bootstrap: int = DEFAULT_RESAMPLES,
+        bootstrap_seed: int = 0,
+    ):
         self._dataset_name = dataset_name
-        if not iou_thresholds or not all(
-                isinstance(t, (int, float)) and 0 < t <= 1 for t in iou_thresholds):
+        self._bootstrap, self._bootstrap_seed = int(bootstrap), int(bootstrap_seed)
+        if not iou_thresholds or not all(isinstance(t, (int, float)) and 0 < t <= 1 for t in iou_thresholds):
             raise ValueError(f"iou_thresholds must be IoUs in (0, 1], got {iou_thresholds!r}")
         self._iou_thresholds = tuple(float(t) for t in iou_thresholds)
         self._num_bins, _ = CalibrationStats().check_metric_args(num_bins, 0.5)
@@ -72,39 +83,53 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         self._distributed = distributed
         self._gt = self._load_ground_truth(dataset_name)
         self._num_classes = len(MetadataCatalog.get(dataset_name).get("thing_classes", [])) or (
-            1 + max((int(e["gt_classes"].max()) for e in self._gt.values() if len(e["gt_classes"])),
-                    default=0))
+            1
+            + max((int(e["gt_classes"].max()) for e in self._gt.values() if len(e["gt_classes"])), default=0)
+        )
         self.reset()
 
     @classmethod
     def from_config(cls, cfg, dataset_name, output_dir=None, allow_empty=False):
         thresholds, num_bins = validate_calibration_config(cfg)
-        return cls(dataset_name, thresholds, num_bins, output_dir, allow_empty=allow_empty)
+        return cls(
+            dataset_name,
+            thresholds,
+            num_bins,
+            output_dir,
+            allow_empty=allow_empty,
+            bootstrap=cfg.TEST.CALIBRATION.BOOTSTRAP,
+            bootstrap_seed=cfg.TEST.CALIBRATION.BOOTSTRAP_SEED,
+        )
 
     @staticmethod
     def _load_ground_truth(dataset_name):
         gt = {}
         for record in DatasetCatalog.get(dataset_name):
             if "annotations" not in record:
-                raise ValueError(f"dataset '{dataset_name}' has no annotations for image "
-                                 f"{record.get('image_id')}: calibration needs ground truth")
+                raise ValueError(
+                    f"dataset '{dataset_name}' has no annotations for image "
+                    f"{record.get('image_id')}: calibration needs ground truth"
+                )
             entry = {}
             for crowd, prefix in ((False, "gt"), (True, "crowd")):
                 anns = [a for a in record["annotations"] if bool(a.get("iscrowd", 0)) == crowd]
                 entry[f"{prefix}_boxes"] = boxes_as_xyxy(anns)
-                entry[f"{prefix}_classes"] = torch.tensor([a["category_id"] for a in anns],
-                                                          dtype=torch.int64)
+                entry[f"{prefix}_classes"] = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
             gt[record["image_id"]] = entry
         if gt and not any(len(entry["gt_classes"]) for entry in gt.values()):
             json_file = MetadataCatalog.get(dataset_name).get("json_file")
             if json_file and os.path.isfile(json_file):
                 with open(json_file) as f:  # load_coco_json gives [] to every image either way
                     if "annotations" not in json.load(f):
-                        raise ValueError(f"dataset '{dataset_name}' has no ground truth: "
-                                         f"{json_file} holds no 'annotations' (e.g. COCO "
-                                         "test-dev); calibration needs labelled images")
-            raise ValueError(f"dataset '{dataset_name}' has no (non-crowd) ground-truth box in "
-                             "any image: every detection would count as wrong")
+                        raise ValueError(
+                            f"dataset '{dataset_name}' has no ground truth: "
+                            f"{json_file} holds no 'annotations' (e.g. COCO "
+                            "test-dev); calibration needs labelled images"
+                        )
+            raise ValueError(
+                f"dataset '{dataset_name}' has no (non-crowd) ground-truth box in "
+                "any image: every detection would count as wrong"
+            )
         return gt
 
     BATCH_IMAGES = 256  # images matched together: bounded memory, few Python steps
@@ -112,14 +137,22 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
 
     def reset(self):
         thresholds = self._iou_thresholds
-        self._stats = {"": [CalibrationStats() for _ in thresholds],
-                       "top1/": [CalibrationStats() for _ in thresholds]}
+        self._stats = {
+            "": [CalibrationStats() for _ in thresholds],
+            "top1/": [CalibrationStats() for _ in thresholds],
+        }
         bins = (self._num_bins,) + self.POSITION_BINS
-        self._bin_stats = {"": [DetectionBinStats(self._num_classes, bins) for _ in thresholds],
-                           "top1/": [DetectionBinStats(self._num_classes, bins) for _ in thresholds]}
+        self._bin_stats = {
+            "": [DetectionBinStats(self._num_classes, bins) for _ in thresholds],
+            "top1/": [DetectionBinStats(self._num_classes, bins) for _ in thresholds],
+        }
         self._num_images = 0
         self._pending = []
         self._has_probs = None
+        # per-image records for the bootstrap: image ids in processing order, and per mode and
+        # threshold the sparse (images, statistics) rows of each matched batch
+        self._image_ids = []
+        self._records = {mode: [[] for _ in thresholds] for mode in ("", "top1/")}
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
@@ -131,15 +164,22 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                 self._has_probs = has_probs
             elif has_probs != self._has_probs:
                 raise ValueError("some detections carry pred_class_probs and others do not")
-            image = dict(self._gt[inp["image_id"]], det_boxes=instances.pred_boxes.tensor,
-                         det_scores=instances.scores, det_classes=instances.pred_classes,
-                         image_size=instances.image_size)
+            image = dict(
+                self._gt[inp["image_id"]],
+                image_id=inp["image_id"],
+                det_boxes=instances.pred_boxes.tensor,
+                det_scores=instances.scores,
+                det_classes=instances.pred_classes,
+                image_size=instances.image_size,
+            )
             if has_probs:
                 image["det_probs"] = instances.pred_class_probs
                 image["top1"] = instances.pred_classes == instances.pred_class_probs.argmax(dim=1)
             if len(instances) and int(instances.pred_classes.max()) >= self._num_classes:
-                raise ValueError(f"predicted class {int(instances.pred_classes.max())} but "
-                                 f"'{self._dataset_name}' has {self._num_classes} classes")
+                raise ValueError(
+                    f"predicted class {int(instances.pred_classes.max())} but "
+                    f"'{self._dataset_name}' has {self._num_classes} classes"
+                )
             self._pending.append(image)
             self._num_images += 1
             if len(self._pending) >= self.BATCH_IMAGES:
@@ -149,11 +189,13 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         """Match the buffered images and add them to the statistics (one update per IoU)."""
         if not self._pending:
             return
+        self._image_ids += [im["image_id"] for im in self._pending]
         self._add_matched(self._pending, "")
         if self._has_probs:  # top-1 mode: only each proposal's arg-max class is a detection
             keys = ("det_boxes", "det_scores", "det_classes", "det_probs")
-            self._add_matched([{**im, **{k: im[k][im["top1"]] for k in keys}}
-                               for im in self._pending], "top1/")
+            self._add_matched(
+                [{**im, **{k: im[k][im["top1"]] for k in keys}} for im in self._pending], "top1/"
+            )
         self._pending = []
 
     def _add_matched(self, images, mode):
@@ -168,16 +210,39 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         for im in images:
             height, width = im["image_size"]
             box = im["det_boxes"].double()
-            centres.append(torch.stack([(box[:, 0] + box[:, 2]) / (2 * width),
-                                        (box[:, 1] + box[:, 3]) / (2 * height)], dim=1))
+            centres.append(
+                torch.stack(
+                    [(box[:, 0] + box[:, 2]) / (2 * width), (box[:, 1] + box[:, 3]) / (2 * height)], dim=1
+                )
+            )
         centres = torch.cat(centres).clamp(0, 1)
+        image_of = torch.cat(
+            [torch.full((len(im["det_scores"]),), i, dtype=torch.long) for i, im in enumerate(images)]
+        )
         for k, (stats, bin_stats) in enumerate(zip(self._stats[mode], self._bin_stats[mode])):
             correct = torch.cat([c[k] for c, _, _ in matches])
             kept = ~torch.cat([i[k] for _, i, _ in matches])  # crowd-ignored: left out
             iou = torch.cat([m[k] for _, _, m in matches])
             stats.update(scores, correct, mask=kept)
-            bin_stats.update(scores[kept], correct[kept], classes[kept], iou[kept],
-                             features=(centres[kept, 0], centres[kept, 1]))
+            features = (centres[kept, 0], centres[kept, 1])
+            bin_stats.update(scores[kept], correct[kept], classes[kept], iou[kept], features=features)
+            if self._bootstrap:
+                records = torch.cat(
+                    [
+                        stats.records_by_group(scores, correct, image_of, len(images), mask=kept),
+                        bin_stats.records_by_image(
+                            image_of[kept],
+                            len(images),
+                            scores[kept],
+                            correct[kept],
+                            classes[kept],
+                            iou[kept],
+                            features=features,
+                        ),
+                    ],
+                    dim=1,
+                )
+                self._records[mode][k].append(records.coalesce())
 
     def _reduced_stats(self):
         """The statistics of all processes on the main one (None elsewhere).
@@ -189,50 +254,160 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         """
         if not self._distributed or comm.get_world_size() == 1:
             return self._stats, self._bin_stats
-        reduced = {m: [CalibrationStats(s.num_fine_bins).merge(s).all_reduce() for s in stats]
-                   for m, stats in self._stats.items()}
-        reduced_bins = {m: [DetectionBinStats(s.num_groups, s.bins).merge(s).all_reduce()
-                            for s in stats] for m, stats in self._bin_stats.items()}
+        reduced = {
+            m: [CalibrationStats(s.num_fine_bins).merge(s).all_reduce() for s in stats]
+            for m, stats in self._stats.items()
+        }
+        reduced_bins = {
+            m: [DetectionBinStats(s.num_groups, s.bins).merge(s).all_reduce() for s in stats]
+            for m, stats in self._bin_stats.items()
+        }
         # copies: evaluate() can repeat
         return (reduced, reduced_bins) if comm.is_main_process() else (None, None)
 
+    def metric_fn(self, stats, bin_stats):
+        """Summed per-image records (B, S) -> {metric: (B,)}: the CalibrationStats part, then
+        the DetectionBinStats part (classwise ECE, LaECE, D-ECE) of each row."""
+        split = len(stats.as_record())
+
+        def metrics(records):
+            return {
+                **metrics_of_records(records[:, :split], stats.num_fine_bins, self._num_bins),
+                **bin_stats.metrics_of_records(records[:, split:]),
+            }
+
+        return metrics
+
+    def _gathered_records(self):
+        """``(image ids, {mode: [records per threshold]})`` of every process, rows sorted by
+        image id: the same intervals for any number of processes. None without bootstrap, on
+        ranks other than the main one, or with fewer than two images."""
+        if not self._bootstrap:
+            return None
+        local = (
+            self._image_ids,
+            {
+                m: [sparse_rows([], [], [], (0, 0)) if not parts else torch.cat(parts) for parts in by_t]
+                for m, by_t in self._records.items()
+            },
+        )
+        if self._distributed and comm.get_world_size() > 1:
+            import torch.distributed as dist
+
+            everything = [None] * comm.get_world_size()
+            dist.all_gather_object(everything, local)
+            if not comm.is_main_process():
+                return None
+        else:
+            everything = [local]
+        ids = [i for ids, _ in everything for i in ids]
+        if len(ids) < 2:
+            logger.warning("fewer than two images: no bootstrap intervals")
+            return None
+        order = sorted(range(len(ids)), key=lambda i: (type(ids[i]).__name__, ids[i]))
+        rows = torch.empty(len(ids), dtype=torch.long)
+        rows[torch.tensor(order)] = torch.arange(len(ids))  # old row -> sorted row
+        out = {}
+        for mode in self._records:
+            out[mode] = []
+            for k in range(len(self._iou_thresholds)):
+                parts = [r[mode][k] for _, r in everything if r[mode][k].shape[0]]
+                if not parts:
+                    out[mode].append(None)
+                    continue
+                merged = torch.cat(parts).coalesce()
+                index = merged.indices()
+                out[mode].append(
+                    sparse_rows(rows[index[0]], index[1], merged.values(), (len(ids), merged.shape[1]))
+                )
+        return [ids[i] for i in order], out
+
     def evaluate(self):
         self._match_pending()
+        gathered = self._gathered_records()
         all_stats, all_bin_stats = self._reduced_stats()
         if all_stats is None:
             return {}
+        image_ids, records = gathered if gathered is not None else (None, None)
         stats = all_stats[""]
         if stats[0].count == 0:
-            message = (f"no detections on '{self._dataset_name}': the model predicted nothing "
-                       "above its score threshold, so calibration is undefined")
+            message = (
+                f"no detections on '{self._dataset_name}': the model predicted nothing "
+                "above its score threshold, so calibration is undefined"
+            )
             if not self._allow_empty:
                 raise ValueError(message)
             logger.warning(message + "; reporting NaN")
-            return {"calibration": {f"{name}@IoU{t:g}": math.nan for t in self._iou_thresholds
-                                    for name in METRIC_NAMES + EXTRA_METRIC_NAMES}}
+            return {
+                "calibration": {
+                    f"{name}@IoU{t:g}": math.nan
+                    for t in self._iou_thresholds
+                    for name in METRIC_NAMES + EXTRA_METRIC_NAMES
+                }
+            }
         results = {}
         folder = os.path.join(self._output_dir, "calibration") if self._output_dir else None
         for mode in ("", "top1/"):
             if mode and all_stats[mode][0].count == 0:
                 continue  # no pred_class_probs: no top-1 mode
-            for t, s, b in zip(self._iou_thresholds, all_stats[mode], all_bin_stats[mode]):
+            for k, (t, s, b) in enumerate(zip(self._iou_thresholds, all_stats[mode], all_bin_stats[mode])):
                 key = f"@IoU{t:g}"
                 for name, value in s.compute(num_bins=self._num_bins).items():
                     results[f"{mode}{name}{key}"] = value
-                results.update({f"{mode}classwise_ECE{key}": b.classwise_ece(),
-                                f"{mode}LaECE{key}": b.laece(), f"{mode}D-ECE{key}": b.dece()})
+                results.update(
+                    {
+                        f"{mode}classwise_ECE{key}": b.classwise_ece(),
+                        f"{mode}LaECE{key}": b.laece(),
+                        f"{mode}D-ECE{key}": b.dece(),
+                    }
+                )
+                if records is not None and records[mode][k] is not None:
+                    intervals = bootstrap_intervals(
+                        records[mode][k], self.metric_fn(s, b), self._bootstrap, seed=self._bootstrap_seed
+                    )
+                    for name, (lo, hi) in intervals.items():
+                        results[f"{mode}{name}{key}_ci_lo"], results[f"{mode}{name}{key}_ci_hi"] = lo, hi
                 if folder:
                     os.makedirs(folder, exist_ok=True)
                     tag, title = mode.replace("/", "_"), f"{self._dataset_name}, {mode}IoU {t:g}"
-                    plot_reliability(s, os.path.join(folder, f"{tag}reliability_iou{t:g}.png"),
-                                     num_bins=self._num_bins, title=title)
-                    plot_position_map(b, os.path.join(folder, f"{tag}dece_map_iou{t:g}.png"),
-                                      title=f"D-ECE by position, {title}")
+                    plot_reliability(
+                        s,
+                        os.path.join(folder, f"{tag}reliability_iou{t:g}.png"),
+                        num_bins=self._num_bins,
+                        title=title,
+                    )
+                    plot_position_map(
+                        b,
+                        os.path.join(folder, f"{tag}dece_map_iou{t:g}.png"),
+                        title=f"D-ECE by position, {title}",
+                    )
         if folder:  # the statistics themselves, for reports and later merging
-            torch.save({t: s.state_dict() for t, s in zip(self._iou_thresholds, stats)},
-                       os.path.join(folder, "stats.pt"))
-            torch.save({m: {t: b.state_dict() for t, b in zip(self._iou_thresholds, bins)}
-                        for m, bins in all_bin_stats.items()}, os.path.join(folder, "bin_stats.pt"))
-        logger.info("Calibration of %s: %s", self._dataset_name,
-                    {k: round(v, 4) for k, v in results.items() if k.startswith(("ECE", "MSCE"))})
+            torch.save(
+                {t: s.state_dict() for t, s in zip(self._iou_thresholds, stats)},
+                os.path.join(folder, "stats.pt"),
+            )
+            if records is not None:  # per-image records: paired comparisons of two methods
+                torch.save(
+                    {
+                        "images": image_ids,
+                        "iou_thresholds": self._iou_thresholds,
+                        "num_bins": self._num_bins,
+                        "num_classes": self._num_classes,
+                        "bins": all_bin_stats[""][0].bins,
+                        "records": records,
+                    },
+                    os.path.join(folder, "records.pt"),
+                )
+            torch.save(
+                {
+                    m: {t: b.state_dict() for t, b in zip(self._iou_thresholds, bins)}
+                    for m, bins in all_bin_stats.items()
+                },
+                os.path.join(folder, "bin_stats.pt"),
+            )
+        logger.info(
+            "Calibration of %s: %s",
+            self._dataset_name,
+            {k: round(v, 4) for k, v in results.items() if k.startswith(("ECE", "MSCE"))},
+        )
         return {"calibration": results}

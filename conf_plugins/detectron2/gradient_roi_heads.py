@@ -1,4 +1,5 @@
 """Per-detection gradient uncertainty metrics for Faster R-CNN (gradient paper §2, SPEC §4)."""
+
 import torch
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
@@ -8,9 +9,16 @@ from conf_plugins.calibration.entropy import entropy_from_logits
 from conf_plugins.calibration.gradient_metrics import last_layer_gradient_metrics
 
 # Instances field of each metric of conf_plugins.calibration.gradient_metrics.METRICS
-GRADIENT_FIELDS = {"l1_norm": "grad_l1", "l2_norm": "grad_l2", "min": "grad_min",
-                   "max": "grad_max", "mean": "grad_mean", "std": "grad_std",
-                   "skewness": "grad_skewness", "kurtosis": "grad_kurtosis"}
+GRADIENT_FIELDS = {
+    "l1_norm": "grad_l1",
+    "l2_norm": "grad_l2",
+    "min": "grad_min",
+    "max": "grad_max",
+    "mean": "grad_mean",
+    "std": "grad_std",
+    "skewness": "grad_skewness",
+    "kurtosis": "grad_kurtosis",
+}
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -43,22 +51,24 @@ class GradientMetricsROIHeads(StandardROIHeads):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(getattr(self.box_predictor, "cls_score", None), nn.Linear):
-            raise TypeError("GradientMetricsROIHeads needs a box predictor whose classifier "
-                            "`cls_score` is an nn.Linear (FastRCNNOutputLayers), got "
-                            f"{type(self.box_predictor).__name__}")
+            raise TypeError(
+                "GradientMetricsROIHeads needs a box predictor whose classifier "
+                "`cls_score` is an nn.Linear (FastRCNNOutputLayers), got "
+                f"{type(self.box_predictor).__name__}"
+            )
 
     def _forward_box(self, features, proposals):
         if self.training:
             return super()._forward_box(features, proposals)
-        box_features = self.box_pooler([features[f] for f in self.box_in_features],
-                                       [p.proposal_boxes for p in proposals])
+        box_features = self.box_pooler(
+            [features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals]
+        )
         hidden = self.box_head(box_features).flatten(1)  # the input of cls_score
         predictions = self.box_predictor(hidden)
         instances, kept = self.box_predictor.inference(predictions, proposals)
         rows = self._detection_rows(predictions, proposals, kept)
         logits = predictions[0][rows]
-        fields = {GRADIENT_FIELDS[m]: v
-                  for m, v in last_layer_gradient_metrics(hidden[rows], logits).items()}
+        fields = {GRADIENT_FIELDS[m]: v for m, v in last_layer_gradient_metrics(hidden[rows], logits).items()}
         fields["entropy"] = entropy_from_logits(logits, dim=1)
         sizes = [len(x) for x in instances]
         for name, values in fields.items():

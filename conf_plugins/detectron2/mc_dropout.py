@@ -1,18 +1,15 @@
 """MC-dropout inference for Faster R-CNN: the MC-M comparison row of the DDN paper."""
-import torch
+
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
 
+from conf_plugins.calibration.entropy import entropy, mutual_information
+
 from .box_head import sample_predictions
 from .config import validate_ddn_config
 from .probability_heads import ProbabilityROIHeads
-
-
-def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy (nats) over the last dim; 0 log 0 = 0."""
-    return -torch.special.xlogy(probs, probs).sum(dim=-1)
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -37,16 +34,17 @@ class MCDropoutROIHeads(ProbabilityROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape):
         validate_ddn_config(cfg)
-        return {**super().from_config(cfg, input_shape),
-                "mc_samples": cfg.MODEL.MC_DROPOUT.NUM_SAMPLES,
-                "output_uncertainty": cfg.MODEL.MC_DROPOUT.OUTPUT_UNCERTAINTY}
+        return {
+            **super().from_config(cfg, input_shape),
+            "mc_samples": cfg.MODEL.MC_DROPOUT.NUM_SAMPLES,
+            "output_uncertainty": cfg.MODEL.MC_DROPOUT.OUTPUT_UNCERTAINTY,
+        }
 
     def inference_signature(self) -> str:
         return f"{super().inference_signature()};samples={self.mc_samples}"
 
     def box_predictions(self, box_features, proposals):
-        logits, deltas = sample_predictions(self.box_head, self.box_predictor, box_features,
-                                            self.mc_samples)
+        logits, deltas = sample_predictions(self.box_head, self.box_predictor, box_features, self.mc_samples)
         probs = F.softmax(logits, dim=-1)  # (M, R, K+1)
         mean_probs = probs.mean(dim=0)
         # softmax(log p) == p, so the stock inference sees exactly the averaged probabilities.
@@ -55,11 +53,10 @@ class MCDropoutROIHeads(ProbabilityROIHeads):
         if self.output_class_probs:
             fields["pred_class_probs"] = mean_probs
         if self.output_uncertainty:
-            fields["pred_entropy"] = entropy(mean_probs)
-            fields["pred_mutual_info"] = fields["pred_entropy"] - entropy(probs).mean(dim=0)
+            fields["pred_entropy"] = entropy(mean_probs, dim=-1)
+            fields["pred_mutual_info"] = mutual_information(probs, sample_dim=0, class_dim=-1)
             m, r = deltas.shape[:2]
             anchors = cat([p.proposal_boxes.tensor for p in proposals]).repeat(m, 1)
-            boxes = self.box_predictor.box2box_transform.apply_deltas(
-                deltas.reshape(m * r, -1), anchors)
+            boxes = self.box_predictor.box2box_transform.apply_deltas(deltas.reshape(m * r, -1), anchors)
             fields["pred_box_std"] = boxes.reshape(m, r, -1, 4).std(dim=0, correction=0)
         return predictions, fields

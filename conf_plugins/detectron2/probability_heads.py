@@ -1,15 +1,17 @@
-"""ROI heads whose detections carry their class probabilities and uncertainty (issue 12.1).
+"""ROI heads whose detections carry their class probabilities and uncertainty.
 
 detectron2's box inference keeps, per detection, only the score of its class; users ask for
 the full class-probability vector (detectron2 #533, #1754, #2286, #4388). The stock
 inference returns which proposal produced each detection, so every per-proposal quantity
 can follow its detection into ``Instances`` without touching the inference itself.
 """
+
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
+from conf_plugins.calibration.fingerprint import FingerprintVerifiedOnce
 from conf_plugins.calibration.score_calibrators import DetectionScoreCalibrator
 
 from .config import validate_score_calibration_config
@@ -33,7 +35,7 @@ def attach_proposal_fields(instances, kept, fields, proposals, predictions, box_
     scores = box_predictor.predict_probs(predictions, proposals)
     split = {name: value.split(sizes) for name, value in fields.items()}
     for i, (inst, kept_i) in enumerate(zip(instances, kept)):
-        valid = (torch.isfinite(boxes[i]).all(dim=1) & torch.isfinite(scores[i]).all(dim=1))
+        valid = torch.isfinite(boxes[i]).all(dim=1) & torch.isfinite(scores[i]).all(dim=1)
         rows = valid.nonzero()[:, 0][kept_i]
         for name, values in split.items():
             picked = values[i][rows]
@@ -45,7 +47,7 @@ def attach_proposal_fields(instances, kept, fields, proposals, predictions, box_
 
 
 @ROI_HEADS_REGISTRY.register()
-class ProbabilityROIHeads(StandardROIHeads):
+class ProbabilityROIHeads(FingerprintVerifiedOnce, StandardROIHeads):
     """``StandardROIHeads`` whose detections carry ``pred_class_probs``: the K+1 softmax of
     the proposal that produced each detection (its ``scores`` entry is one of them), when
     ``MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS`` is True; and whose inference applies a fitted
@@ -55,33 +57,45 @@ class ProbabilityROIHeads(StandardROIHeads):
     softmax); histogram / isotonic map each detection's score after them (``pred_class_probs``
     stay the model's). Boxes are never changed. The calibrator lives in the checkpoint (from
     ``tools/fit_detection_calibration.py``) with a fingerprint of these heads' weights and
-    inference mode; a missing, stale or mismatched one is an error at the first inference.
+    inference mode; a missing, stale or mismatched one is an error at the first inference
+    (verified once per load / train-eval switch: :class:`FingerprintVerifiedOnce`).
     Training is the stock one; this is the base of our MC-dropout and DDN heads."""
 
     @configurable
-    def __init__(self, *, output_class_probs: bool = False, score_calibration: str = "",
-                 calibration_bins: int = 10, isotonic_bins: int = 1000, **kwargs):
+    def __init__(
+        self,
+        *,
+        output_class_probs: bool = False,
+        score_calibration: str = "",
+        calibration_bins: int = 10,
+        isotonic_bins: int = 1000,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.output_class_probs = output_class_probs
-        self.score_calibrator, self._calibrator_verified = None, False
+        self.score_calibrator = None
         if score_calibration:
-            self.attach_score_calibrator(DetectionScoreCalibrator(
-                score_calibration, self.num_classes, calibration_bins, isotonic_bins))
-        self.register_load_state_dict_post_hook(lambda module, _: module.forget_verified())
+            self.attach_score_calibrator(
+                DetectionScoreCalibrator(score_calibration, self.num_classes, calibration_bins, isotonic_bins)
+            )
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         sc = validate_score_calibration_config(cfg)
-        return {**super().from_config(cfg, input_shape),
-                "output_class_probs": cfg.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS,
-                "score_calibration": sc.METHOD, "calibration_bins": sc.NUM_BINS,
-                "isotonic_bins": sc.ISOTONIC_BINS}
+        return {
+            **super().from_config(cfg, input_shape),
+            "output_class_probs": cfg.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS,
+            "score_calibration": sc.METHOD,
+            "calibration_bins": sc.NUM_BINS,
+            "isotonic_bins": sc.ISOTONIC_BINS,
+        }
 
     def attach_score_calibrator(self, calibrator: DetectionScoreCalibrator):
         """Use ``calibrator`` at inference (replacing any); seal it if it was just fitted."""
         if calibrator.num_classes != self.num_classes:
-            raise ValueError(f"calibrator for {calibrator.num_classes} classes, heads have "
-                             f"{self.num_classes}")
+            raise ValueError(
+                f"calibrator for {calibrator.num_classes} classes, heads have {self.num_classes}"
+            )
         setattr(self, CALIBRATOR, calibrator)  # nn.Module moves it from None to a submodule
         self.forget_verified()
 
@@ -100,20 +114,17 @@ class ProbabilityROIHeads(StandardROIHeads):
         """What, beside the weights, a calibrated score depends on (the inference mode)."""
         return type(self).__name__
 
-    def forget_verified(self):
-        self._calibrator_verified = False
-
-    def train(self, mode: bool = True):
-        self.forget_verified()
-        return super().train(mode)
-
     def verified_calibrator(self):
         """The score calibrator (None without one), checked against the weights once per
         load / train-eval switch."""
-        if self.score_calibrator is not None and not self._calibrator_verified:
-            self.score_calibrator.verify(self.calibrated_weights(), self.inference_signature(),
-                                         "MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD")
-            self._calibrator_verified = True
+        if self.score_calibrator is not None:
+            self.verify_fingerprint_once(
+                lambda: self.score_calibrator.verify(
+                    self.calibrated_weights(),
+                    self.inference_signature(),
+                    "MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD",
+                )
+            )
         return self.score_calibrator
 
     def box_predictions(self, box_features, proposals):
@@ -128,8 +139,9 @@ class ProbabilityROIHeads(StandardROIHeads):
         if self.training:
             return super()._forward_box(features, proposals)
         # the stock inference branch, with the kept proposal indices used instead of dropped
-        box_features = self.box_pooler([features[f] for f in self.box_in_features],
-                                       [p.proposal_boxes for p in proposals])
+        box_features = self.box_pooler(
+            [features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals]
+        )
         calibrator = self.verified_calibrator()  # before any work: a stale one fails fast
         predictions, fields = self.box_predictions(box_features, proposals)
         if calibrator is not None and calibrator.method == "temperature":
@@ -137,8 +149,9 @@ class ProbabilityROIHeads(StandardROIHeads):
             if "pred_class_probs" in fields:
                 fields["pred_class_probs"] = F.softmax(predictions[0], dim=-1)
         instances, kept = self.box_predictor.inference(predictions, proposals)
-        instances = attach_proposal_fields(instances, kept, fields, proposals, predictions,
-                                           self.box_predictor)
+        instances = attach_proposal_fields(
+            instances, kept, fields, proposals, predictions, self.box_predictor
+        )
         if calibrator is not None and calibrator.method != "temperature":
             for inst in instances:
                 inst.scores = calibrator.calibrate_scores(inst.scores, inst.pred_classes)

@@ -1,13 +1,13 @@
 """The frozen MC-dropout teacher of the DDN student (box head + predictor only)."""
+
 import copy
 import logging
 import math
 import os
 
 import torch
-from torch import nn
-
 from detectron2.checkpoint import DetectionCheckpointer
+from torch import nn
 
 from .box_head import DropoutFastRCNNConvFCHead, sample_predictions
 
@@ -22,8 +22,10 @@ class DropoutTeacher(nn.Module):
     def __init__(self, box_head, box_predictor, dropout: float):
         super().__init__()
         if not isinstance(box_head, DropoutFastRCNNConvFCHead):
-            raise TypeError("the DDN teacher needs MODEL.ROI_BOX_HEAD.NAME = "
-                            f"'DropoutFastRCNNConvFCHead', got {type(box_head).__name__}")
+            raise TypeError(
+                "the DDN teacher needs MODEL.ROI_BOX_HEAD.NAME = "
+                f"'DropoutFastRCNNConvFCHead', got {type(box_head).__name__}"
+            )
         self.box_head = copy.deepcopy(box_head)
         self.box_head.dropout = dropout
         self.box_predictor = copy.deepcopy(box_predictor)
@@ -34,9 +36,11 @@ class DropoutTeacher(nn.Module):
     def from_checkpoint(cls, path: str, box_head, box_predictor, dropout: float):
         """Build from the student's modules and load the teacher's trained weights."""
         if not path:
-            raise ValueError("MODEL.DDN.TEACHER_WEIGHTS is empty: train the dropout teacher "
-                             "first (configs/demo/teacher.yaml or configs/teacher_r50.yaml) "
-                             "and point this key at its model_final.pth")
+            raise ValueError(
+                "MODEL.DDN.TEACHER_WEIGHTS is empty: train the dropout teacher "
+                "first (configs/demo/teacher.yaml or configs/teacher_r50.yaml) "
+                "and point this key at its model_final.pth"
+            )
         if not os.path.isfile(path):
             raise FileNotFoundError(f"MODEL.DDN.TEACHER_WEIGHTS: no such file: {path}")
         teacher = cls(box_head, box_predictor, dropout)
@@ -74,8 +78,13 @@ def _load_box_weights(teacher: DropoutTeacher, path: str) -> None:
         checkpointer.load(path)
     finally:
         checkpointer.logger.setLevel(level)
-    missing = sorted(name for name, t in (*view.named_parameters(), *view.named_buffers())
-                     if t.is_floating_point() and torch.isnan(t).any())
+    missing = sorted(
+        name
+        for name, t in (*view.named_parameters(), *view.named_buffers())
+        if t.is_floating_point() and torch.isnan(t).any()
+    )
     if missing:
-        raise ValueError(f"MODEL.DDN.TEACHER_WEIGHTS={path} does not match the box head "
-                         f"(missing or of another shape): {missing}")
+        raise ValueError(
+            f"MODEL.DDN.TEACHER_WEIGHTS={path} does not match the box head "
+            f"(missing or of another shape): {missing}"
+        )

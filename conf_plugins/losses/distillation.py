@@ -1,11 +1,13 @@
 """Logit distillation loss of the Distilled Dropout Network (DDN paper §III.C)."""
+
 import torch
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def logit_distillation_loss(student_logits: torch.Tensor, target_logits: torch.Tensor,
-                            reduction: str = "mean") -> torch.Tensor:
+def logit_distillation_loss(
+    student_logits: torch.Tensor, target_logits: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
     """Squared L2 distance between student logits and (MC-dropout mean) target logits.
 
     DDN paper eq. (8), the ``L_DD`` term of the total loss eq. (7):
@@ -25,8 +27,10 @@ def logit_distillation_loss(student_logits: torch.Tensor, target_logits: torch.T
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if student_logits.dim() != 2 or student_logits.shape != target_logits.shape:
-        raise ValueError("student and target logits must both be [N, C], got "
-                         f"{tuple(student_logits.shape)} and {tuple(target_logits.shape)}")
+        raise ValueError(
+            "student and target logits must both be [N, C], got "
+            f"{tuple(student_logits.shape)} and {tuple(target_logits.shape)}"
+        )
     if not torch.isfinite(target_logits).all():
         raise ValueError("target logits contain NaN or inf")
     if not torch.isfinite(student_logits).all():

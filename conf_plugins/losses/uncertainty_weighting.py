@@ -22,6 +22,7 @@ division by zero of a σ parametrisation; the report learns it too (§4). ``L_i`
 per-sample loss (as mmseg/detectron2 losses are): the optimum ``σ_i² = L_i`` (regression)
 then is the noise variance, independent of the batch size.
 """
+
 import math
 from collections.abc import Mapping, Sequence
 
@@ -49,8 +50,12 @@ class UncertaintyWeightedLoss(nn.Module):
     decay, as the method requires (decay would pull every σ towards 1).
     """
 
-    def __init__(self, task_names: Sequence[str], task_types: Sequence[str],
-                 init_log_vars: float | Sequence[float] = 0.0):
+    def __init__(
+        self,
+        task_names: Sequence[str],
+        task_types: Sequence[str],
+        init_log_vars: float | Sequence[float] = 0.0,
+    ):
         super().__init__()
         names, types = list(task_names), list(task_types)
         if not names:
@@ -73,7 +78,8 @@ class UncertaintyWeightedLoss(nn.Module):
         self.task_names = tuple(names)
         self.task_types = dict(zip(names, types))
         self.log_vars = nn.ParameterDict(
-            {n: nn.Parameter(torch.tensor(v, dtype=torch.float32)) for n, v in zip(names, inits)})
+            {n: nn.Parameter(torch.tensor(v, dtype=torch.float32)) for n, v in zip(names, inits)}
+        )
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Return ``{task: weighted term}`` for every task and ``'total'`` = their sum.
@@ -82,8 +88,10 @@ class UncertaintyWeightedLoss(nn.Module):
         """
         given, expected = set(losses), set(self.task_names)
         if given != expected:
-            raise KeyError(f"UncertaintyWeightedLoss: missing tasks {sorted(expected - given)}, "
-                           f"unexpected tasks {sorted(given - expected)}")
+            raise KeyError(
+                f"UncertaintyWeightedLoss: missing tasks {sorted(expected - given)}, "
+                f"unexpected tasks {sorted(given - expected)}"
+            )
         out = {}
         for name in self.task_names:
             loss = losses[name]

@@ -1,4 +1,5 @@
 """Refuse a checkpoint that lacks weights of the model it is loaded into."""
+
 from mmengine.model import is_model_wrapper
 from mmengine.runner.checkpoint import CheckpointLoader
 
@@ -13,15 +14,17 @@ def missing_weights(model, checkpoint_path: str):
     model = model.module if is_model_wrapper(model) else model
     checkpoint = CheckpointLoader.load_checkpoint(checkpoint_path, map_location="cpu")
     state = checkpoint.get("state_dict", checkpoint)
-    have = {k[len("module."):] if k.startswith("module.") else k for k in state}
+    have = {k[len("module.") :] if k.startswith("module.") else k for k in state}
     return sorted(set(model.state_dict()) - have)
 
 
 def require_complete_checkpoint(model, checkpoint_path: str):
-    """SystemExit naming the missing weights, if any (see :func:`missing_weights`)."""
+    """ValueError naming the missing weights, if any (see :func:`missing_weights`)."""
     missing = missing_weights(model, checkpoint_path)
     if missing:
         shown = ", ".join(missing[:6]) + (", ..." if len(missing) > 6 else "")
-        raise SystemExit(f"{checkpoint_path} lacks {len(missing)} weights of the config's model "
-                         f"({shown}): it was trained for another model (e.g. an STL checkpoint "
-                         "under an MTL config)")
+        raise ValueError(
+            f"{checkpoint_path} lacks {len(missing)} weights of the config's model "
+            f"({shown}): it was trained for another model (e.g. an STL checkpoint "
+            "under an MTL config)"
+        )

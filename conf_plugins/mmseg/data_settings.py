@@ -12,10 +12,15 @@ dataset), or a dict of dataset arguments (``folder`` gives the prefix, the rest,
 ``img_suffix``, ``metainfo``, ...) goes to every split's dataset. ``test`` defaults to
 ``val``. Our tools (seg_train, seg_test, fit_calibration) apply it after ``--cfg-options``.
 """
+
 import copy
 
-LOADERS = {"train": "train_dataloader", "calib": "calib_dataloader", "val": "val_dataloader",
-           "test": "test_dataloader"}
+LOADERS = {
+    "train": "train_dataloader",
+    "calib": "calib_dataloader",
+    "val": "val_dataloader",
+    "test": "test_dataloader",
+}
 LAYOUT_KEYS = ("img_dir", "seg_map_dir", "splits")
 
 
@@ -24,10 +29,10 @@ def apply_data_settings(cfg):
     data = cfg.get("data")
     if data is None:
         return cfg
-    if not isinstance(data, dict) or not isinstance(data.get("splits"), dict) \
-            or not data["splits"]:
-        raise ValueError("data must be a dict with a non-empty 'splits' dict "
-                         "(see conf_plugins.mmseg.data_settings)")
+    if not isinstance(data, dict) or not isinstance(data.get("splits"), dict) or not data["splits"]:
+        raise ValueError(
+            "data must be a dict with a non-empty 'splits' dict (see conf_plugins.mmseg.data_settings)"
+        )
     unknown = set(data["splits"]) - set(LOADERS)
     if unknown:
         raise ValueError(f"data.splits: unknown splits {sorted(unknown)}; use {sorted(LOADERS)}")
@@ -45,7 +50,8 @@ def apply_data_settings(cfg):
         loader = copy.deepcopy(cfg[key])  # test_dataloader may be the same object as val's
         loader["dataset"].update(common, **setting)
         if folder is not None:
-            loader["dataset"]["data_prefix"] = dict(img_path=f"{img_dir}/{folder}",
-                                                    seg_map_path=f"{seg_dir}/{folder}")
+            loader["dataset"]["data_prefix"] = dict(
+                img_path=f"{img_dir}/{folder}", seg_map_path=f"{seg_dir}/{folder}"
+            )
         cfg[key] = loader
     return cfg

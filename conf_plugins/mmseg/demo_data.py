@@ -13,6 +13,7 @@ vehicles at the road depth of their bottom edge (nearer than the road behind the
 and trees at fixed far distances; the sky invalid. It is a function of the layout alone, so
 it never changes the images or labels, and datasets written before it get it on the next call.
 """
+
 import json
 import os
 
@@ -27,9 +28,13 @@ IGNORE_INDEX = 255
 SPLITS = {"train": 0, "calib": 1, "val": 2, "val_shifted": 3}
 GENERATOR_VERSION = 2  # bump when the rendering changes: existing datasets are regenerated
 # (in-domain colour, colour the off-domain split moves towards) per class
-_COLOURS = {0: ((90, 90, 90), (150, 120, 90)), 1: ((150, 110, 90), (90, 110, 160)),
-            2: ((60, 130, 50), (150, 150, 40)), 3: ((150, 190, 230), (230, 180, 140)),
-            4: ((180, 30, 30), (40, 160, 160))}
+_COLOURS = {
+    0: ((90, 90, 90), (150, 120, 90)),
+    1: ((150, 110, 90), (90, 110, 160)),
+    2: ((60, 130, 50), (150, 150, 40)),
+    3: ((150, 190, 230), (230, 180, 140)),
+    4: ((180, 30, 30), (40, 160, 160)),
+}
 # off-domain: colours moved this fraction of the way to the other hue, plus stripes and blur
 _SHIFT_STRENGTH = 0.4
 # synthetic depth: focal length x camera height (px x m), far limit, building / tree depths (m)
@@ -60,7 +65,7 @@ class DemoCityscapesDepthDataset(DemoCityscapesDataset):
         img_dir = self.data_prefix["img_path"]
         data_list = super().load_data_list()
         for info in data_list:
-            stem = os.path.relpath(info["img_path"], img_dir)[:-len(self.img_suffix)]
+            stem = os.path.relpath(info["img_path"], img_dir)[: -len(self.img_suffix)]
             info["depth_map_path"] = os.path.join(depth_dir, stem + self.depth_map_suffix)
         return data_list
 
@@ -103,7 +108,7 @@ def _depth(label, horizon, vehicles):
     depth[label == 2] = _DEPTH_VEGETATION
     depth[label == 3] = 0.0  # sky: no depth
     for x0, y0, x1, y1 in vehicles:  # in drawing order: later ones cover earlier ones
-        depth[y0:y1 + 1, x0:x1 + 1] = min(_FOCAL_X_HEIGHT / max(y1 - horizon, 1), _MAX_DEPTH)
+        depth[y0 : y1 + 1, x0 : x1 + 1] = min(_FOCAL_X_HEIGHT / max(y1 - horizon, 1), _MAX_DEPTH)
     return np.round(depth * 1000).astype(np.uint16)
 
 
@@ -145,8 +150,12 @@ def _render(rng, label, shifted: bool):
     draw = ImageDraw.Draw(image)
     for _ in range(rng.integers(3, 8)):  # clutter: strokes with colours of other classes
         colour = tuple(int(c) for c in _colour(int(rng.integers(5)), shifted))
-        pts = [int(rng.integers(0, width)), int(rng.integers(0, height)),
-               int(rng.integers(0, width)), int(rng.integers(0, height))]
+        pts = [
+            int(rng.integers(0, width)),
+            int(rng.integers(0, height)),
+            int(rng.integers(0, width)),
+            int(rng.integers(0, height)),
+        ]
         draw.line(pts, fill=colour, width=int(rng.integers(1, 3)))
     if shifted:
         image = image.filter(ImageFilter.GaussianBlur(0.8))
@@ -163,8 +172,9 @@ def _with_ignore_borders(label):
     return out
 
 
-def generate_demo_segmentation(root: str, num_images=None, height: int = 128, width: int = 256,
-                               seed: int = 0) -> str:
+def generate_demo_segmentation(
+    root: str, num_images=None, height: int = 128, width: int = 256, seed: int = 0
+) -> str:
     """Write the demo dataset under ``root`` (Cityscapes layout); return ``root``.
 
     ``num_images`` maps split -> count (default train 80, calib 20, val 24, val_shifted 24).
@@ -178,8 +188,13 @@ def generate_demo_segmentation(root: str, num_images=None, height: int = 128, wi
             _write_missing_depth_maps(root, json.load(f))
         return root
     num_images = num_images or {"train": 80, "calib": 20, "val": 24, "val_shifted": 24}
-    params = {"num_images": num_images, "height": height, "width": width, "seed": seed,
-              "version": GENERATOR_VERSION}
+    params = {
+        "num_images": num_images,
+        "height": height,
+        "width": width,
+        "seed": seed,
+        "version": GENERATOR_VERSION,
+    }
     if os.path.exists(stamp):
         with open(stamp) as f:
             if json.load(f) == params:
@@ -198,7 +213,8 @@ def generate_demo_segmentation(root: str, num_images=None, height: int = 128, wi
             stem = os.path.join(split, "demo", f"demo_{i:05d}")
             Image.fromarray(image).save(os.path.join(root, "leftImg8bit", stem + "_leftImg8bit.png"))
             Image.fromarray(_with_ignore_borders(label)).save(
-                os.path.join(root, "gtFine", stem + "_gtFine_labelTrainIds.png"))
+                os.path.join(root, "gtFine", stem + "_gtFine_labelTrainIds.png")
+            )
             Image.fromarray(_depth(label, horizon, vehicles)).save(_depth_path(root, split, i))
     with open(stamp, "w") as f:
         json.dump(params, f)

@@ -5,6 +5,7 @@ passes ``device_ids=[LOCAL_RANK]``; both fail without a GPU. The Runner skips it
 when ``torch.distributed`` is already initialised, and a wrapper config with
 ``device_ids=None`` builds the stock ``MMDistributedDataParallel`` for CPU modules.
 """
+
 import os
 
 import torch
@@ -23,8 +24,11 @@ def init_cpu_distributed_if_needed(cfg) -> bool:
         raise RuntimeError("--launcher pytorch needs torchrun (RANK / WORLD_SIZE unset)")
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")
-    cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None,
-                                 broadcast_buffers=False,
-                                 find_unused_parameters=cfg.get("find_unused_parameters", False))
+    cfg.model_wrapper_cfg = dict(
+        type="MMDistributedDataParallel",
+        device_ids=None,
+        broadcast_buffers=False,
+        find_unused_parameters=cfg.get("find_unused_parameters", False),
+    )
     cfg.env_cfg = {**cfg.get("env_cfg", {}), "dist_cfg": dict(backend="gloo")}
     return True

@@ -8,6 +8,7 @@ std, skewness, kurtosis; paper §2) have a closed form per pixel
 (:func:`~conf_plugins.calibration.gradient_metrics.pixel_gradient_metrics`) and cost about
 as much as the softmax: one forward pass, no backward pass.
 """
+
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,9 +22,13 @@ from conf_plugins.calibration.plots import plot_confidence_heatmap
 
 
 @torch.no_grad()
-def pixel_gradient_maps(segmentor, inputs: torch.Tensor, size: Sequence[int] | None = None,
-                        metrics: Sequence[str] = METRICS,
-                        include_bias: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+def pixel_gradient_maps(
+    segmentor,
+    inputs: torch.Tensor,
+    size: Sequence[int] | None = None,
+    metrics: Sequence[str] = METRICS,
+    include_bias: bool = True,
+) -> dict[str, dict[str, torch.Tensor]]:
     """Gradient-metric and entropy maps of ``segmentor.decode_head.conv_seg``.
 
     A forward hook on ``conv_seg`` captures its input features and output logits during one
@@ -49,13 +54,14 @@ def pixel_gradient_maps(segmentor, inputs: torch.Tensor, size: Sequence[int] | N
     logits. Crop any padding and resize to the original shape as for the predictions.
     """
     if segmentor.training:
-        raise ValueError("pixel_gradient_maps needs segmentor.eval(): the metrics are defined "
-                         "at inference")
+        raise ValueError("pixel_gradient_maps needs segmentor.eval(): the metrics are defined at inference")
     head = segmentor.decode_head
     conv = getattr(head, "conv_seg", None)
     if not isinstance(conv, nn.Conv2d) or conv.kernel_size != (1, 1) or conv.groups != 1:
-        raise TypeError("pixel_gradient_maps needs a decode head whose classifier `conv_seg` "
-                        f"is a 1x1 nn.Conv2d, got {type(conv).__name__}")
+        raise TypeError(
+            "pixel_gradient_maps needs a decode head whose classifier `conv_seg` "
+            f"is a 1x1 nn.Conv2d, got {type(conv).__name__}"
+        )
     if inputs.dim() != 4:
         raise ValueError(f"inputs must be [N, 3, H, W], got {tuple(inputs.shape)}")
     calls = []
@@ -72,12 +78,12 @@ def pixel_gradient_maps(segmentor, inputs: torch.Tensor, size: Sequence[int] | N
     size = tuple(size) if size is not None else tuple(inputs.shape[-2:])
     stacked = torch.stack(list(feature.values()), dim=1)
     resized = resize(stacked, size=size, mode="bilinear", align_corners=head.align_corners)
-    return {"feature": feature,
-            "image": {name: resized[:, i] for i, name in enumerate(feature)}}
+    return {"feature": feature, "image": {name: resized[:, i] for i, name in enumerate(feature)}}
 
 
-def plot_gradient_heatmap(image, metric_map, path, scale: float | None = None,
-                          title: str | None = None, mask=None) -> str:
+def plot_gradient_heatmap(
+    image, metric_map, path, scale: float | None = None, title: str | None = None, mask=None
+) -> str:
     """Heat-map PNG of one gradient-metric map with :func:`plot_confidence_heatmap`.
 
     Shows the gradient confidence ``1 − |m| / scale`` clipped to [0, 1] (``scale``: the
@@ -85,13 +91,20 @@ def plot_gradient_heatmap(image, metric_map, path, scale: float | None = None,
     the other heat-maps, bright means certain. ``image`` (HxWx3 uint8 or None), ``mask``
     and the return value are as for :func:`plot_confidence_heatmap`; ``metric_map`` is HxW.
     """
-    magnitude = np.abs(np.asarray(metric_map.detach().cpu().double()
-                                  if isinstance(metric_map, torch.Tensor) else metric_map,
-                                  dtype=np.float64))
+    magnitude = np.abs(
+        np.asarray(
+            metric_map.detach().cpu().double() if isinstance(metric_map, torch.Tensor) else metric_map,
+            dtype=np.float64,
+        )
+    )
     if scale is None:
         finite = magnitude[np.isfinite(magnitude)]
         scale = float(finite.max()) if finite.size else 0.0
     confidence = 1.0 - magnitude / scale if scale > 0 else np.ones_like(magnitude)
-    return plot_confidence_heatmap(image, np.clip(confidence, 0.0, 1.0), path,
-                                   title=title or f"gradient confidence 1 - |m| / {scale:.3g}",
-                                   mask=mask)
+    return plot_confidence_heatmap(
+        image,
+        np.clip(confidence, 0.0, 1.0),
+        path,
+        title=title or f"gradient confidence 1 - |m| / {scale:.3g}",
+        mask=mask,
+    )

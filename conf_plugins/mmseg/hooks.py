@@ -1,4 +1,5 @@
 """Training hook for the success branch's early checkpoint (success-prediction paper §3.2)."""
+
 import numbers
 
 from mmengine.hooks import Hook
@@ -13,8 +14,10 @@ def success_head_of(model) -> SuccessBranchMixin:
     model = model.module if is_model_wrapper(model) else model
     head = getattr(model, "decode_head", None)
     if not isinstance(head, SuccessBranchMixin):
-        raise TypeError(f"the model's decode head is {type(head).__name__}, not a success head "
-                        "(FCNSuccessHead, ASPPSuccessHead, DepthwiseSeparableASPPSuccessHead)")
+        raise TypeError(
+            f"the model's decode head is {type(head).__name__}, not a success head "
+            "(FCNSuccessHead, ASPPSuccessHead, DepthwiseSeparableASPPSuccessHead)"
+        )
     return head
 
 
@@ -31,18 +34,24 @@ class SuccessSnapshotHook(Hook):
     priority = "NORMAL"
 
     def __init__(self, snapshot_iter: int):
-        if isinstance(snapshot_iter, bool) or not isinstance(snapshot_iter, numbers.Integral) \
-                or snapshot_iter < 1:  # 5.5 would never equal an iteration: no snapshot
-            raise ValueError(f"SuccessSnapshotHook.snapshot_iter must be an integer >= 1, "
-                             f"got {snapshot_iter!r}")
+        if (
+            isinstance(snapshot_iter, bool)
+            or not isinstance(snapshot_iter, numbers.Integral)
+            or snapshot_iter < 1
+        ):  # 5.5 would never equal an iteration: no snapshot
+            raise ValueError(
+                f"SuccessSnapshotHook.snapshot_iter must be an integer >= 1, got {snapshot_iter!r}"
+            )
         snapshot_iter = int(snapshot_iter)
         self.snapshot_iter = snapshot_iter
 
     def before_train(self, runner):
         success_head_of(runner.model)  # fail before training, not at the snapshot
         if runner.max_iters < self.snapshot_iter:
-            raise ValueError(f"SuccessSnapshotHook.snapshot_iter={self.snapshot_iter} is after "
-                             f"the last iteration ({runner.max_iters})")
+            raise ValueError(
+                f"SuccessSnapshotHook.snapshot_iter={self.snapshot_iter} is after "
+                f"the last iteration ({runner.max_iters})"
+            )
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         if runner.iter + 1 == self.snapshot_iter:

@@ -1,4 +1,5 @@
 """Monte-Carlo dropout for mmseg segmentors: M dropout samples of the decode head, one pass."""
+
 import contextlib
 
 import torch
@@ -7,8 +8,10 @@ from mmseg.models import EncoderDecoder
 from mmseg.registry import MODELS
 from torch import nn
 
+from conf_plugins.calibration.entropy import entropy, mutual_information
+
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-EPS = 1e-12
+EPS = 1e-12  # log of a mean probability that underflowed: log(EPS), not -inf
 
 
 @contextlib.contextmanager
@@ -29,12 +32,15 @@ def sampled_dropout(module: nn.Module):
 def mc_dropout_statistics(logits: torch.Tensor):
     """From M logit samples (M, N, C, h, w): log of the mean softmax p̄ (N, C, h, w), the
     predictive entropy H(p̄) and the mutual information H(p̄) − mean_m H(p_m) (N, 1, h, w),
-    natural logarithms (Gal & Ghahramani's MC dropout; the DDN paper's MC-M teacher)."""
+    natural logarithms, 0 · log 0 = 0 (Gal & Ghahramani's MC dropout; the DDN paper's MC-M
+    teacher; :mod:`conf_plugins.calibration.entropy`)."""
     probs = logits.float().softmax(dim=2)
     mean = probs.mean(dim=0)
-    entropy = -(mean * mean.clamp_min(EPS).log()).sum(dim=1, keepdim=True)
-    expected = -(probs * probs.clamp_min(EPS).log()).sum(dim=2).mean(dim=0).unsqueeze(1)
-    return mean.clamp_min(EPS).log(), entropy, (entropy - expected).clamp_min(0.0)
+    return (
+        mean.clamp_min(EPS).log(),
+        entropy(mean, dim=1).unsqueeze(1),
+        mutual_information(probs, sample_dim=0, class_dim=2).unsqueeze(1),
+    )
 
 
 @MODELS.register_module()
@@ -66,8 +72,10 @@ class MCDropoutEncoderDecoder(EncoderDecoder):
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 2:
             raise ValueError(f"mc_samples must be an int >= 2, got {mc_samples!r}")
         if not any(isinstance(m, DROPOUT_TYPES) for m in self.decode_head.modules()):
-            raise ValueError(f"MC dropout needs dropout in the decode head: "
-                             f"{type(self.decode_head).__name__} has none (dropout_ratio=0?)")
+            raise ValueError(
+                f"MC dropout needs dropout in the decode head: "
+                f"{type(self.decode_head).__name__} has none (dropout_ratio=0?)"
+            )
         if self.decode_head.out_channels < 2:
             raise ValueError("MCDropoutEncoderDecoder needs a multi-class decode head")
         self.mc_samples = mc_samples
@@ -84,15 +92,15 @@ class MCDropoutEncoderDecoder(EncoderDecoder):
                 # the stock heads' only dropout is the one before conv_seg: run everything
                 # before it once and repeat its input M times (same samples, ~1/M the cost)
                 handle = head.dropout.register_forward_pre_hook(
-                    lambda module, args: (args[0].repeat(m, *[1] * (args[0].dim() - 1)),))
+                    lambda module, args: (args[0].repeat(m, *[1] * (args[0].dim() - 1)),)
+                )
                 try:
                     logits = head.forward(features)
                 finally:
                     handle.remove()
             else:
                 logits = head.forward([f.repeat(m, *[1] * (f.dim() - 1)) for f in features])
-        log_mean, entropy, mutual_information = mc_dropout_statistics(
-            logits.view(m, n, *logits.shape[1:]))
+        log_mean, entropy, mutual_information = mc_dropout_statistics(logits.view(m, n, *logits.shape[1:]))
         packed = torch.cat([log_mean, entropy, mutual_information], dim=1)
         return self.decode_head.predict_by_feat(packed, batch_img_metas)
 
@@ -101,8 +109,12 @@ class MCDropoutEncoderDecoder(EncoderDecoder):
         for sample in data_samples:
             packed = sample.seg_logits.data
             seg = packed[:-2]
-            sample.set_data({"seg_logits": PixelData(data=seg),
-                             "pred_sem_seg": PixelData(data=seg.argmax(dim=0, keepdim=True)),
-                             "mc_entropy": PixelData(data=packed[-2:-1]),
-                             "mc_mutual_information": PixelData(data=packed[-1:])})
+            sample.set_data(
+                {
+                    "seg_logits": PixelData(data=seg),
+                    "pred_sem_seg": PixelData(data=seg.argmax(dim=0, keepdim=True)),
+                    "mc_entropy": PixelData(data=packed[-2:-1]),
+                    "mc_mutual_information": PixelData(data=packed[-1:]),
+                }
+            )
         return data_samples

@@ -1,4 +1,6 @@
 """mmengine metric for the per-pixel calibration of segmentation confidence maps."""
+
+import functools
 import math
 import os
 
@@ -8,9 +10,15 @@ from mmengine.logging import print_log
 from mmseg.registry import METRICS
 
 from conf_plugins.calibration import CalibrationStats
-from conf_plugins.calibration.stats import DEFAULT_NUM_BINS
+from conf_plugins.calibration.bootstrap import (
+    DEFAULT_LEVEL,
+    DEFAULT_RESAMPLES,
+    bootstrap_intervals,
+    check_bootstrap_args,
+)
 from conf_plugins.calibration.pixel_confidence import pixel_confidence
 from conf_plugins.calibration.plots import plot_reliability
+from conf_plugins.calibration.stats import DEFAULT_NUM_BINS, metrics_of_records
 
 
 def auto_confidence(sample) -> str:
@@ -46,29 +54,47 @@ class SegCalibrationMetric(BaseMetric):
             ranking metrics are exact up to ties within 1/num_fine_bins). Each image's record
             is ~80 bytes per fine bin (120 kB at the default 1500), whatever its size.
         threshold (float): confidence threshold of Acc / Precision / F0.5. Default 0.5.
-        output_dir (str | None): where to write the reliability diagram PNG and the merged
-            statistics (``stats_{confidence}.pt``, for reports).
+        output_dir (str | None): where to write the reliability diagram PNG, the merged
+            statistics (``stats_{confidence}.pt``) and the per-image records
+            (``records_{confidence}.pt``: paired comparisons of two methods, for reports).
+        bootstrap (int): resamples of the percentile-bootstrap interval over images of every
+            metric (``<metric>_ci_lo`` / ``_ci_hi``; 0 = none). Default 1000.
+        bootstrap_level (float): the intervals' level. Default 0.95.
+        bootstrap_seed (int): seed of the resampling (the same intervals on every machine and
+            number of processes). Default 0.
     """
 
     default_prefix = "calib"
 
-    def __init__(self, confidence: str = "max_softmax", temperature: float = 1.0,
-                 ignore_index: int = 255, num_bins: int = DEFAULT_NUM_BINS, num_fine_bins: int = 1500,
-                 threshold: float = 0.5, output_dir: str = None, collect_device: str = "cpu",
-                 prefix: str = None):
+    def __init__(
+        self,
+        confidence: str = "max_softmax",
+        temperature: float = 1.0,
+        ignore_index: int = 255,
+        num_bins: int = DEFAULT_NUM_BINS,
+        num_fine_bins: int = 1500,
+        threshold: float = 0.5,
+        output_dir: str = None,
+        collect_device: str = "cpu",
+        prefix: str = None,
+        bootstrap: int = DEFAULT_RESAMPLES,
+        bootstrap_level: float = DEFAULT_LEVEL,
+        bootstrap_seed: int = 0,
+    ):
         super().__init__(collect_device=collect_device, prefix=prefix)
         if not isinstance(confidence, str) or not confidence:
-            raise ValueError(f"confidence must be 'max_softmax' or the name of a per-pixel "
-                             f"field, got {confidence!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
-                and temperature > 0):
+            raise ValueError(
+                f"confidence must be 'max_softmax' or the name of a per-pixel field, got {confidence!r}"
+            )
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         if temperature != 1 and confidence != "max_softmax":  # 'auto' included
-            raise ValueError(f"temperature={temperature} applies to confidence='max_softmax' "
-                             f"only; '{confidence}' is used as it is")
+            raise ValueError(
+                f"temperature={temperature} applies to confidence='max_softmax' "
+                f"only; '{confidence}' is used as it is"
+            )
         # bins and threshold are checked now, not after the whole inference
-        num_bins, threshold = CalibrationStats(num_fine_bins).check_metric_args(num_bins,
-                                                                                threshold)
+        num_bins, threshold = CalibrationStats(num_fine_bins).check_metric_args(num_bins, threshold)
         self.confidence = confidence
         self._auto = None  # what confidence='auto' resolved to in this run
         self.temperature = temperature
@@ -77,6 +103,10 @@ class SegCalibrationMetric(BaseMetric):
         self.num_fine_bins = num_fine_bins
         self.threshold = threshold
         self.output_dir = output_dir
+        if bootstrap:
+            check_bootstrap_args(bootstrap, bootstrap_level)
+        self.bootstrap, self.bootstrap_level = int(bootstrap), float(bootstrap_level)
+        self.bootstrap_seed = int(bootstrap_seed)
 
     def resolved_confidence(self, sample: dict) -> str:
         """The map ``confidence`` names; ``'auto'``: ``pred_confidence`` when the predictions
@@ -87,25 +117,29 @@ class SegCalibrationMetric(BaseMetric):
         name = auto_confidence(sample)
         if self._auto is None:
             self._auto = name
-            print_log(f"SegCalibrationMetric(confidence='auto'): evaluating '{name}'",
-                      logger="current")
+            print_log(f"SegCalibrationMetric(confidence='auto'): evaluating '{name}'", logger="current")
         elif name != self._auto:
-            raise ValueError(f"confidence='auto' resolved to '{self._auto}' for earlier images "
-                             f"but to '{name}' for {sample.get('img_path')}")
+            raise ValueError(
+                f"confidence='auto' resolved to '{self._auto}' for earlier images "
+                f"but to '{name}' for {sample.get('img_path')}"
+            )
         return name
 
     def confidence_map(self, sample: dict):
         """``((H, W) confidence, argmax of seg_logits or None)`` of one predicted sample; the
         max-softmax path gets the argmax from the same pass (no second one in the check)."""
         confidence = self.resolved_confidence(sample)
-        if confidence == "max_softmax":  # class loop, no softmax tensor (issue 14)
-            max_softmax, argmax, _, _ = pixel_confidence(sample["seg_logits"]["data"].float(),
-                                                         self.temperature)
+        if confidence == "max_softmax":  # class loop, no softmax tensor
+            max_softmax, argmax, _, _ = pixel_confidence(
+                sample["seg_logits"]["data"].float(), self.temperature
+            )
             return max_softmax, argmax
         if confidence not in sample:
-            raise KeyError(f"the predictions carry no '{confidence}' map (they have "
-                           f"{sorted(sample)}); for 'pred_confidence' fit Bayes binning first "
-                           "(tools/fit_calibration.py)")
+            raise KeyError(
+                f"the predictions carry no '{confidence}' map (they have "
+                f"{sorted(sample)}); for 'pred_confidence' fit Bayes binning first "
+                "(tools/fit_calibration.py)"
+            )
         return sample[confidence]["data"].float().squeeze(0), None
 
     @staticmethod
@@ -120,44 +154,93 @@ class SegCalibrationMetric(BaseMetric):
             argmax = logits.argmax(dim=0)
         differ = int((argmax != pred.to(argmax.device)).sum())
         if differ:
-            raise ValueError(f"{sample.get('img_path')}: pred_sem_seg is not the argmax of "
-                             f"seg_logits at {differ} pixels, so the confidence maps do not "
-                             "belong to the prediction (with test-time augmentation use "
-                             "tta_model=dict(type='ConfidenceSegTTAModel'))")
+            raise ValueError(
+                f"{sample.get('img_path')}: pred_sem_seg is not the argmax of "
+                f"seg_logits at {differ} pixels, so the confidence maps do not "
+                "belong to the prediction (with test-time augmentation use "
+                "tta_model=dict(type='ConfidenceSegTTAModel'))"
+            )
 
     def process(self, data_batch, data_samples):
         for sample in data_samples:
             pred = sample["pred_sem_seg"]["data"].squeeze(0)
             if "gt_sem_seg" not in sample:
-                raise ValueError(f"{sample.get('img_path')}: no ground truth (gt_sem_seg); "
-                                 "calibration needs labelled images (LoadAnnotations in the "
-                                 "test pipeline)")
+                raise ValueError(
+                    f"{sample.get('img_path')}: no ground truth (gt_sem_seg); "
+                    "calibration needs labelled images (LoadAnnotations in the "
+                    "test pipeline)"
+                )
             label = sample["gt_sem_seg"]["data"].squeeze(0).to(pred.device)
             confidence, argmax = self.confidence_map(sample)
             self.check_maps_match_prediction(sample, pred, argmax)
             confidence = confidence.to(pred.device)
             if not pred.shape == label.shape == confidence.shape:
-                raise ValueError(f"shape mismatch in {sample.get('img_path')}: prediction "
-                                 f"{tuple(pred.shape)}, label {tuple(label.shape)}, "
-                                 f"confidence {tuple(confidence.shape)}")
+                raise ValueError(
+                    f"shape mismatch in {sample.get('img_path')}: prediction "
+                    f"{tuple(pred.shape)}, label {tuple(label.shape)}, "
+                    f"confidence {tuple(confidence.shape)}"
+                )
             stats = CalibrationStats(self.num_fine_bins)
             stats.update(confidence, pred == label, mask=label != self.ignore_index)
-            self.results.append(stats.state_dict())
+            self.results.append(
+                {"image": os.path.basename(str(sample.get("img_path", ""))), "stats": stats.state_dict()}
+            )
 
     def compute_metrics(self, results):
         total = CalibrationStats(self.num_fine_bins)
-        for state in results:
-            part = CalibrationStats(self.num_fine_bins)
-            part.load_state_dict(state)
+        parts = [CalibrationStats(self.num_fine_bins).load_state_dict(r["stats"]) for r in results]
+        for part in parts:
             total.merge(part)
         if total.count == 0:
             raise ValueError("no labelled pixels to evaluate: every pixel is ignore_index")
         metrics = total.compute(num_bins=self.num_bins, threshold=self.threshold)
+        records = torch.stack([part.as_record() for part in parts])
+        metrics.update(self.intervals(records))
         name, self._auto = self._auto or self.confidence, None  # 'auto' resolves anew per run
         if self.output_dir:
             os.makedirs(self.output_dir, exist_ok=True)
-            plot_reliability(total, os.path.join(self.output_dir, f"reliability_{name}.png"),
-                             num_bins=self.num_bins, title=f"confidence: {name}")
-            torch.save(total.state_dict(),
-                       os.path.join(self.output_dir, f"stats_{name}.pt"))
+            plot_reliability(
+                total,
+                os.path.join(self.output_dir, f"reliability_{name}.png"),
+                num_bins=self.num_bins,
+                title=f"confidence: {name}",
+            )
+            torch.save(total.state_dict(), os.path.join(self.output_dir, f"stats_{name}.pt"))
+            torch.save(
+                {
+                    "images": [r["image"] for r in results],
+                    "records": records,
+                    "num_fine_bins": self.num_fine_bins,
+                    "num_bins": self.num_bins,
+                    "threshold": self.threshold,
+                },
+                os.path.join(self.output_dir, f"records_{name}.pt"),
+            )
         return metrics
+
+    def metric_fn(self):
+        """Summed per-image records ``(B, S)`` -> ``{metric: (B,) array}`` (for bootstraps)."""
+        return functools.partial(
+            metrics_of_records,
+            num_fine_bins=self.num_fine_bins,
+            num_bins=self.num_bins,
+            threshold=self.threshold,
+        )
+
+    def intervals(self, records) -> dict:
+        """``<metric>_ci_lo`` / ``_ci_hi``: percentile-bootstrap intervals over the images (nan
+        with fewer than two images, where resampling says nothing)."""
+        if not self.bootstrap:
+            return {}
+        if records.shape[0] < 2:
+            print_log("SegCalibrationMetric: one image, no bootstrap interval", logger="current")
+            names = self.metric_fn()(records)
+            return {f"{n}_ci_{side}": math.nan for n in names for side in ("lo", "hi")}
+        intervals = bootstrap_intervals(
+            records, self.metric_fn(), self.bootstrap, self.bootstrap_level, self.bootstrap_seed
+        )
+        return {
+            f"{name}_ci_{side}": value
+            for name, (lo, hi) in intervals.items()
+            for side, value in (("lo", lo), ("hi", hi))
+        }

@@ -7,6 +7,7 @@ shape learns success / failure on held-out labelled images (e.g. ``calib_dataloa
 where the failures are representative. The refitted branch becomes the model's snapshot
 (``snapshot_taken``), so inference, checkpoints and Bayes binning use it unchanged.
 """
+
 import copy
 
 import torch
@@ -27,7 +28,8 @@ def branch_inputs(model, dataloader, images=None):
     head = model.decode_head
     captured = []
     hook = head.conv_seg.register_forward_hook(
-        lambda module, args, out: captured.append((args[0].detach(), out.detach())))
+        lambda module, args, out: captured.append((args[0].detach(), out.detach()))
+    )
     inputs, targets = [], []
     try:
         for index, batch in enumerate(dataloader):
@@ -42,8 +44,7 @@ def branch_inputs(model, dataloader, images=None):
             if "seg_confidence" in head.success_inputs:
                 feat = torch.cat([feat, seg_confidence_channels(seg_logits)], dim=1)
             inputs.append(feat)
-            targets.append(success_target(seg_logits, label, head.ignore_index,
-                                          head.align_corners))
+            targets.append(success_target(seg_logits, label, head.ignore_index, head.align_corners))
     finally:
         hook.remove()
     if not inputs:
@@ -51,8 +52,9 @@ def branch_inputs(model, dataloader, images=None):
     return torch.cat(inputs), torch.cat(targets)
 
 
-def refit_success_branch(model, dataloader, iters: int = 300, lr: float = 0.01,
-                         balanced: bool = True, images=None, seed: int = 0) -> dict:
+def refit_success_branch(
+    model, dataloader, iters: int = 300, lr: float = 0.01, balanced: bool = True, images=None, seed: int = 0
+) -> dict:
     """Train a freshly initialised copy of the success branch on ``dataloader``'s images with
     everything else frozen (full batch, Adam, cross-entropy, class-balanced if ``balanced``),
     then install it as the snapshot. Returns a summary (pixels, failure rate, final loss)."""
@@ -70,8 +72,7 @@ def refit_success_branch(model, dataloader, iters: int = 300, lr: float = 0.01,
     weight = balanced_class_weight(target, head.ignore_index) if balanced else None
     optimizer = torch.optim.Adam(branch.parameters(), lr=lr)
     for _ in range(iters):
-        logits = resize(branch(x), size=target.shape[-2:], mode="bilinear",
-                        align_corners=head.align_corners)
+        logits = resize(branch(x), size=target.shape[-2:], mode="bilinear", align_corners=head.align_corners)
         loss = F.cross_entropy(logits, target, weight=weight, ignore_index=head.ignore_index)
         optimizer.zero_grad()
         loss.backward()
@@ -81,5 +82,10 @@ def refit_success_branch(model, dataloader, iters: int = 300, lr: float = 0.01,
         head.success_snapshot.load_state_dict(branch.state_dict())
         head.snapshot_taken.fill_(True)
     head.predict_with_snapshot = True
-    return {"pixels": int(labelled.sum()), "failure_rate": float((target[labelled] == 0).float().mean()),
-            "loss": float(loss), "iters": iters, "balanced": balanced}
+    return {
+        "pixels": int(labelled.sum()),
+        "failure_rate": float((target[labelled] == 0).float().mean()),
+        "loss": float(loss),
+        "iters": iters,
+        "balanced": balanced,
+    }

@@ -12,6 +12,7 @@ loss, from the same features: the three-task case of Kendall et al. (seg, succes
 Packed layout of ``cls_seg``: C seg logits, 2 success logits, then 1 depth channel if the
 depth branch is on; ``predict_by_feat`` drops the depth channel, so inference is unchanged.
 """
+
 import copy
 
 import torch
@@ -29,8 +30,9 @@ def success_target(seg_logits, seg_label, ignore_index: int, align_corners: bool
     resolution) equals the label, 0 where not, ``ignore_index`` where the label is ignored.
     Carries no gradient (success paper §3.1)."""
     with torch.no_grad():
-        pred = resize(seg_logits, size=seg_label.shape[-2:], mode="bilinear",
-                      align_corners=align_corners).argmax(dim=1)
+        pred = resize(
+            seg_logits, size=seg_label.shape[-2:], mode="bilinear", align_corners=align_corners
+        ).argmax(dim=1)
         label = seg_label.squeeze(1) if seg_label.dim() == 4 else seg_label
         target = (pred == label).long()
         target[label == ignore_index] = ignore_index
@@ -41,14 +43,15 @@ def masked_l1_depth_loss(depth_pred, gt_depth, align_corners: bool, valid=None):
     """Mean absolute error over valid pixels: ``Σ_{p∈V} |d̂_p − d_p| / |V|``, the prediction
     (N, 1, h, w) resized bilinearly to the ground truth's (N, 1, H, W) resolution; V = pixels
     with a finite depth > 0 (and ``valid``, if given). No valid pixel is a ValueError."""
-    depth_pred = resize(depth_pred, size=gt_depth.shape[-2:], mode="bilinear",
-                        align_corners=align_corners)
+    depth_pred = resize(depth_pred, size=gt_depth.shape[-2:], mode="bilinear", align_corners=align_corners)
     mask = torch.isfinite(gt_depth) & (gt_depth > 0)
     if valid is not None:
         mask &= valid
     if not mask.any():
-        raise ValueError("no valid depth pixel in this batch (every gt_depth_map pixel is <= 0, "
-                         "not finite or padding): no depth target")
+        raise ValueError(
+            "no valid depth pixel in this batch (every gt_depth_map pixel is <= 0, "
+            "not finite or padding): no depth target"
+        )
     return (depth_pred[mask] - gt_depth[mask]).abs().mean()
 
 
@@ -70,8 +73,7 @@ def balanced_class_weight(target, ignore_index: int):
     pixels, so both classes weigh half of the loss (a class absent from the batch gets 0)."""
     labelled = target[target != ignore_index]
     counts = torch.stack([(labelled == 0).sum(), (labelled == 1).sum()]).float()
-    return torch.where(counts > 0, labelled.numel() / (2 * counts.clamp(min=1)),
-                       torch.zeros_like(counts))
+    return torch.where(counts > 0, labelled.numel() / (2 * counts.clamp(min=1)), torch.zeros_like(counts))
 
 
 class SuccessBranchMixin:
@@ -110,46 +112,74 @@ class SuccessBranchMixin:
             C + 1 channels, the last being the success logit (log-odds of success).
     """
 
-    def __init__(self, *args, success_channels: int = 32, success_loss_weight: float = 1.0,
-                 success_class_weight: str = None, success_inputs=("features",),
-                 task_weighting: dict = None, depth_branch: bool = False,
-                 depth_channels: int = 32, depth_loss_weight: float = 1.0,
-                 predict_with_snapshot: bool = True, **kwargs):
+    def __init__(
+        self,
+        *args,
+        success_channels: int = 32,
+        success_loss_weight: float = 1.0,
+        success_class_weight: str = None,
+        success_inputs=("features",),
+        task_weighting: dict = None,
+        depth_branch: bool = False,
+        depth_channels: int = 32,
+        depth_loss_weight: float = 1.0,
+        predict_with_snapshot: bool = True,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         if not isinstance(predict_with_snapshot, bool):
-            raise ValueError(f"predict_with_snapshot must be True or False, got "
-                             f"{predict_with_snapshot!r}")
+            raise ValueError(f"predict_with_snapshot must be True or False, got {predict_with_snapshot!r}")
         self.predict_with_snapshot = predict_with_snapshot
         if self.out_channels < 2:
             raise ValueError("success heads need a multi-class head (out_channels >= 2)")
         if success_class_weight not in (None, "balanced"):
-            raise ValueError(f"success_class_weight must be None or 'balanced', got "
-                             f"{success_class_weight!r}")
+            raise ValueError(f"success_class_weight must be None or 'balanced', got {success_class_weight!r}")
         success_inputs = tuple(success_inputs)
         if success_inputs not in (SUCCESS_INPUTS[:1], SUCCESS_INPUTS):
-            raise ValueError(f"success_inputs must be {SUCCESS_INPUTS[:1]} or {SUCCESS_INPUTS},"
-                             f" got {success_inputs}")
+            raise ValueError(
+                f"success_inputs must be {SUCCESS_INPUTS[:1]} or {SUCCESS_INPUTS}, got {success_inputs}"
+            )
         self.success_class_weight = success_class_weight
         self.success_inputs = success_inputs
         extra = 2 if "seg_confidence" in success_inputs else 0
         self.success_branch = nn.Sequential(
-            ConvModule(self.channels + extra, success_channels, 1, conv_cfg=self.conv_cfg,
-                       norm_cfg=self.norm_cfg, act_cfg=self.act_cfg),
-            nn.Conv2d(success_channels, 2, 1))
+            ConvModule(
+                self.channels + extra,
+                success_channels,
+                1,
+                conv_cfg=self.conv_cfg,
+                norm_cfg=self.norm_cfg,
+                act_cfg=self.act_cfg,
+            ),
+            nn.Conv2d(success_channels, 2, 1),
+        )
         self.success_snapshot = copy.deepcopy(self.success_branch).requires_grad_(False)
         self.register_buffer("snapshot_taken", torch.tensor(False))
         self.success_loss_weight = success_loss_weight
-        self.depth_branch = nn.Sequential(
-            ConvModule(self.channels, depth_channels, 1, conv_cfg=self.conv_cfg,
-                       norm_cfg=self.norm_cfg, act_cfg=self.act_cfg),
-            nn.Conv2d(depth_channels, 1, 1)) if depth_branch else None
+        self.depth_branch = (
+            nn.Sequential(
+                ConvModule(
+                    self.channels,
+                    depth_channels,
+                    1,
+                    conv_cfg=self.conv_cfg,
+                    norm_cfg=self.norm_cfg,
+                    act_cfg=self.act_cfg,
+                ),
+                nn.Conv2d(depth_channels, 1, 1),
+            )
+            if depth_branch
+            else None
+        )
         self.depth_loss_weight = depth_loss_weight
         self.task_weighting = MODELS.build(task_weighting) if task_weighting else None
         tasks = ("seg", "success", "depth") if depth_branch else ("seg", "success")
         if self.task_weighting is not None and set(self.task_weighting.task_names) != set(tasks):
-            raise ValueError(f"task_weighting must weight the tasks {list(tasks)} of this head "
-                             f"(depth_branch={depth_branch}), got "
-                             f"{list(self.task_weighting.task_names)}")
+            raise ValueError(
+                f"task_weighting must weight the tasks {list(tasks)} of this head "
+                f"(depth_branch={depth_branch}), got "
+                f"{list(self.task_weighting.task_names)}"
+            )
         self.emit_success_channel = False
 
     @torch.no_grad()
@@ -161,8 +191,11 @@ class SuccessBranchMixin:
     def cls_seg(self, feat):
         """Seg logits (N, C, h, w) and success logits (N, 2, h, w), packed as C + 2 channels,
         then the depth prediction (N, 1, h, w) with the depth branch (C + 3 channels)."""
-        branch = (self.success_snapshot if not self.training and self.predict_with_snapshot
-                  and bool(self.snapshot_taken) else self.success_branch)
+        branch = (
+            self.success_snapshot
+            if not self.training and self.predict_with_snapshot and bool(self.snapshot_taken)
+            else self.success_branch
+        )
         seg_logits = super().cls_seg(feat)
         success_in = feat
         if "seg_confidence" in self.success_inputs:
@@ -175,29 +208,35 @@ class SuccessBranchMixin:
     def split_logits(self, packed):
         """Seg logits and success logits of a packed tensor (the depth channel is dropped)."""
         c = self.out_channels
-        return packed[:, :c], packed[:, c:c + 2]
+        return packed[:, :c], packed[:, c : c + 2]
 
     def depth_of(self, packed):
         """The depth prediction (N, 1, h, w) of a packed tensor (``depth_branch=True``)."""
-        return packed[:, self.out_channels + 2:self.out_channels + 3]
+        return packed[:, self.out_channels + 2 : self.out_channels + 3]
 
     def loss_by_feat(self, packed, batch_data_samples):
         seg_logits, success_logits = self.split_logits(packed)
         losses = super().loss_by_feat(seg_logits, batch_data_samples)
         seg_label = self._stack_batch_gt(batch_data_samples)
         target = success_target(seg_logits, seg_label, self.ignore_index, self.align_corners)
-        success_logits = resize(success_logits, size=target.shape[-2:], mode="bilinear",
-                                align_corners=self.align_corners)
+        success_logits = resize(
+            success_logits, size=target.shape[-2:], mode="bilinear", align_corners=self.align_corners
+        )
         if (target == self.ignore_index).all():
             raise ValueError("every pixel of this batch has ignore_index: no success target")
-        weight = (balanced_class_weight(target, self.ignore_index)
-                  if self.success_class_weight == "balanced" else None)
+        weight = (
+            balanced_class_weight(target, self.ignore_index)
+            if self.success_class_weight == "balanced"
+            else None
+        )
         losses["loss_success"] = self.success_loss_weight * F.cross_entropy(
-            success_logits, target, weight=weight, ignore_index=self.ignore_index)
+            success_logits, target, weight=weight, ignore_index=self.ignore_index
+        )
         losses["acc_success"] = accuracy(success_logits, target, ignore_index=self.ignore_index)
         if self.depth_branch is not None:
             losses["loss_depth"] = self.depth_loss_weight * self._depth_loss(
-                self.depth_of(packed), batch_data_samples)
+                self.depth_of(packed), batch_data_samples
+            )
         if self.task_weighting is not None:
             losses = self._weight_tasks(losses)
         return losses
@@ -206,8 +245,10 @@ class SuccessBranchMixin:
         """Masked L1 against the samples' ``gt_depth_map``; the batch padding (filled with
         ``seg_pad_val`` by the data preprocessor, a valid-looking depth) is masked out."""
         if not all("gt_depth_map" in s for s in batch_data_samples):
-            raise ValueError("depth_branch=True needs gt_depth_map in every SegDataSample (add "
-                             "LoadDepthAnnotation to the train pipeline)")
+            raise ValueError(
+                "depth_branch=True needs gt_depth_map in every SegDataSample (add "
+                "LoadDepthAnnotation to the train pipeline)"
+            )
         gt_depth = torch.stack([s.gt_depth_map.data for s in batch_data_samples]).float()
         if gt_depth.dim() == 3:
             gt_depth = gt_depth.unsqueeze(1)
@@ -215,10 +256,11 @@ class SuccessBranchMixin:
         height, width = gt_depth.shape[-2:]
         for i, sample in enumerate(batch_data_samples):
             left, right, top, bottom = sample.metainfo.get("padding_size", (0, 0, 0, 0))
-            valid[i, :, :top] = valid[i, :, height - bottom:] = False
-            valid[i, :, :, :left] = valid[i, :, :, width - right:] = False
-        return masked_l1_depth_loss(depth_pred, gt_depth.to(depth_pred.device),
-                                    self.align_corners, valid.to(depth_pred.device))
+            valid[i, :, :top] = valid[i, :, height - bottom :] = False
+            valid[i, :, :, :left] = valid[i, :, :, width - right :] = False
+        return masked_l1_depth_loss(
+            depth_pred, gt_depth.to(depth_pred.device), self.align_corners, valid.to(depth_pred.device)
+        )
 
     def _weight_tasks(self, losses):
         """Replace the raw task losses by their uncertainty-weighted terms; keep the raw values
@@ -243,8 +285,7 @@ class SuccessBranchMixin:
         if not self.emit_success_channel:
             return super().predict_by_feat(seg_logits, batch_img_metas)
         success_logit = success_logits[:, 1:2] - success_logits[:, 0:1]  # log-odds of success
-        return super().predict_by_feat(torch.cat([seg_logits, success_logit], 1),
-                                       batch_img_metas)
+        return super().predict_by_feat(torch.cat([seg_logits, success_logit], 1), batch_img_metas)
 
 
 @MODELS.register_module()

@@ -1,4 +1,5 @@
 """Test-time augmentation whose confidence maps belong to the merged prediction."""
+
 import torch
 from mmengine.structures import PixelData
 from mmseg.models import SegTTAModel
@@ -34,13 +35,17 @@ class ConfidenceSegTTAModel(SegTTAModel):
         first = samples[0]
         for name in CALIBRATED:
             if name in first:
-                raise ValueError(f"'{name}' cannot be merged under test-time augmentation: its "
-                                 "calibration was fitted on single-pass scores. Evaluate "
-                                 "'success_score' with TTA, or test without --tta")
+                raise ValueError(
+                    f"'{name}' cannot be merged under test-time augmentation: its "
+                    "calibration was fitted on single-pass scores. Evaluate "
+                    "'success_score' with TTA, or test without --tta"
+                )
         probs = torch.stack([s.seg_logits.data.softmax(dim=0) for s in samples]).mean(0)
         merged = SegDataSample(metainfo=dict(first.metainfo))
-        fields = {"seg_logits": PixelData(data=probs.clamp(min=torch.finfo(probs.dtype).tiny).log()),
-                  "pred_sem_seg": PixelData(data=probs.argmax(dim=0, keepdim=True))}
+        fields = {
+            "seg_logits": PixelData(data=probs.clamp(min=torch.finfo(probs.dtype).tiny).log()),
+            "pred_sem_seg": PixelData(data=probs.argmax(dim=0, keepdim=True)),
+        }
         for name in first.keys():
             if name in fields:
                 continue

@@ -4,6 +4,7 @@
 the stock ``SegVisualizationHook`` (``default_hooks.visualization.draw=True``, or
 ``tools/seg_test.py --show-dir DIR``) draw four panels per image instead of GT | prediction.
 """
+
 import itertools
 
 import cv2
@@ -48,8 +49,7 @@ def default_palette(num_classes: int) -> np.ndarray:
 
 def titled(panel: np.ndarray, title: str) -> np.ndarray:
     strip = np.full((HEADER, panel.shape[1], 3), 255, np.uint8)
-    cv2.putText(strip, title, (3, HEADER - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
-                cv2.LINE_AA)
+    cv2.putText(strip, title, (3, HEADER - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([strip, panel], axis=0)
 
 
@@ -65,8 +65,14 @@ class ConfidenceSegVisualizer(SegLocalVisualizer):
         cmap (str): matplotlib colormap of the confidence panel. Default ``'viridis'``.
     """
 
-    def __init__(self, name: str = "visualizer", confidence: str = AUTO,
-                 ignore_index: int = 255, cmap: str = "viridis", **kwargs):
+    def __init__(
+        self,
+        name: str = "visualizer",
+        confidence: str = AUTO,
+        ignore_index: int = 255,
+        cmap: str = "viridis",
+        **kwargs,
+    ):
         super().__init__(name=name, **kwargs)
         self.confidence = confidence
         self.ignore_index = ignore_index
@@ -94,12 +100,24 @@ class ConfidenceSegVisualizer(SegLocalVisualizer):
         out.append(titled(heat, f"{name} (mean {conf.mean():.3f})"))
         return np.concatenate(out, axis=1)
 
-    def add_datasample(self, name, image, data_sample=None, draw_gt=True, draw_pred=True,
-                       show=False, wait_time=0, out_file=None, step=0, with_labels=True):
+    def add_datasample(
+        self,
+        name,
+        image,
+        data_sample=None,
+        draw_gt=True,
+        draw_pred=True,
+        show=False,
+        wait_time=0,
+        out_file=None,
+        step=0,
+        with_labels=True,
+    ):
         # override: the stock draws GT | prediction; we draw the panels above, same outputs
         if data_sample is None or "pred_sem_seg" not in data_sample:
-            return super().add_datasample(name, image, data_sample, draw_gt, draw_pred, show,
-                                          wait_time, out_file, step, with_labels)
+            return super().add_datasample(
+                name, image, data_sample, draw_gt, draw_pred, show, wait_time, out_file, step, with_labels
+            )
         drawn = self.panels(image, data_sample)
         self.set_image(drawn)
         if show:
@@ -111,13 +129,14 @@ class ConfidenceSegVisualizer(SegLocalVisualizer):
         return drawn
 
 
-def draw_confidence_panels(model, image_path: str, out_file: str, confidence: str = AUTO,
-                           label_path: str = None) -> str:
+def draw_confidence_panels(
+    model, image_path: str, out_file: str, confidence: str = AUTO, label_path: str = None
+) -> str:
     """Run ``model`` (``mmseg.apis.init_model``) on one image and write its panels to
     ``out_file`` (errors drawn when ``label_path`` is given). Returns ``out_file``."""
+    import torch
     from mmengine.structures import PixelData
     from mmseg.apis import inference_model
-    import torch
 
     sample = inference_model(model, image_path)
     if label_path:
@@ -125,6 +144,7 @@ def draw_confidence_panels(model, image_path: str, out_file: str, confidence: st
         sample.gt_sem_seg = PixelData(data=torch.from_numpy(label.astype(np.int64))[None])
     visualizer = ConfidenceSegVisualizer(confidence=confidence, name=f"panels_{next(_names)}")
     visualizer.dataset_meta = model.dataset_meta
-    visualizer.add_datasample("panels", mmcv.imread(image_path, channel_order="rgb"), sample,
-                              out_file=out_file)
+    visualizer.add_datasample(
+        "panels", mmcv.imread(image_path, channel_order="rgb"), sample, out_file=out_file
+    )
     return out_file

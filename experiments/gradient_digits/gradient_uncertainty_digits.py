@@ -54,6 +54,7 @@ Run: ``python experiments/gradient_digits/gradient_uncertainty_digits.py [--seed
 [--log-features]``.
 Deterministic for given seeds (single-threaded torch, seeded splits, noise and estimators).
 """
+
 import argparse
 import sys
 import time
@@ -64,15 +65,19 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
-from conf_plugins.calibration.gradient_metrics import (WHOLE_NETWORK,
-                                                       last_layer_gradient_metrics,
-                                                       per_layer_gradient_metrics)
-from conf_plugins.calibration.meta_classifier import (add_known_unknowns,
-                                                      build_meta_features,
-                                                      evaluate_meta_classifier,
-                                                      fit_meta_classifiers,
-                                                      make_meta_classifiers,
-                                                      meta_classification_scores)
+from conf_plugins.calibration.gradient_metrics import (
+    WHOLE_NETWORK,
+    last_layer_gradient_metrics,
+    per_layer_gradient_metrics,
+)
+from conf_plugins.calibration.meta_classifier import (
+    add_known_unknowns,
+    build_meta_features,
+    evaluate_meta_classifier,
+    fit_meta_classifiers,
+    make_meta_classifiers,
+    meta_classification_scores,
+)
 
 MEASURES = ("AUROC", "AUPR_In", "AUPR_Out")
 MEASURE_TITLES = {"AUROC": "AUROC", "AUPR_In": "AUPR-In", "AUPR_Out": "AUPR-Out"}
@@ -82,17 +87,26 @@ LOG_METRICS = ("entropy", "l1_norm", "l2_norm", "std", "min", "max")  # --log-fe
 PAIR_COLUMNS = ("Dc/Dw",) + tuple(f"Dc/{name}" for name in UNLEARNED)
 TABLE3_ROWS = ("Dw",) + UNLEARNED + ("All",)  # "All": every unlearned concept, not Dw
 # Table 1 rows: single-metric thresholds (name -> feature column)
-SINGLE_METRICS = {"Softmax baseline": "max_softmax", "Entropy": "entropy",
-                  "Absolute norm": "dense/l1_norm", "Euclidean norm": "dense/l2_norm",
-                  "Minimum": "dense/min", "Maximum": "dense/max",
-                  "Standard deviation": "dense/std",
-                  "Euclidean norm, all layers": f"{WHOLE_NETWORK}/l2_norm"}
+SINGLE_METRICS = {
+    "Softmax baseline": "max_softmax",
+    "Entropy": "entropy",
+    "Absolute norm": "dense/l1_norm",
+    "Euclidean norm": "dense/l2_norm",
+    "Minimum": "dense/min",
+    "Maximum": "dense/max",
+    "Standard deviation": "dense/std",
+    "Euclidean norm, all layers": f"{WHOLE_NETWORK}/l2_norm",
+}
 TABLE2_ROWS = {"GLM": "glm", "LASSO": "lasso", "Ridge": "ridge", "Elastic net": "elastic_net"}
 # Table 3: meta classifier trained on the validation split plus these known unknowns
 TRAINING_SETS = {"val": (), "val+U": ("uniform",), "val+U+N": ("uniform", "natural")}
-TABLE3_COLUMNS = (("Entropy", None, None), ("Softmax", None, None),
-                  *((f"NN {t}", "mlp", t) for t in TRAINING_SETS),
-                  ("LASSO val", "lasso", "val"), ("LASSO val+U", "lasso", "val+U"))
+TABLE3_COLUMNS = (
+    ("Entropy", None, None),
+    ("Softmax", None, None),
+    *((f"NN {t}", "mlp", t) for t in TRAINING_SETS),
+    ("LASSO val", "lasso", "val"),
+    ("LASSO val+U", "lasso", "val+U"),
+)
 DROPPED_FEATURES = ("dense/mean",)  # identically 0 up to rounding (module docstring)
 
 
@@ -114,7 +128,7 @@ class DigitsCNN(nn.Module):
 
     def embed(self, x):
         x = self.drop(self.pool(self.act(self.conv1(x))))  # 8×8 -> 4×4
-        x = self.pool(self.act(self.conv2(x)))              # 4×4 -> 2×2
+        x = self.pool(self.act(self.conv2(x)))  # 4×4 -> 2×2
         return self.drop(self.act(self.conv3(x))).flatten(1)
 
     def forward(self, x):
@@ -148,7 +162,7 @@ def natural_patches(count: int, rng: np.random.Generator) -> np.ndarray:
     while i < count:
         grey = greys[rng.integers(len(greys))]
         y, x = rng.integers(grey.shape[0] - 32), rng.integers(grey.shape[1] - 32)
-        patch = grey[y:y + 32, x:x + 32].reshape(8, 4, 8, 4).mean((1, 3))
+        patch = grey[y : y + 32, x : x + 32].reshape(8, 4, 8, 4).mean((1, 3))
         span = patch.max() - patch.min()
         if span < 1.0:  # a flat crop (sky) has no contrast to scale: draw again
             continue
@@ -161,10 +175,12 @@ def unlearned_concepts(test_images, count: int, pixel_stats, rng: np.random.Gene
     """``{name: [count, 1, 8, 8]}`` for the names in :data:`UNLEARNED`."""
     mean, std = pixel_stats
     rotated = np.rot90(test_images[:count], k=1, axes=(2, 3)).copy()
-    return {"rotated": rotated,
-            "natural": natural_patches(count, rng),
-            "normal": np.clip(rng.normal(mean, std, (count, 1, 8, 8)), 0, 1).astype(np.float32),
-            "uniform": rng.uniform(0, 1, (count, 1, 8, 8)).astype(np.float32)}
+    return {
+        "rotated": rotated,
+        "natural": natural_patches(count, rng),
+        "normal": np.clip(rng.normal(mean, std, (count, 1, 8, 8)), 0, 1).astype(np.float32),
+        "uniform": rng.uniform(0, 1, (count, 1, 8, 8)).astype(np.float32),
+    }
 
 
 # ----------------------------------------------------------------------------- CNN
@@ -173,8 +189,9 @@ def train_cnn(x_train, y_train, x_val, y_val, seed: int, epochs: int) -> DigitsC
     torch.manual_seed(seed)
     model = DigitsCNN()
     optim = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-3)
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optim, mode="max", factor=0.1,
-                                                         patience=10, min_lr=1e-3)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optim, mode="max", factor=0.1, patience=10, min_lr=1e-3
+    )
     x_train, y_train = torch.from_numpy(x_train), torch.from_numpy(y_train)
     x_val, y_val = torch.from_numpy(x_val), torch.from_numpy(y_val)
     generator = torch.Generator().manual_seed(seed)
@@ -225,8 +242,7 @@ def seed_features(seed: int, args, images, labels):
     rng = np.random.default_rng(10_000 + seed)
     pixel_stats = (float(images[train].mean()), float(images[train].std()))
     inputs = unlearned_concepts(images[test], args.num_unlearned, pixel_stats, rng)
-    inputs["known/uniform"] = rng.uniform(0, 1, (args.known_unknowns, 1, 8, 8)
-                                          ).astype(np.float32)
+    inputs["known/uniform"] = rng.uniform(0, 1, (args.known_unknowns, 1, 8, 8)).astype(np.float32)
     inputs["known/natural"] = natural_patches(args.known_unknowns, rng)
     inputs["val"], inputs["test"] = images[val], images[test]
     feats, correct, gaps = {}, {}, []
@@ -243,18 +259,24 @@ def evaluation_sets(feats, correct) -> dict:
     """``{"Dc/<wrong>": (X, y)}``: correct test digits (y = 1) against the wrong test digits
     (``Dc/Dw``), each unlearned concept and all of them together (``Dc/All``), y = 0."""
     ok = correct["test"] == 1
-    wrong = {"Dw": feats["test"][~ok], **{n: feats[n] for n in UNLEARNED},
-             "All": np.concatenate([feats[n] for n in UNLEARNED])}
-    return {f"Dc/{k}": (np.concatenate([feats["test"][ok], w]),
-                        np.concatenate([np.ones(ok.sum(), np.int64), np.zeros(len(w), np.int64)]))
-            for k, w in wrong.items()}
+    wrong = {
+        "Dw": feats["test"][~ok],
+        **{n: feats[n] for n in UNLEARNED},
+        "All": np.concatenate([feats[n] for n in UNLEARNED]),
+    }
+    return {
+        f"Dc/{k}": (
+            np.concatenate([feats["test"][ok], w]),
+            np.concatenate([np.ones(ok.sum(), np.int64), np.zeros(len(w), np.int64)]),
+        )
+        for k, w in wrong.items()
+    }
 
 
 def baseline_scores(pairs, column, key: str) -> dict:
     """Scores of thresholding the softmax baseline (high = correct) or entropy (low = correct)."""
     sign = 1.0 if key == "max_softmax" else -1.0
-    return {c: meta_classification_scores(y, sign * X[:, column[key]]) for c, (X, y) in
-            pairs.items()}
+    return {c: meta_classification_scores(y, sign * X[:, column[key]]) for c, (X, y) in pairs.items()}
 
 
 def run_seed(seed: int, args, images, labels) -> dict:
@@ -270,20 +292,26 @@ def run_seed(seed: int, args, images, labels) -> dict:
         j = column[feature]
         val_auroc = meta_classification_scores(correct["val"], feats["val"][:, j])["AUROC"]
         sign = 1.0 if val_auroc >= 0.5 else -1.0
-        table1[row] = {c: meta_classification_scores(pairs[c][1], sign * pairs[c][0][:, j])
-                       for c in PAIR_COLUMNS}
+        table1[row] = {
+            c: meta_classification_scores(pairs[c][1], sign * pairs[c][0][:, j]) for c in PAIR_COLUMNS
+        }
 
     # Table 2: logistic regressions on entropy + all gradient metrics, fitted on validation
     fitted = fit_meta_classifiers(feats["val"][:, meta], correct["val"], seed=seed)
-    table2 = {"Softmax baseline": baseline_scores(pairs, column, "max_softmax"),
-              "Entropy": baseline_scores(pairs, column, "entropy")}
+    table2 = {
+        "Softmax baseline": baseline_scores(pairs, column, "max_softmax"),
+        "Entropy": baseline_scores(pairs, column, "entropy"),
+    }
     for row, key in TABLE2_ROWS.items():
-        table2[row] = {c: evaluate_meta_classifier(fitted[key], pairs[c][0][:, meta],
-                                                   pairs[c][1]) for c in PAIR_COLUMNS}
+        table2[row] = {
+            c: evaluate_meta_classifier(fitted[key], pairs[c][0][:, meta], pairs[c][1]) for c in PAIR_COLUMNS
+        }
 
     # Table 3: NN (and LASSO) meta classifiers with and without known unknowns (§5)
-    baselines = {"Entropy": baseline_scores(pairs, column, "entropy"),
-                 "Softmax": baseline_scores(pairs, column, "max_softmax")}
+    baselines = {
+        "Entropy": baseline_scores(pairs, column, "entropy"),
+        "Softmax": baseline_scores(pairs, column, "max_softmax"),
+    }
     table3 = {row: {} for row in TABLE3_ROWS}
     for col, kind, training_set in TABLE3_COLUMNS:
         if kind is None:
@@ -299,16 +327,26 @@ def run_seed(seed: int, args, images, labels) -> dict:
             if kind == "mlp":  # as fit_meta_classifiers does for small training sets
                 estimator.set_params(mlpclassifier__batch_size=min(256, len(X_fit)))
             estimator.fit(X_fit, y_fit)
-            runs.append({row: evaluate_meta_classifier(
-                estimator, pairs[f"Dc/{row}"][0][:, meta], pairs[f"Dc/{row}"][1])
-                for row in TABLE3_ROWS})
+            runs.append(
+                {
+                    row: evaluate_meta_classifier(
+                        estimator, pairs[f"Dc/{row}"][0][:, meta], pairs[f"Dc/{row}"][1]
+                    )
+                    for row in TABLE3_ROWS
+                }
+            )
         for row in TABLE3_ROWS:
             table3[row][col] = {m: float(np.mean([r[row][m] for r in runs])) for m in MEASURES}
 
-    return {"accuracy": float(correct["test"].mean()),
-            "num_wrong": int((correct["test"] == 0).sum()),
-            "num_val_wrong": int((correct["val"] == 0).sum()), "closed_form_gap": gap,
-            "table1": table1, "table2": table2, "table3": table3}
+    return {
+        "accuracy": float(correct["test"].mean()),
+        "num_wrong": int((correct["test"] == 0).sum()),
+        "num_val_wrong": int((correct["val"] == 0).sum()),
+        "closed_form_gap": gap,
+        "table1": table1,
+        "table2": table2,
+        "table3": table3,
+    }
 
 
 # ----------------------------------------------------------------------------- report
@@ -321,8 +359,10 @@ def _summary(values) -> dict:
 def aggregate(per_seed: list[dict], table: str) -> dict:
     """``{row: {column: {measure: {mean, std, values}}}}`` over the seeds."""
     first = per_seed[0][table]
-    return {row: {col: {m: _summary(s[table][row][col][m] for s in per_seed) for m in MEASURES}
-                  for col in cols} for row, cols in first.items()}
+    return {
+        row: {col: {m: _summary(s[table][row][col][m] for s in per_seed) for m in MEASURES} for col in cols}
+        for row, cols in first.items()
+    }
 
 
 def format_table(title: str, table: dict, rows, columns, row_header: str) -> str:
@@ -333,8 +373,10 @@ def format_table(title: str, table: dict, rows, columns, row_header: str) -> str
         lines.append(MEASURE_TITLES[m])
         for row in rows:
             cells = [table[row][c][m] for c in columns]
-            lines.append(f"  {row:<{width - 2}}" + "".join(
-                f"{100 * x['mean']:>9.2f} ±{100 * x['std']:>5.2f}" for x in cells))
+            lines.append(
+                f"  {row:<{width - 2}}"
+                + "".join(f"{100 * x['mean']:>9.2f} ±{100 * x['std']:>5.2f}" for x in cells)
+            )
     return "\n".join(lines)
 
 
@@ -357,15 +399,26 @@ def findings(t1: dict, t2: dict, t3: dict) -> list[dict]:
         diff = a - b
         holds = abs(diff.mean()) <= margin if margin is not None else diff.mean() > 0
         spread = f"{100 * diff.std(ddof=1):.2f}" if len(diff) > 1 else "n/a"
-        out.append({"claim": text, "holds": bool(holds),
-                    "detail": f"{label_a} {pct(a)} vs {label_b} {pct(b)} (paired difference "
-                              f"{100 * diff.mean():+.2f} ± {spread})"})
+        out.append(
+            {
+                "claim": text,
+                "holds": bool(holds),
+                "detail": f"{label_a} {pct(a)} vs {label_b} {pct(b)} (paired difference "
+                f"{100 * diff.mean():+.2f} ± {spread})",
+            }
+        )
 
     grad_rows = [r for r in SINGLE_METRICS if r not in ("Softmax baseline", "Entropy")]
     best = max(grad_rows, key=lambda r: values(t1, r, "Dc/Dw").mean())
-    compare("Table 1: the best single gradient metric is comparable to entropy for "
-            "correct/wrong (AUROC within 2 points)", values(t1, best, "Dc/Dw"),
-            values(t1, "Entropy", "Dc/Dw"), best, "entropy", margin=0.02)
+    compare(
+        "Table 1: the best single gradient metric is comparable to entropy for "
+        "correct/wrong (AUROC within 2 points)",
+        values(t1, best, "Dc/Dw"),
+        values(t1, "Entropy", "Dc/Dw"),
+        best,
+        "entropy",
+        margin=0.02,
+    )
     ood = [f"Dc/{n}" for n in UNLEARNED]
     details, wins = [], 0
     for c in ood:
@@ -373,44 +426,87 @@ def findings(t1: dict, t2: dict, t3: dict) -> list[dict]:
         grad = max(values(t1, r, c).mean() for r in grad_rows)
         wins += int(base >= grad)
         details.append(f"{c[3:]} {pct(base)} vs {pct(grad)}")
-    out.append({"claim": "Table 1: entropy or softmax beat every single gradient metric on "
-                         "each unlearned concept (AUROC)", "holds": bool(wins == len(ood)),
-                "detail": f"in {wins}/{len(ood)} columns: " + ", ".join(details)})
+    out.append(
+        {
+            "claim": "Table 1: entropy or softmax beat every single gradient metric on "
+            "each unlearned concept (AUROC)",
+            "holds": bool(wins == len(ood)),
+            "detail": f"in {wins}/{len(ood)} columns: " + ", ".join(details),
+        }
+    )
     regs = ("LASSO", "Ridge", "Elastic net")
-    over_columns = {r: np.mean([values(t2, r, c) for c in PAIR_COLUMNS], axis=0)
-                    for r in ("GLM",) + regs}
-    out.append({"claim": "Table 2: the GLM is inferior to the regularised regressions (AUROC "
-                         "averaged over columns)",
-                "holds": bool(all(over_columns[r].mean() > over_columns["GLM"].mean()
-                                  for r in regs)),
-                "detail": ", ".join(f"{r} {pct(v)}" for r, v in over_columns.items())})
+    over_columns = {r: np.mean([values(t2, r, c) for c in PAIR_COLUMNS], axis=0) for r in ("GLM",) + regs}
+    out.append(
+        {
+            "claim": "Table 2: the GLM is inferior to the regularised regressions (AUROC "
+            "averaged over columns)",
+            "holds": bool(all(over_columns[r].mean() > over_columns["GLM"].mean() for r in regs)),
+            "detail": ", ".join(f"{r} {pct(v)}" for r, v in over_columns.items()),
+        }
+    )
     best_reg = max(regs, key=lambda r: values(t2, r, "Dc/Dw").mean())
-    compare("Table 2: gradient metrics + entropy beat entropy alone for correct/wrong (AUROC)",
-            values(t2, best_reg, "Dc/Dw"), values(t2, "Entropy", "Dc/Dw"), best_reg, "entropy")
-    gains = {c: values(t2, "LASSO", c, "AUPR_Out").mean()
-             - values(t2, "Softmax baseline", c, "AUPR_Out").mean() for c in ood}
-    out.append({"claim": "Table 2: LASSO beats the softmax baseline in AUPR-Out on every "
-                         "unlearned concept", "holds": bool(all(v > 0 for v in gains.values())),
-                "detail": ", ".join(f"{c[3:]} {100 * v:+.2f}" for c, v in gains.items())})
-    compare("Table 3: the NN trained on digits alone falls below entropy on All unlearned "
-            "(AUROC)", values(t3, "All", "Entropy"), values(t3, "All", "NN val"), "entropy",
-            "NN val")
+    compare(
+        "Table 2: gradient metrics + entropy beat entropy alone for correct/wrong (AUROC)",
+        values(t2, best_reg, "Dc/Dw"),
+        values(t2, "Entropy", "Dc/Dw"),
+        best_reg,
+        "entropy",
+    )
+    gains = {
+        c: values(t2, "LASSO", c, "AUPR_Out").mean() - values(t2, "Softmax baseline", c, "AUPR_Out").mean()
+        for c in ood
+    }
+    out.append(
+        {
+            "claim": "Table 2: LASSO beats the softmax baseline in AUPR-Out on every unlearned concept",
+            "holds": bool(all(v > 0 for v in gains.values())),
+            "detail": ", ".join(f"{c[3:]} {100 * v:+.2f}" for c, v in gains.items()),
+        }
+    )
+    compare(
+        "Table 3: the NN trained on digits alone falls below entropy on All unlearned (AUROC)",
+        values(t3, "All", "Entropy"),
+        values(t3, "All", "NN val"),
+        "entropy",
+        "NN val",
+    )
     for m in ("AUROC", "AUPR_Out"):
-        compare(f"Table 3: uniform-noise known unknowns improve the NN on All "
-                f"({MEASURE_TITLES[m]})", values(t3, "All", "NN val+U", m),
-                values(t3, "All", "NN val", m), "NN val+U", "NN val")
-    compare("Table 3: uniform-noise known unknowns also improve normal-noise detection "
-            "(AUROC)", values(t3, "normal", "NN val+U"), values(t3, "normal", "NN val"),
-            "NN val+U", "NN val")
-    compare("Table 3: known unknowns also improve correct/wrong on digits (Dw row, AUROC)",
-            values(t3, "Dw", "NN val+U"), values(t3, "Dw", "NN val"), "NN val+U", "NN val")
+        compare(
+            f"Table 3: uniform-noise known unknowns improve the NN on All ({MEASURE_TITLES[m]})",
+            values(t3, "All", "NN val+U", m),
+            values(t3, "All", "NN val", m),
+            "NN val+U",
+            "NN val",
+        )
+    compare(
+        "Table 3: uniform-noise known unknowns also improve normal-noise detection (AUROC)",
+        values(t3, "normal", "NN val+U"),
+        values(t3, "normal", "NN val"),
+        "NN val+U",
+        "NN val",
+    )
+    compare(
+        "Table 3: known unknowns also improve correct/wrong on digits (Dw row, AUROC)",
+        values(t3, "Dw", "NN val+U"),
+        values(t3, "Dw", "NN val"),
+        "NN val+U",
+        "NN val",
+    )
     for m in ("AUROC", "AUPR_Out"):
-        compare(f"Table 3: NN val+U+N beats the softmax baseline on All ({MEASURE_TITLES[m]})",
-                values(t3, "All", "NN val+U+N", m), values(t3, "All", "Softmax", m),
-                "NN val+U+N", "softmax")
-    compare("Table 3: with known unknowns the NN beats LASSO on All (AUROC)",
-            values(t3, "All", "NN val+U"), values(t3, "All", "LASSO val+U"), "NN val+U",
-            "LASSO val+U")
+        compare(
+            f"Table 3: NN val+U+N beats the softmax baseline on All ({MEASURE_TITLES[m]})",
+            values(t3, "All", "NN val+U+N", m),
+            values(t3, "All", "Softmax", m),
+            "NN val+U+N",
+            "softmax",
+        )
+    compare(
+        "Table 3: with known unknowns the NN beats LASSO on All (AUROC)",
+        values(t3, "All", "NN val+U"),
+        values(t3, "All", "LASSO val+U"),
+        "NN val+U",
+        "LASSO val+U",
+    )
     return out
 
 
@@ -422,20 +518,37 @@ def main(argv=None) -> dict:
     "values"}}}}`` with scores in [0, 1].
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
-                        help="one CNN and data split per seed")
-    parser.add_argument("--quick", action="store_true",
-                        help="one seed, fewer epochs and samples (a smoke run, ~10 s)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="one CNN and data split per seed"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="one seed, fewer epochs and samples (a smoke run, ~10 s)"
+    )
     parser.add_argument("--epochs", type=int, default=80)
-    parser.add_argument("--num-unlearned", type=int, default=400,
-                        help="images per unlearned concept (rotated: at most the test split)")
-    parser.add_argument("--known-unknowns", type=int, default=60,
-                        help="images per known-unknown concept added to the validation split")
-    parser.add_argument("--meta-inits", type=int, default=3,
-                        help="initialisations of the NN meta classifier per CNN (Table 3)")
-    parser.add_argument("--log-features", action="store_true",
-                        help="log |x| of entropy and norm-like metrics as meta features "
-                             "(a deviation from the paper, see the module docstring)")
+    parser.add_argument(
+        "--num-unlearned",
+        type=int,
+        default=400,
+        help="images per unlearned concept (rotated: at most the test split)",
+    )
+    parser.add_argument(
+        "--known-unknowns",
+        type=int,
+        default=60,
+        help="images per known-unknown concept added to the validation split",
+    )
+    parser.add_argument(
+        "--meta-inits",
+        type=int,
+        default=3,
+        help="initialisations of the NN meta classifier per CNN (Table 3)",
+    )
+    parser.add_argument(
+        "--log-features",
+        action="store_true",
+        help="log |x| of entropy and norm-like metrics as meta features "
+        "(a deviation from the paper, see the module docstring)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.num_unlearned = args.seeds[:1], 30, 150
@@ -454,33 +567,62 @@ def main(argv=None) -> dict:
         torch.set_num_threads(threads)
 
     tables = {t: aggregate(per_seed, t) for t in ("table1", "table2", "table3")}
-    result = {"config": vars(args),
-              "accuracy": _summary(s["accuracy"] for s in per_seed),
-              "num_wrong": [s["num_wrong"] for s in per_seed],
-              "closed_form_gap": max(s["closed_form_gap"] for s in per_seed), **tables}
+    result = {
+        "config": vars(args),
+        "accuracy": _summary(s["accuracy"] for s in per_seed),
+        "num_wrong": [s["num_wrong"] for s in per_seed],
+        "closed_form_gap": max(s["closed_form_gap"] for s in per_seed),
+        **tables,
+    }
     result["findings"] = findings(tables["table1"], tables["table2"], tables["table3"])
     result["wall_s"] = time.perf_counter() - start
 
     acc = result["accuracy"]
-    print(f"load_digits, seeds {args.seeds}: CNN test accuracy {100 * acc['mean']:.2f} ± "
-          f"{100 * acc['std']:.2f} %, wrong test predictions {result['num_wrong']}, validation "
-          f"wrong {[s['num_val_wrong'] for s in per_seed]}; closed-form vs autograd (dense "
-          f"layer L2 norm) max relative gap {result['closed_form_gap']:.1e}")
-    print("All values in percent, mean ± std over seeds. Dc: correct test digits (positive of "
-          "AUROC / AUPR-In), Dw: wrong test digits.\n")
+    print(
+        f"load_digits, seeds {args.seeds}: CNN test accuracy {100 * acc['mean']:.2f} ± "
+        f"{100 * acc['std']:.2f} %, wrong test predictions {result['num_wrong']}, validation "
+        f"wrong {[s['num_val_wrong'] for s in per_seed]}; closed-form vs autograd (dense "
+        f"layer L2 norm) max relative gap {result['closed_form_gap']:.1e}"
+    )
+    print(
+        "All values in percent, mean ± std over seeds. Dc: correct test digits (positive of "
+        "AUROC / AUPR-In), Dw: wrong test digits.\n"
+    )
     features = "log-scaled (--log-features)" if args.log_features else "as in the paper"
-    print(format_table("Table 1: threshold on a single metric (gradient of the dense layer "
-                       "unless stated)", tables["table1"], list(SINGLE_METRICS), PAIR_COLUMNS,
-                       "Metric") + "\n")
-    print(format_table("Table 2: logistic regressions on entropy + all layers' gradient "
-                       f"metrics ({features}), fitted on the validation split",
-                       tables["table2"], ["Softmax baseline", "Entropy", *TABLE2_ROWS],
-                       PAIR_COLUMNS, "Metric / regression") + "\n")
-    print(format_table("Table 3: Dc against each wrong set; NN (MLP, mean of "
-                       f"{args.meta_inits} inits) and LASSO meta classifiers ({features}) "
-                       "trained on validation (+ U: uniform noise, + N: natural crops as known "
-                       f"unknowns, {args.known_unknowns} each)", tables["table3"], TABLE3_ROWS,
-                       [c for c, _, _ in TABLE3_COLUMNS], "Wrong set") + "\n")
+    print(
+        format_table(
+            "Table 1: threshold on a single metric (gradient of the dense layer unless stated)",
+            tables["table1"],
+            list(SINGLE_METRICS),
+            PAIR_COLUMNS,
+            "Metric",
+        )
+        + "\n"
+    )
+    print(
+        format_table(
+            "Table 2: logistic regressions on entropy + all layers' gradient "
+            f"metrics ({features}), fitted on the validation split",
+            tables["table2"],
+            ["Softmax baseline", "Entropy", *TABLE2_ROWS],
+            PAIR_COLUMNS,
+            "Metric / regression",
+        )
+        + "\n"
+    )
+    print(
+        format_table(
+            "Table 3: Dc against each wrong set; NN (MLP, mean of "
+            f"{args.meta_inits} inits) and LASSO meta classifiers ({features}) "
+            "trained on validation (+ U: uniform noise, + N: natural crops as known "
+            f"unknowns, {args.known_unknowns} each)",
+            tables["table3"],
+            TABLE3_ROWS,
+            [c for c, _, _ in TABLE3_COLUMNS],
+            "Wrong set",
+        )
+        + "\n"
+    )
     print("Findings of the paper, checked here:")
     for f in result["findings"]:
         print(f"  [{'yes' if f['holds'] else 'no '}] {f['claim']}: {f['detail']}")

@@ -14,8 +14,10 @@ The report leaves open the input distribution, the hidden width, the optimiser a
 batch size of its 500 epochs. Here: ``x ~ N(0, 1)``, 64 ReLU hidden units, full-batch Adam
 (lr 0.05, the same for network and ``s``) for 2000 steps, all in float64. The σ's land on
 the RMS of the noise actually drawn (printed too), which differs from 10 and 1 by the
-sampling error of 1000 draws (≈ 2%). Run: ``python experiments/kendall_toy/kendall_toy.py [--steps N] [--seed S]``.
+sampling error of 1000 draws (≈ 2%).
+Run: ``python experiments/kendall_toy/kendall_toy.py [--steps N] [--seed S]``.
 """
+
 import argparse
 import math
 import sys
@@ -53,13 +55,13 @@ def train(init_sigma: float, x, y1, y2, steps: int, hidden: int, lr: float, seed
     """Train from σ1 = σ2 = ``init_sigma``; return the recovered ``(σ1, σ2)``."""
     torch.manual_seed(seed)
     net = TwoTaskNet(hidden).double()
-    criterion = UncertaintyWeightedLoss(TASKS, ("regression", "regression"),
-                                        init_log_vars=2 * math.log(init_sigma)).double()
+    criterion = UncertaintyWeightedLoss(
+        TASKS, ("regression", "regression"), init_log_vars=2 * math.log(init_sigma)
+    ).double()
     optim = torch.optim.Adam([*net.parameters(), *criterion.parameters()], lr=lr)
     for _ in range(steps):
         p1, p2 = net(x)
-        losses = criterion({"y1": nn.functional.mse_loss(p1, y1),
-                            "y2": nn.functional.mse_loss(p2, y2)})
+        losses = criterion({"y1": nn.functional.mse_loss(p1, y1), "y2": nn.functional.mse_loss(p2, y2)})
         optim.zero_grad(set_to_none=True)
         losses["total"].backward()
         optim.step()
@@ -83,8 +85,9 @@ def main(argv=None) -> dict[float, tuple[float, float]]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a net this small only loses time to thread synchronisation
     try:
-        results = {s0: train(s0, x, y1, y2, args.steps, args.hidden, args.lr, args.seed)
-                   for s0 in args.init_sigmas}
+        results = {
+            s0: train(s0, x, y1, y2, args.steps, args.hidden, args.lr, args.seed) for s0 in args.init_sigmas
+        }
     finally:
         torch.set_num_threads(threads)
     print(f"{'init sigma':>12} | {'sigma1 (true 10)':>16} | {'sigma2 (true 1)':>15}")

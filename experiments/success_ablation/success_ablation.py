@@ -33,9 +33,11 @@ ties (near-1 max softmax) are resolved finely.
 temperature are fitted on one half and the choice is made on the other (``calib-select``
 columns): the row with the highest calib-select AUROC among the *deployable* probability-of-
 success rows (a trained network's snapshot or live branch with Bayes binning, what
-``SuccessEncoderDecoder`` holds), ties broken by ECE; the other rows are study-only. The reported val / val_shifted numbers use maps fitted on the whole
+``SuccessEncoderDecoder`` holds), ties broken by ECE; the other rows are study-only. The
+reported val / val_shifted numbers use maps fitted on the whole
 calib split. Evaluation is re-run each time (about a minute); training is cached.
 """
+
 import argparse
 import copy
 import json
@@ -50,18 +52,28 @@ from conf_plugins.calibration.stats import DEFAULT_NUM_BINS
 # the demo's stages are reused: demo/run_demo.py is a script beside this one, not a package
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "demo"))
 
-from run_demo import (ROOT, SEG_DATA_SIZES, TINY_SEG, TINY_SEG_DATA, TINY_SNAPSHOT, Stage,
-                      run_stages, segmentation_stages, tool)
+from run_demo import (
+    ROOT,
+    SEG_DATA_SIZES,
+    TINY_SEG,
+    TINY_SEG_DATA,
+    TINY_SNAPSHOT,
+    Stage,
+    run_stages,
+    segmentation_stages,
+    tool,
+)
 
 FINE_BINS = 600_000
 SPLITS = ("calib", "val", "val_shifted")
 MTL_CFG = "configs/mmseg/demo/fcn_r18_mtl.py"
 TRAINING = {  # variant -> overrides of the demo MTL config (itself the "balanced" variant)
-    "paper": {"model.decode_head.task_weighting": None,
-              "model.decode_head.success_class_weight": None},
+    "paper": {"model.decode_head.task_weighting": None, "model.decode_head.success_class_weight": None},
     "kendall": {"model.decode_head.success_class_weight": None},
-    "seg_conf": {"model.decode_head.success_class_weight": None,
-                 "model.decode_head.success_inputs": ["features", "seg_confidence"]},
+    "seg_conf": {
+        "model.decode_head.success_class_weight": None,
+        "model.decode_head.success_inputs": ["features", "seg_confidence"],
+    },
 }
 DEMO_VARIANT = "balanced"  # the demo MTL: Kendall weighting + class-balanced success loss
 MAPS = ("raw", "bayes10", "bayes100", "mass100", "isotonic", "fusion")
@@ -73,12 +85,18 @@ DEPLOYABLE_SOURCES = (" snapshot", " live")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--demo-output", default="output/demo",
-                        help="where make demo keeps its stages (STL and the demo MTL are reused)")
+    parser.add_argument(
+        "--demo-output",
+        default="output/demo",
+        help="where make demo keeps its stages (STL and the demo MTL are reused)",
+    )
     parser.add_argument("--output", default="output/ablation")
     parser.add_argument("--force", action="store_true", help="re-train every variant")
-    parser.add_argument("--tiny", action="store_true",
-                        help="a few images and iterations (the tool's own test; numbers meaningless)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a few images and iterations (the tool's own test; numbers meaningless)",
+    )
     return parser.parse_args(argv)
 
 
@@ -90,10 +108,15 @@ def training_stages(demo_out, out, tiny):
     for name, overrides in TRAINING.items():
         options = [f"{key}={cfg_option(value)}" for key, value in overrides.items()]
         options += TINY_SEG + TINY_SNAPSHOT if tiny else []
-        variants.append(Stage(f"ablation_{name}", tool("seg_train.py") + [
-            os.path.join(ROOT, MTL_CFG), "--work-dir", f"{out}/{name}", "--cfg-options", *options],
-            [MTL_CFG, "conf_plugins/mmseg/demo_data.py"],
-            output=f"{out}/{name}/iter_{4 if tiny else 600}.pth"))
+        variants.append(
+            Stage(
+                f"ablation_{name}",
+                tool("seg_train.py")
+                + [os.path.join(ROOT, MTL_CFG), "--work-dir", f"{out}/{name}", "--cfg-options", *options],
+                [MTL_CFG, "conf_plugins/mmseg/demo_data.py"],
+                output=f"{out}/{name}/iter_{4 if tiny else 600}.pth",
+            )
+        )
     return demo, variants
 
 
@@ -129,8 +152,7 @@ def split_loader(cfg, split):
     from mmengine.runner import Runner
 
     loader_cfg = cfg.test_dataloader.copy()
-    loader_cfg.dataset.data_prefix = dict(img_path=f"leftImg8bit/{split}",
-                                          seg_map_path=f"gtFine/{split}")
+    loader_cfg.dataset.data_prefix = dict(img_path=f"leftImg8bit/{split}", seg_map_path=f"gtFine/{split}")
     return Runner.build_dataloader(loader_cfg)
 
 
@@ -178,8 +200,7 @@ def pixels(model, cfg, split, live_branch=False):
 def mean_iou(pred, label, num_classes):
     """mmseg's mIoU: per-class IoU over the split, mean over classes with a non-empty union."""
     inter = np.bincount(label[pred == label], minlength=num_classes)
-    union = (np.bincount(pred, minlength=num_classes) + np.bincount(label, minlength=num_classes)
-             - inter)
+    union = np.bincount(pred, minlength=num_classes) + np.bincount(label, minlength=num_classes) - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         return float(np.nanmean(np.where(union > 0, inter / union, np.nan)) * 100)
 
@@ -197,8 +218,9 @@ def fit_map(kind, score, correct):
     if kind == "mass100":  # equal-mass bins; Bayes rule with empirical priors = bin frequency
         edges = np.unique(np.quantile(score, np.linspace(0, 1, 101)[1:-1]))
         bins = np.searchsorted(edges, score, side="left")
-        pos = (np.bincount(bins, weights=correct, minlength=len(edges) + 1)
-               / np.maximum(np.bincount(bins, minlength=len(edges) + 1), 1))
+        pos = np.bincount(bins, weights=correct, minlength=len(edges) + 1) / np.maximum(
+            np.bincount(bins, minlength=len(edges) + 1), 1
+        )
         return lambda s: pos[np.searchsorted(edges, s, side="left")]
     if kind == "isotonic":
         from sklearn.isotonic import IsotonicRegression
@@ -229,8 +251,11 @@ def fit_confidence(kind, calib, mask):
     if kind == "scaled":
         from conf_plugins.calibration import TemperatureScaler
 
-        t = TemperatureScaler().fit(torch.from_numpy(calib["logits"][mask]),
-                                    torch.from_numpy(calib["label"][mask])).temperature
+        t = (
+            TemperatureScaler()
+            .fit(torch.from_numpy(calib["logits"][mask]), torch.from_numpy(calib["label"][mask]))
+            .temperature
+        )
         return (lambda d: (torch.from_numpy(d["logits"]) / t).softmax(1).amax(1).numpy()), t
     correct = calib["pred"][mask] == calib["label"][mask]
     if kind == "fusion":  # logistic regression on (logit success, logit max softmax)
@@ -260,13 +285,13 @@ def evaluate(sources, num_classes):
             row = {"name": name, "map": kind}
             confidence, _ = fit_confidence(kind, calib, ~select)
             held_out = {k: v[select] for k, v in calib.items()}
-            row["calib_select"] = metrics(confidence(held_out),
-                                          held_out["pred"] == held_out["label"])
+            row["calib_select"] = metrics(confidence(held_out), held_out["pred"] == held_out["label"])
             confidence, temperature = fit_confidence(kind, calib, np.ones_like(select))
             for split in ("val", "val_shifted"):
                 d = data[split]
-                row[split] = metrics(confidence(d), d["pred"] == d["label"], d["pred"],
-                                     d["label"], num_classes)
+                row[split] = metrics(
+                    confidence(d), d["pred"] == d["label"], d["pred"], d["label"], num_classes
+                )
             if temperature is not None:
                 row["temperature"] = temperature
             rows.append(row)
@@ -276,22 +301,31 @@ def evaluate(sources, num_classes):
 def choose(rows):
     """Among the deployable probability-of-success rows (a trained network's snapshot or live
     branch + Bayes binning), the highest calib-select AUROC (then lowest ECE)."""
-    candidates = [r for r in rows if r["map"] in DEPLOYABLE_MAPS
-                  and r["name"].endswith(DEPLOYABLE_SOURCES)]
-    return max(candidates, key=lambda r: (round(r["calib_select"]["AUROC"], 4),
-                                          -r["calib_select"]["ECE"]))
+    candidates = [r for r in rows if r["map"] in DEPLOYABLE_MAPS and r["name"].endswith(DEPLOYABLE_SOURCES)]
+    return max(candidates, key=lambda r: (round(r["calib_select"]["AUROC"], 4), -r["calib_select"]["ECE"]))
 
 
 def write_report(rows, chosen, out):
     keys = ("AUROC", "AURC", "ECE", "coverage", "failure_detection")
-    head = ("| confidence | map | calib-select AUROC | calib-select ECE | "
-            + " | ".join(f"val {k}" for k in keys + ("mIoU",)) + " | "
-            + " | ".join(f"val_shifted {k}" for k in keys) + " |")
-    lines = ["# Success-prediction study (demo data)", "",
-             "Written by `experiments/success_ablation/success_ablation.py`. Maps and temperatures are fitted on half of "
-             "the calib split and the choice is made on the other half (calib-select); val and "
-             "val_shifted use maps fitted on the whole calib split. Lower is better for AURC and "
-             "ECE.", "", head, "|" + "---|" * (head.count("|") - 1)]
+    head = (
+        "| confidence | map | calib-select AUROC | calib-select ECE | "
+        + " | ".join(f"val {k}" for k in keys + ("mIoU",))
+        + " | "
+        + " | ".join(f"val_shifted {k}" for k in keys)
+        + " |"
+    )
+    lines = [
+        "# Success-prediction study (demo data)",
+        "",
+        "Written by `experiments/success_ablation/success_ablation.py`. Maps and temperatures are "
+        "fitted on half of "
+        "the calib split and the choice is made on the other half (calib-select); val and "
+        "val_shifted use maps fitted on the whole calib split. Lower is better for AURC and "
+        "ECE.",
+        "",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
     for r in rows:
         mark = " **(chosen)**" if r is chosen else ""
         cells = [f"{r['calib_select']['AUROC']:.4f}", f"{r['calib_select']['ECE']:.4f}"]
@@ -302,8 +336,7 @@ def write_report(rows, chosen, out):
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump({"rows": rows, "chosen": {"name": chosen["name"], "map": chosen["map"]}}, f,
-                  indent=1)
+        json.dump({"rows": rows, "chosen": {"name": chosen["name"], "map": chosen["map"]}}, f, indent=1)
     return "\n".join(lines)
 
 
@@ -317,10 +350,11 @@ def main(argv=None):
     run_stages(variants, args.output, args.force)
     seg = os.path.join(args.demo_output, "seg")
     last, snapshot = (4, 2) if args.tiny else (600, 200)
-    models = [("STL", "configs/mmseg/demo/fcn_r18_stl.py", f"{seg}/stl/iter_{last}.pth", {}),
-              (DEMO_VARIANT, MTL_CFG, f"{seg}/mtl/iter_{last}.pth", {})]
-    models += [(name, MTL_CFG, f"{args.output}/{name}/iter_{last}.pth", TRAINING[name])
-               for name in TRAINING]
+    models = [
+        ("STL", "configs/mmseg/demo/fcn_r18_stl.py", f"{seg}/stl/iter_{last}.pth", {}),
+        (DEMO_VARIANT, MTL_CFG, f"{seg}/mtl/iter_{last}.pth", {}),
+    ]
+    models += [(name, MTL_CFG, f"{args.output}/{name}/iter_{last}.pth", TRAINING[name]) for name in TRAINING]
     sources = []
     num_classes = None
     for name, config, checkpoint, options in models:

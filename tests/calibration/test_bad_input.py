@@ -1,6 +1,6 @@
-"""The bad-input catalogue of the framework-free math (issue 15, item 7 and the cases that
-already worked): each case asserts its exact outcome, a clear error naming the bad value and
-argument, or the documented result."""
+"""The bad-input catalogue of the framework-free math: each case asserts its exact outcome, a
+clear error naming the bad value and argument, or the documented result."""
+
 import math
 
 import numpy as np
@@ -19,13 +19,16 @@ def filled(num_fine_bins=6000, n=200, seed=0):
 
 
 # ------------------------------------------------------------- CalibrationStats inputs
-@pytest.mark.parametrize("bad, message", [
-    (torch.tensor([0.5, math.nan]), "NaN or inf"),
-    (torch.tensor([0.5, math.inf]), "NaN or inf"),
-    (torch.tensor([0.5, 1.5]), r"\[0, 1\]"),
-    (torch.tensor([0.5, -0.1]), r"\[0, 1\]"),
-    (torch.tensor([0.5, 0.2], dtype=torch.complex64), "must be real"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (torch.tensor([0.5, math.nan]), "NaN or inf"),
+        (torch.tensor([0.5, math.inf]), "NaN or inf"),
+        (torch.tensor([0.5, 1.5]), r"\[0, 1\]"),
+        (torch.tensor([0.5, -0.1]), r"\[0, 1\]"),
+        (torch.tensor([0.5, 0.2], dtype=torch.complex64), "must be real"),
+    ],
+)
 def test_confidence_values_are_checked(bad, message):
     with pytest.raises(ValueError, match=message):
         CalibrationStats().update(bad, torch.tensor([True, False]))
@@ -40,15 +43,15 @@ def test_shapes_labels_and_masks_are_checked():
     with pytest.raises(ValueError, match="mask must be a bool"):
         stats.update(torch.rand(3), torch.ones(3, dtype=torch.bool), mask=torch.ones(3))
     with pytest.raises(ValueError, match="mask has shape"):
-        stats.update(torch.rand(3), torch.ones(3, dtype=torch.bool),
-                     mask=torch.ones(2, dtype=torch.bool))
+        stats.update(torch.rand(3), torch.ones(3, dtype=torch.bool), mask=torch.ones(2, dtype=torch.bool))
 
 
 def test_empty_and_all_masked_inputs_count_nothing_and_compute_refuses():
     stats = CalibrationStats()
     stats.update(torch.empty(0), torch.empty(0, dtype=torch.bool))
-    stats.update(torch.tensor([math.nan, 2.0]), torch.tensor([True, False]),
-                 mask=torch.zeros(2, dtype=torch.bool))  # masked-out values may be anything
+    stats.update(
+        torch.tensor([math.nan, 2.0]), torch.tensor([True, False]), mask=torch.zeros(2, dtype=torch.bool)
+    )  # masked-out values may be anything
     assert stats.count == 0
     with pytest.raises(ValueError, match="no samples"):
         stats.compute()
@@ -62,17 +65,20 @@ def test_numpy_scalar_arguments_are_accepted_with_their_python_meaning():
     assert BayesBinningCalibrator(np.int64(10)).num_bins == 10
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(num_bins=7), "num_bins=7 must divide"),
-    (dict(num_bins=0), r"num_bins must be an integer in \[1"),
-    (dict(num_bins=10.0), "num_bins must be an integer"),
-    (dict(num_bins=True), "num_bins must be an integer"),
-    (dict(threshold=0.0), r"threshold must be in \(0, 1\]"),
-    (dict(threshold=math.nan), r"threshold must be in \(0, 1\]"),
-    (dict(threshold=1.5), r"threshold must be in \(0, 1\]"),
-    (dict(threshold=0.12345), "fine-bin edge"),
-    (dict(threshold="0.5"), "real number"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_bins=7), "num_bins=7 must divide"),
+        (dict(num_bins=0), r"num_bins must be an integer in \[1"),
+        (dict(num_bins=10.0), "num_bins must be an integer"),
+        (dict(num_bins=True), "num_bins must be an integer"),
+        (dict(threshold=0.0), r"threshold must be in \(0, 1\]"),
+        (dict(threshold=math.nan), r"threshold must be in \(0, 1\]"),
+        (dict(threshold=1.5), r"threshold must be in \(0, 1\]"),
+        (dict(threshold=0.12345), "fine-bin edge"),
+        (dict(threshold="0.5"), "real number"),
+    ],
+)
 def test_bad_metric_arguments_name_the_argument(kwargs, message):
     stats, _, _ = filled()
     with pytest.raises(ValueError, match=message):
@@ -92,14 +98,17 @@ def test_compute_returns_exactly_the_documented_metric_names():
     assert tuple(stats.compute()) == METRIC_NAMES
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("count", -1.0, "negative"),
-    ("sum_conf", -0.5, "negative"),
-    ("sum_neg_log_conf", -2.0, "negative"),
-    ("count", 0.5, "non-integer"),
-    ("sum_conf", math.nan, "NaN or inf"),
-    ("sum_conf", 1e9, "exceeds its count"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("count", -1.0, "negative"),
+        ("sum_conf", -0.5, "negative"),
+        ("sum_neg_log_conf", -2.0, "negative"),
+        ("count", 0.5, "non-integer"),
+        ("sum_conf", math.nan, "NaN or inf"),
+        ("sum_conf", 1e9, "exceeds its count"),
+    ],
+)
 def test_load_state_dict_refuses_impossible_statistics(key, value, message):
     stats, _, _ = filled()
     state = stats.state_dict()
@@ -136,7 +145,8 @@ def test_temperature_fit_accepts_any_integer_label_dtype(dtype):
     ignore = 255 if dtype == torch.uint8 else -1
     fitted = TemperatureScaler().fit(logits, labels, ignore_index=ignore).temperature
     assert fitted == pytest.approx(
-        TemperatureScaler().fit(logits[10:], labels[10:].long()).temperature, rel=1e-9)
+        TemperatureScaler().fit(logits[10:], labels[10:].long()).temperature, rel=1e-9
+    )
     assert math.isfinite(reference) and fitted > 0
 
 

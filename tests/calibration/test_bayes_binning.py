@@ -1,4 +1,5 @@
 """Bayes binning (success-prediction paper §3.2) on hand-made counts."""
+
 import numpy as np
 import pytest
 import torch
@@ -55,8 +56,9 @@ def test_streaming_mask_and_types():
     mask = rng.random(1000) < 0.8
     streamed = BayesBinningCalibrator(10)
     for chunk in np.array_split(np.arange(1000), 3):
-        streamed.update(torch.from_numpy(scores[chunk]).float(), success[chunk],
-                        mask=torch.from_numpy(mask[chunk]))
+        streamed.update(
+            torch.from_numpy(scores[chunk]).float(), success[chunk], mask=torch.from_numpy(mask[chunk])
+        )
     whole = BayesBinningCalibrator(10).fit(scores[mask], success[mask])
     np.testing.assert_array_equal(streamed.probabilities(), whole.probabilities())
     dense = torch.rand(2, 8, 9)
@@ -74,8 +76,9 @@ def test_state_dict_round_trip_and_mismatches():
     assert state["num_bins"] == 4 and state["format_version"] == 1
     restored = BayesBinningCalibrator(4).load_state_dict(state)
     np.testing.assert_array_equal(restored.probabilities(), cal.probabilities())
-    np.testing.assert_array_equal(BayesBinningCalibrator.from_state_dict(state).probabilities(),
-                                  cal.probabilities())
+    np.testing.assert_array_equal(
+        BayesBinningCalibrator.from_state_dict(state).probabilities(), cal.probabilities()
+    )
     with pytest.raises(ValueError, match="bins"):
         BayesBinningCalibrator(10).load_state_dict(state)
     with pytest.raises(ValueError, match="format version"):

@@ -1,5 +1,6 @@
-"""Class-wise ECE, LaECE and D-ECE (issue 12.3) against plain per-detection references, and
+"""Class-wise ECE, LaECE and D-ECE against plain per-detection references, and
 their state merging by addition."""
+
 import math
 from fractions import Fraction
 
@@ -42,8 +43,12 @@ def reference_error(conf, target, cells):
 def test_metrics_equal_plain_references():
     conf, correct, iou, classes, cx, cy = random_detections(0)
     stats = DetectionBinStats(4, (10, 5, 5)).update(
-        torch.tensor(conf), torch.tensor(correct), torch.tensor(classes), torch.tensor(iou),
-        features=(torch.tensor(cx), torch.tensor(cy)))
+        torch.tensor(conf),
+        torch.tensor(correct),
+        torch.tensor(classes),
+        torch.tensor(iou),
+        features=(torch.tensor(cx), torch.tensor(cy)),
+    )
     per_class_ece, per_class_laece = [], []
     for c in sorted(set(classes)):
         members = np.flatnonzero(classes == c)
@@ -53,8 +58,10 @@ def test_metrics_equal_plain_references():
     assert len(per_class_ece) == 3
     assert stats.classwise_ece() == pytest.approx(np.mean(per_class_ece), abs=1e-12)
     assert stats.laece() == pytest.approx(np.mean(per_class_laece), abs=1e-12)
-    cells = [(reference_bin(conf[i], 10), reference_bin(cx[i], 5), reference_bin(cy[i], 5))
-             for i in range(len(conf))]
+    cells = [
+        (reference_bin(conf[i], 10), reference_bin(cx[i], 5), reference_bin(cy[i], 5))
+        for i in range(len(conf))
+    ]
     assert stats.dece() == pytest.approx(reference_error(conf, correct.astype(float), cells), abs=1e-12)
     heat = stats.position_map()  # per (cx, cy) cell: that cell's ECE over confidence bins
     for x in range(5):
@@ -63,8 +70,9 @@ def test_metrics_equal_plain_references():
             if not members:
                 assert math.isnan(heat[x, y])
                 continue
-            expected = reference_error(conf[members], correct[members].astype(float),
-                                       [cells[i][0] for i in members])
+            expected = reference_error(
+                conf[members], correct[members].astype(float), [cells[i][0] for i in members]
+            )
             assert float(heat[x, y]) == pytest.approx(expected, abs=1e-12)
 
 
@@ -72,8 +80,9 @@ def test_classwise_ece_of_one_class_is_the_plain_ece_and_dece_without_position_t
     from conf_plugins.calibration import CalibrationStats
 
     conf, correct, *_ = random_detections(1)
-    stats = DetectionBinStats(1, (10,)).update(torch.tensor(conf), torch.tensor(correct),
-                                               torch.zeros(len(conf), dtype=torch.long))
+    stats = DetectionBinStats(1, (10,)).update(
+        torch.tensor(conf), torch.tensor(correct), torch.zeros(len(conf), dtype=torch.long)
+    )
     plain = CalibrationStats().update(torch.tensor(conf), torch.tensor(correct)).compute()["ECE"]
     assert stats.classwise_ece() == pytest.approx(plain, abs=1e-12)
     assert stats.dece() == pytest.approx(plain, abs=1e-12)
@@ -84,10 +93,12 @@ def test_split_updates_merge_to_the_whole():
     args = [torch.tensor(a) for a in (conf, correct, classes, iou)]
     feats = (torch.tensor(cx), torch.tensor(cy))
     whole = DetectionBinStats(4, (10, 5, 5)).update(*args, features=feats)
-    a = DetectionBinStats(4, (10, 5, 5)).update(*[x[:150] for x in args],
-                                                 features=tuple(f[:150] for f in feats))
-    b = DetectionBinStats(4, (10, 5, 5)).update(*[x[150:] for x in args],
-                                                 features=tuple(f[150:] for f in feats))
+    a = DetectionBinStats(4, (10, 5, 5)).update(
+        *[x[:150] for x in args], features=tuple(f[:150] for f in feats)
+    )
+    b = DetectionBinStats(4, (10, 5, 5)).update(
+        *[x[150:] for x in args], features=tuple(f[150:] for f in feats)
+    )
     assert torch.allclose(a.merge(b).state, whole.state, rtol=0, atol=1e-12)
 
 

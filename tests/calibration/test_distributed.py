@@ -1,4 +1,5 @@
 """all_reduce over 2 gloo processes on CPU gives the single-process numbers (SPEC §5)."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """The digits reproduction of the gradient paper's protocol (tools/gradient_uncertainty_digits.py)."""
+
 import math
 
 import pytest
@@ -36,8 +37,10 @@ def test_tables_hold_finite_scores_in_unit_interval(quick_run):
 
 def test_meta_classification_beats_chance_for_correct_vs_wrong(quick_run):
     result = quick_run
-    for table, rows in (("table1", ("Entropy", "Euclidean norm", "Minimum")),
-                        ("table2", ("LASSO", "Ridge", "Elastic net"))):
+    for table, rows in (
+        ("table1", ("Entropy", "Euclidean norm", "Minimum")),
+        ("table2", ("LASSO", "Ridge", "Elastic net")),
+    ):
         for row in rows:
             assert result[table][row]["Dc/Dw"]["AUROC"]["mean"] > 0.5, (table, row)
     for column in ("NN val", "NN val+U", "LASSO val"):

@@ -1,15 +1,19 @@
 """Gradient metrics (gradient paper §2) against plain autograd, one sample at a time."""
+
 import numpy as np
 import pytest
 import scipy.stats
 import torch
 from torch import nn
 
-from conf_plugins.calibration.gradient_metrics import (METRICS, WHOLE_NETWORK,
-                                                       flat_gradient_metrics,
-                                                       last_layer_gradient_metrics,
-                                                       per_layer_gradient_metrics,
-                                                       pixel_gradient_metrics)
+from conf_plugins.calibration.gradient_metrics import (
+    METRICS,
+    WHOLE_NETWORK,
+    flat_gradient_metrics,
+    last_layer_gradient_metrics,
+    per_layer_gradient_metrics,
+    pixel_gradient_metrics,
+)
 
 TOL = dict(rtol=1e-8, atol=1e-10)
 
@@ -17,9 +21,16 @@ TOL = dict(rtol=1e-8, atol=1e-10)
 def reference_metrics(gradient: torch.Tensor) -> dict[str, float]:
     """The paper's statistics of one flattened gradient, with numpy / scipy."""
     g = gradient.detach().double().numpy()
-    return {"l1_norm": np.abs(g).sum(), "l2_norm": np.sqrt((g ** 2).sum()), "min": g.min(),
-            "max": g.max(), "mean": g.mean(), "std": g.std(),
-            "skewness": scipy.stats.skew(g), "kurtosis": scipy.stats.kurtosis(g)}
+    return {
+        "l1_norm": np.abs(g).sum(),
+        "l2_norm": np.sqrt((g**2).sum()),
+        "min": g.min(),
+        "max": g.max(),
+        "mean": g.mean(),
+        "std": g.std(),
+        "skewness": scipy.stats.skew(g),
+        "kurtosis": scipy.stats.kurtosis(g),
+    }
 
 
 def nll_gradient(loss_fn, params) -> torch.Tensor:
@@ -47,8 +58,10 @@ def test_last_linear_layer_matches_autograd(include_bias):
     features = torch.randn(7, 6, dtype=torch.float64) * 3
     got = last_layer_gradient_metrics(features, layer(features), include_bias=include_bias)
     params = [layer.weight, layer.bias] if include_bias else [layer.weight]
-    expected = [reference_metrics(nll_gradient(lambda: predicted_nll(layer(features[i])), params))
-                for i in range(len(features))]
+    expected = [
+        reference_metrics(nll_gradient(lambda: predicted_nll(layer(features[i])), params))
+        for i in range(len(features))
+    ]
     assert_metrics_close(got, expected)
 
 
@@ -58,9 +71,12 @@ def test_pixel_metrics_match_autograd_of_1x1_conv():
     got = pixel_gradient_metrics(features, conv(features))
     assert all(v.shape == (2, 3, 4) for v in got.values())
     pixels = [(n, y, x) for n in range(2) for y in range(3) for x in range(4)]
-    expected = [reference_metrics(nll_gradient(
-        lambda: predicted_nll(conv(features)[n, :, y, x]), [conv.weight, conv.bias]))
-        for n, y, x in pixels]
+    expected = [
+        reference_metrics(
+            nll_gradient(lambda: predicted_nll(conv(features)[n, :, y, x]), [conv.weight, conv.bias])
+        )
+        for n, y, x in pixels
+    ]
     assert_metrics_close(got, expected, index=lambda i: pixels[i])
 
 
@@ -99,7 +115,9 @@ def test_saturated_prediction_gives_zero_gradient_metrics_not_nan():
 def test_metric_subset_and_input_errors():
     features, logits = torch.randn(3, 4), torch.randn(3, 5)
     assert list(last_layer_gradient_metrics(features, logits, metrics=("max", "l1_norm"))) == [
-        "max", "l1_norm"]
+        "max",
+        "l1_norm",
+    ]
     with pytest.raises(ValueError, match="metrics"):
         last_layer_gradient_metrics(features, logits, metrics=("entropy",))
     with pytest.raises(ValueError, match=r"\[N, D\]"):
@@ -114,8 +132,7 @@ def test_metric_subset_and_input_errors():
 
 def test_flat_gradient_metrics_matches_scipy():
     gradients = torch.randn(4, 30, dtype=torch.float64).pow(3)
-    assert_metrics_close(flat_gradient_metrics(gradients),
-                         [reference_metrics(g) for g in gradients])
+    assert_metrics_close(flat_gradient_metrics(gradients), [reference_metrics(g) for g in gradients])
 
 
 def tiny_mlp():
@@ -124,9 +141,16 @@ def tiny_mlp():
 
 def tiny_cnn():
     """The paper's CNN (§3) in miniature: conv, LeakyReLU(0.1), max-pool, BN, dense."""
-    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.LeakyReLU(0.1), nn.MaxPool2d(2),
-                         nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.LeakyReLU(0.1),
-                         nn.Flatten(), nn.Linear(4 * 1 * 1, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3),
+        nn.LeakyReLU(0.1),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, bias=False),
+        nn.BatchNorm2d(4),
+        nn.LeakyReLU(0.1),
+        nn.Flatten(),
+        nn.Linear(4 * 1 * 1, 10),
+    )
 
 
 @pytest.mark.parametrize("make_model,input_shape", [(tiny_mlp, (6, 4)), (tiny_cnn, (5, 1, 8, 8))])
@@ -146,9 +170,10 @@ def test_per_layer_metrics_match_autograd(make_model, input_shape):
     assert set(got) == set(layers) | {WHOLE_NETWORK}
     groups = {**layers, WHOLE_NETWORK: list(model.parameters())}
     for layer, params in groups.items():
-        expected = [reference_metrics(nll_gradient(
-            lambda: predicted_nll(model(inputs[i:i + 1])[0]), params))
-            for i in range(len(inputs))]
+        expected = [
+            reference_metrics(nll_gradient(lambda: predicted_nll(model(inputs[i : i + 1])[0]), params))
+            for i in range(len(inputs))
+        ]
         assert_metrics_close(got[layer], expected)
 
 

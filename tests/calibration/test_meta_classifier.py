@@ -1,4 +1,5 @@
 """Meta classifiers and their scores (gradient paper §2–5)."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,11 +7,14 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from conf_plugins.calibration.entropy import normalized_entropy
 from conf_plugins.calibration.gradient_metrics import last_layer_gradient_metrics
-from conf_plugins.calibration.meta_classifier import (META_CLASSIFIERS, add_known_unknowns,
-                                                      build_meta_features,
-                                                      evaluate_meta_classifier,
-                                                      fit_meta_classifiers,
-                                                      meta_classification_scores)
+from conf_plugins.calibration.meta_classifier import (
+    META_CLASSIFIERS,
+    add_known_unknowns,
+    build_meta_features,
+    evaluate_meta_classifier,
+    fit_meta_classifiers,
+    meta_classification_scores,
+)
 
 
 def separable_problem(n, seed):
@@ -57,10 +61,13 @@ def test_evaluation_matches_sklearn_on_the_estimator_probabilities(fitted):
     X, y = separable_problem(300, seed=3)
     estimator = fitted["lasso"]
     p_correct = estimator.predict_proba(X)[:, list(estimator.classes_).index(1)]
-    assert evaluate_meta_classifier(estimator, X, y) == pytest.approx({
-        "AUROC": roc_auc_score(y, p_correct),
-        "AUPR_In": average_precision_score(y, p_correct),
-        "AUPR_Out": average_precision_score(1 - y, -p_correct)})
+    assert evaluate_meta_classifier(estimator, X, y) == pytest.approx(
+        {
+            "AUROC": roc_auc_score(y, p_correct),
+            "AUPR_In": average_precision_score(y, p_correct),
+            "AUPR_Out": average_precision_score(1 - y, -p_correct),
+        }
+    )
 
 
 def test_known_unknowns_teach_the_classifier_to_flag_noise():

@@ -1,4 +1,5 @@
 """CalibrationStats.compute() against scikit-learn, torchmetrics and brute-force definitions."""
+
 import itertools
 import math
 
@@ -51,7 +52,8 @@ def test_brute_force_on_edges_and_ties():
     correct = np.array([0, 1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 0], dtype=bool)
     out = _stats(conf, correct).compute(num_bins=10)
     assert (out["ECE"], out["MSCE"], out["MCE"]) == pytest.approx(
-        _ddn_brute_force(conf, correct, 10), rel=1e-12)
+        _ddn_brute_force(conf, correct, 10), rel=1e-12
+    )
 
 
 def test_calibration_errors_match_torchmetrics():
@@ -61,8 +63,10 @@ def test_calibration_errors_match_torchmetrics():
     conf, correct = continuous_sample(4000)
     out = _stats(conf, correct).compute(num_bins=15)
     preds, target = torch.from_numpy(conf), torch.from_numpy(correct).long()
-    tm = {norm: float(binary_calibration_error(preds, target, n_bins=15, norm=norm))
-          for norm in ("l1", "l2", "max")}
+    tm = {
+        norm: float(binary_calibration_error(preds, target, n_bins=15, norm=norm))
+        for norm in ("l1", "l2", "max")
+    }
     assert out["ECE"] == pytest.approx(tm["l1"], rel=1e-9)
     assert out["MSCE"] == pytest.approx(tm["l2"] ** 2, rel=1e-9)
     assert out["MCE"] == pytest.approx(tm["max"], rel=1e-9)
@@ -85,8 +89,7 @@ def test_scores_match_sklearn():
     assert out["F0.5"] == pytest.approx(skm.fbeta_score(y, confident, beta=0.5), rel=1e-12)
     assert out["coverage"] == pytest.approx(confident.mean(), rel=1e-12)
     # failure detection = recall of "unconfident" among the wrong predictions
-    assert out["failure_detection"] == pytest.approx(skm.recall_score(1 - y, ~confident),
-                                                     rel=1e-12)
+    assert out["failure_detection"] == pytest.approx(skm.recall_score(1 - y, ~confident), rel=1e-12)
     assert out["count"] == len(conf)
     assert out["success_rate"] == pytest.approx(y.mean(), rel=1e-12)
     assert out["mean_confidence"] == pytest.approx(conf.mean(), rel=1e-12)

@@ -1,4 +1,5 @@
-"""pixel_confidence against the softmax tensor it avoids (issue 14.1)."""
+"""pixel_confidence against the softmax tensor it avoids."""
+
 import pytest
 import torch
 

@@ -1,10 +1,15 @@
 """The plots write non-empty PNG files."""
+
 import numpy as np
 import pytest
 import torch
 
-from conf_plugins.calibration import (CalibrationStats, plot_confidence_heatmap,
-                                      plot_reliability, plot_risk_coverage)
+from conf_plugins.calibration import (
+    CalibrationStats,
+    plot_confidence_heatmap,
+    plot_reliability,
+    plot_risk_coverage,
+)
 
 from ._data import quantised_sample
 
@@ -20,7 +25,7 @@ def _is_png(path):
 def test_reliability_and_risk_coverage(tmp_path):
     conf, correct = quantised_sample(500, seed=30)
     stats = CalibrationStats().update(conf, correct)
-    other = CalibrationStats().update(conf ** 2, correct)
+    other = CalibrationStats().update(conf**2, correct)
     assert _is_png(plot_reliability(stats, tmp_path / "rel.png", num_bins=10, title="demo"))
     assert _is_png(plot_reliability(stats.reliability(15), tmp_path / "sub" / "rel_dict.png"))
     path = plot_risk_coverage({"raw": stats, "squared": other}, tmp_path / "rc.png")

@@ -1,5 +1,6 @@
-"""Detection score calibrators (issue 12.2): temperature against a brute-force NLL grid,
+"""Detection score calibrators: temperature against a brute-force NLL grid,
 isotonic against scikit-learn, histogram binning against a plain loop, the fingerprint."""
+
 import math
 
 import numpy as np
@@ -9,8 +10,11 @@ from sklearn.isotonic import IsotonicRegression
 
 from conf_plugins.calibration.detection_stats import DetectionBinStats
 from conf_plugins.calibration.score_calibrators import (
-    DetectionScoreCalibrator, binary_temperature_nll, fit_binary_temperature,
-    pool_adjacent_violators)
+    DetectionScoreCalibrator,
+    binary_temperature_nll,
+    fit_binary_temperature,
+    pool_adjacent_violators,
+)
 
 
 def detections(n=4000, num_classes=3, true_temperature=2.0, seed=0):
@@ -42,15 +46,19 @@ def test_binary_nll_equals_a_plain_per_detection_loop():
         p = math.exp(beta * z[c]) / sum(math.exp(beta * v) for v in z)
         reference -= math.log(p) if y else math.log(1 - p)
     assert binary_temperature_nll(beta, logits, classes, correct.double()) == pytest.approx(
-        reference / 50, rel=1e-12)
+        reference / 50, rel=1e-12
+    )
 
 
-@pytest.mark.parametrize("bad, message", [
-    (lambda l, c, y: (l[:0], c[:0], y[:0]), "no detections"),
-    (lambda l, c, y: (l.index_fill(0, torch.tensor([3]), math.nan), c, y), "NaN"),
-    (lambda l, c, y: (l, c.fill_(3), y), "classes must be in"),
-    (lambda l, c, y: (l, c[:-1], y), "need logits"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda z, c, y: (z[:0], c[:0], y[:0]), "no detections"),
+        (lambda z, c, y: (z.index_fill(0, torch.tensor([3]), math.nan), c, y), "NaN"),
+        (lambda z, c, y: (z, c.fill_(3), y), "classes must be in"),
+        (lambda z, c, y: (z, c[:-1], y), "need logits"),
+    ],
+)
 def test_temperature_fit_rejects_bad_input(bad, message):
     with pytest.raises(ValueError, match=message):
         fit_binary_temperature(*bad(*detections(n=20)))
@@ -66,7 +74,7 @@ def random_scores(n=3000, num_classes=3, seed=1):
     g = torch.Generator().manual_seed(seed)
     scores = torch.rand(n, generator=g, dtype=torch.float64)
     classes = torch.randint(0, num_classes, (n,), generator=g)
-    correct = torch.rand(n, generator=g, dtype=torch.float64) < scores ** 2  # overconfident
+    correct = torch.rand(n, generator=g, dtype=torch.float64) < scores**2  # overconfident
     return scores, correct, classes
 
 
@@ -81,8 +89,11 @@ def test_isotonic_equals_scikit_learn_on_the_binned_counts_and_never_reorders_a_
         keep = stats[0, 0] > 0
         x = (stats[1, 0][keep] / stats[0, 0][keep]).numpy()
         y = (stats[2, 0][keep] / stats[0, 0][keep]).numpy()
-        reference = IsotonicRegression(out_of_bounds="clip").fit(
-            x, y, sample_weight=stats[0, 0][keep].numpy()).predict(queries.numpy())
+        reference = (
+            IsotonicRegression(out_of_bounds="clip")
+            .fit(x, y, sample_weight=stats[0, 0][keep].numpy())
+            .predict(queries.numpy())
+        )
         ours = cal.calibrate_scores(queries, torch.full((500,), c))
         np.testing.assert_allclose(ours.numpy(), reference, atol=1e-12)
         order = queries.argsort()
@@ -107,7 +118,8 @@ def test_histogram_binning_is_each_class_bins_accuracy_and_pools_for_an_unseen_c
             expected = correct[in_bin].double().mean()
             query = torch.tensor([(k + 0.5) / 10], dtype=torch.float64)
             assert float(cal.calibrate_scores(query, torch.tensor([c]))) == pytest.approx(
-                float(expected), abs=1e-12)
+                float(expected), abs=1e-12
+            )
 
 
 def test_calibrators_refuse_mismatched_counts_and_empty_fits():

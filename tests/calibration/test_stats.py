@@ -1,4 +1,5 @@
 """CalibrationStats: binning at edges, input handling, merging, state and error cases."""
+
 import io
 import math
 
@@ -30,8 +31,9 @@ def test_edges_are_compared_as_exact_float_values():
 def test_fine_bins_agree_with_float64_comparison_at_every_edge():
     K = 6000
     edges = torch.arange(K + 1, dtype=torch.float64) / K
-    near = torch.cat([edges, torch.nextafter(edges, torch.tensor(2.0)),
-                      torch.nextafter(edges, torch.tensor(-1.0))]).clamp(0, 1)
+    near = torch.cat(
+        [edges, torch.nextafter(edges, torch.tensor(2.0)), torch.nextafter(edges, torch.tensor(-1.0))]
+    ).clamp(0, 1)
     for dtype in (torch.float64, torch.float32):
         values = near.to(dtype)
         stats = CalibrationStats(K).update(values, torch.ones_like(values, dtype=torch.bool))
@@ -49,8 +51,11 @@ def test_numpy_int_and_half_inputs():
     reversed_view = CalibrationStats().update(conf[::-1], correct[::-1]).compute()
     assert reversed_view == pytest.approx(ref, rel=1e-12)
     half = torch.from_numpy(conf).half()  # upcast exactly to float32
-    assert (CalibrationStats().update(half, correct).compute()["count"]
-            == CalibrationStats().update(half.float(), correct).compute()["count"] == 500)
+    assert (
+        CalibrationStats().update(half, correct).compute()["count"]
+        == CalibrationStats().update(half.float(), correct).compute()["count"]
+        == 500
+    )
 
 
 def test_mask_equals_selection_and_ignores_garbage():
@@ -104,7 +109,7 @@ def test_reliability_is_consistent_with_compute():
     rel = stats.reliability(15)
     assert rel["edges"].shape == (16,) and rel["count"].sum() == 3000
     full = rel["count"] > 0
-    ece = (rel["count"][full] * np.abs(rel["accuracy"][full] - rel["mean_confidence"][full]))
+    ece = rel["count"][full] * np.abs(rel["accuracy"][full] - rel["mean_confidence"][full])
     assert ece.sum() / 3000 == pytest.approx(stats.compute(num_bins=15)["ECE"], rel=1e-12)
     bin_of = np.minimum(np.ceil(conf * 15).astype(int) - 1, 14).clip(0)
     k = int(np.flatnonzero(full)[-1])
@@ -134,22 +139,26 @@ def test_empty_input_is_a_no_op_and_compute_refuses_it():
         stats.compute()
 
 
-@pytest.mark.parametrize("conf, correct, mask, match", [
-    ([0.2, float("nan")], [1, 0], None, "NaN or inf"),
-    ([0.2, float("inf")], [1, 0], None, "NaN or inf"),
-    ([0.2, 1.5], [1, 0], None, r"\[0, 1\]"),
-    ([-0.1, 0.5], [1, 0], None, r"\[0, 1\]"),
-    ([0.2, 0.5], [1, 2], None, "0/1"),
-    ([0.2, 0.5], [1.0, 0.5], None, "0/1"),
-    ([0.2, 0.5], [1, 0, 1], None, "shape"),
-    ([0.2, 0.5], [1, 0], [True], "shape"),
-    ([0.2, 0.5], [1, 0], [1, 0], "bool"),
-    ([0.2, float("nan")], [1, 0], [True, True], "NaN"),
-])
+@pytest.mark.parametrize(
+    "conf, correct, mask, match",
+    [
+        ([0.2, float("nan")], [1, 0], None, "NaN or inf"),
+        ([0.2, float("inf")], [1, 0], None, "NaN or inf"),
+        ([0.2, 1.5], [1, 0], None, r"\[0, 1\]"),
+        ([-0.1, 0.5], [1, 0], None, r"\[0, 1\]"),
+        ([0.2, 0.5], [1, 2], None, "0/1"),
+        ([0.2, 0.5], [1.0, 0.5], None, "0/1"),
+        ([0.2, 0.5], [1, 0, 1], None, "shape"),
+        ([0.2, 0.5], [1, 0], [True], "shape"),
+        ([0.2, 0.5], [1, 0], [1, 0], "bool"),
+        ([0.2, float("nan")], [1, 0], [True, True], "NaN"),
+    ],
+)
 def test_bad_input_raises_value_error(conf, correct, mask, match):
     with pytest.raises(ValueError, match=match):
-        CalibrationStats().update(np.array(conf), np.array(correct),
-                                  mask=None if mask is None else np.array(mask))
+        CalibrationStats().update(
+            np.array(conf), np.array(correct), mask=None if mask is None else np.array(mask)
+        )
 
 
 def test_compute_rejects_inexact_bins_and_thresholds():
@@ -169,6 +178,7 @@ def test_compute_rejects_inexact_bins_and_thresholds():
 
 def test_chunked_accumulation_matches_one_pass(monkeypatch):
     from conf_plugins.calibration import stats as stats_module
+
     conf, correct = quantised_sample(1000, seed=12)
     mask = np.arange(1000) % 3 > 0
     one_pass = CalibrationStats().update(conf, correct, mask=mask)

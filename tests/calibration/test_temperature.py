@@ -1,4 +1,5 @@
 """TemperatureScaler: recovers a known temperature, is the NLL minimiser, validates input."""
+
 import numpy as np
 import pytest
 import torch
@@ -49,17 +50,20 @@ def test_constant_logits_keep_temperature_one():
     assert scaler.temperature == 1.0
 
 
-@pytest.mark.parametrize("logits, labels, kw, match", [
-    (torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), {}, "at least one"),
-    (torch.zeros(4, 3), torch.full((4,), 255), {"ignore_index": 255}, "at least one"),
-    (torch.tensor([[0.0, float("nan")]]), torch.tensor([0]), {}, "NaN or inf"),
-    (torch.tensor([[0.0, float("inf")]]), torch.tensor([0]), {}, "NaN or inf"),
-    (torch.zeros(4, 3), torch.zeros(5, dtype=torch.long), {}, "shape"),
-    (torch.zeros(4, 3), torch.tensor([0, 1, 3, 0]), {}, r"\[0, 3\)"),
-    (torch.zeros(4, 3), torch.tensor([0, 1, -1, 0]), {}, r"\[0, 3\)"),
-    (torch.zeros(4, 3), torch.zeros(4), {}, "integer"),
-    (torch.zeros(4), torch.zeros(4, dtype=torch.long), {}, "shape"),
-])
+@pytest.mark.parametrize(
+    "logits, labels, kw, match",
+    [
+        (torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), {}, "at least one"),
+        (torch.zeros(4, 3), torch.full((4,), 255), {"ignore_index": 255}, "at least one"),
+        (torch.tensor([[0.0, float("nan")]]), torch.tensor([0]), {}, "NaN or inf"),
+        (torch.tensor([[0.0, float("inf")]]), torch.tensor([0]), {}, "NaN or inf"),
+        (torch.zeros(4, 3), torch.zeros(5, dtype=torch.long), {}, "shape"),
+        (torch.zeros(4, 3), torch.tensor([0, 1, 3, 0]), {}, r"\[0, 3\)"),
+        (torch.zeros(4, 3), torch.tensor([0, 1, -1, 0]), {}, r"\[0, 3\)"),
+        (torch.zeros(4, 3), torch.zeros(4), {}, "integer"),
+        (torch.zeros(4), torch.zeros(4, dtype=torch.long), {}, "shape"),
+    ],
+)
 def test_bad_input_raises_value_error(logits, labels, kw, match):
     with pytest.raises(ValueError, match=match):
         TemperatureScaler().fit(logits, labels, **kw)

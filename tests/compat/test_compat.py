@@ -1,4 +1,5 @@
 """The compatibility shims of conf_plugins.compat, against the real installed packages."""
+
 import subprocess
 import sys
 
@@ -46,8 +47,9 @@ print("loaded")
 
 @pytest.mark.parametrize("mode", ["allow", "stock"])
 def test_mmengine_checkpoint_loads_under_weights_only(tmp_path, mode):
-    result = subprocess.run([sys.executable, "-c", _SAVE_AND_LOAD, str(tmp_path / "c.pth"), mode],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", _SAVE_AND_LOAD, str(tmp_path / "c.pth"), mode], capture_output=True, text=True
+    )
     if mode == "allow":
         assert result.returncode == 0 and "loaded" in result.stdout, result.stderr
     else:  # proves the shim is needed on this torch (weights_only is the default since 2.6)

@@ -1,6 +1,7 @@
-"""The bad-input catalogue of the detectron2 adapter (issue 15) on the real detectron2: COCO
+"""The bad-input catalogue of the detectron2 adapter on the real detectron2: COCO
 sets without ground truth, "no detections" during training, and every config value checked
 when its component is built, naming the key."""
+
 import json
 import logging
 import math
@@ -24,8 +25,10 @@ CATEGORIES = [{"id": 1, "name": "box"}]
 
 def coco_dataset(tmp_path, name, annotations):
     """A registered COCO-format dataset of 2 images; ``annotations`` None = no such key."""
-    data = {"images": [{"id": i, "file_name": f"{i}.png", "height": 32, "width": 32}
-                       for i in (1, 2)], "categories": CATEGORIES}
+    data = {
+        "images": [{"id": i, "file_name": f"{i}.png", "height": 32, "width": 32} for i in (1, 2)],
+        "categories": CATEGORIES,
+    }
     if annotations is not None:
         data["annotations"] = annotations
     path = tmp_path / f"{name}.json"
@@ -47,8 +50,7 @@ def test_no_gt_box_in_any_image_is_refused(tmp_path):
 
 
 def test_an_image_without_boxes_stays_valid(tmp_path):
-    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100,
-           "iscrowd": 0}
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100, "iscrowd": 0}
     name = coco_dataset(tmp_path, "bad_input_one_empty_image", [box])
     evaluator = DetectionCalibrationEvaluator(name, iou_thresholds=(0.5,))
     evaluator.reset()
@@ -69,8 +71,7 @@ def empty_outputs():
 
 
 def test_no_detections_during_training_gives_nan_and_a_warning(tmp_path, caplog):
-    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100,
-           "iscrowd": 0}
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100, "iscrowd": 0}
     name = coco_dataset(tmp_path, "bad_input_empty_preds", [box])
     evaluator = DetectionCalibrationEvaluator(name, iou_thresholds=(0.5, 0.7), allow_empty=True)
     evaluator.reset()
@@ -94,22 +95,49 @@ def test_training_survives_an_evaluation_without_detections(tmp_path):
     env = {**os.environ, "DETECTRON2_DATASETS": str(tmp_path / "datasets")}
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file",
-         os.path.join(ROOT, "configs", "demo", "teacher.yaml"), "SOLVER.MAX_ITER", "2",
-         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "TEST.EVAL_PERIOD", "2",
-         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.0", "OUTPUT_DIR", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "train_net.py"),
+            "--config-file",
+            os.path.join(ROOT, "configs", "demo", "teacher.yaml"),
+            "SOLVER.MAX_ITER",
+            "2",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.WARMUP_ITERS",
+            "1",
+            "TEST.EVAL_PERIOD",
+            "2",
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "1.0",
+            "OUTPUT_DIR",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "model_final.pth").exists()
     assert "no detections" in result.stdout + result.stderr
 
 
-# ------------------------------------------------------------- config values (item 5)
-@pytest.mark.parametrize("key, value", [
-    ("MATCH_IOU", 1.5), ("MATCH_IOU", 0.0), ("TEACHER_DROPOUT", 1.0),
-    ("TEACHER_DROPOUT", -0.5), ("TEACHER_DROPOUT", 0.0), ("NUM_SAMPLES", 0),
-    ("DISTILL_WEIGHT", -1.0), ("GT_WEIGHT", math.inf),
-])
+# ------------------------------------------------------------- config values
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("MATCH_IOU", 1.5),
+        ("MATCH_IOU", 0.0),
+        ("TEACHER_DROPOUT", 1.0),
+        ("TEACHER_DROPOUT", -0.5),
+        ("TEACHER_DROPOUT", 0.0),
+        ("NUM_SAMPLES", 0),
+        ("DISTILL_WEIGHT", -1.0),
+        ("GT_WEIGHT", math.inf),
+    ],
+)
 def test_ddn_keys_are_checked_when_built(key, value):
     cfg = tiny_ddn_cfg("")  # the bad key is reported before the (missing) teacher
     cfg.MODEL.DDN[key] = value
@@ -125,16 +153,18 @@ def test_mc_dropout_samples_are_checked_when_built():
         build_model(cfg)
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("NUM_BINS", 7, "TEST.CALIBRATION.NUM_BINS=7 must divide"),
-    ("NUM_BINS", 0, "TEST.CALIBRATION.NUM_BINS must be an integer"),
-    ("IOU_THRESHOLDS", (0.0, 0.5), "TEST.CALIBRATION.IOU_THRESHOLDS must be"),
-    ("IOU_THRESHOLDS", (0.5, 1.2), "TEST.CALIBRATION.IOU_THRESHOLDS must be"),
-    ("IOU_THRESHOLDS", (), "TEST.CALIBRATION.IOU_THRESHOLDS must be"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("NUM_BINS", 7, "TEST.CALIBRATION.NUM_BINS=7 must divide"),
+        ("NUM_BINS", 0, "TEST.CALIBRATION.NUM_BINS must be an integer"),
+        ("IOU_THRESHOLDS", (0.0, 0.5), "TEST.CALIBRATION.IOU_THRESHOLDS must be"),
+        ("IOU_THRESHOLDS", (0.5, 1.2), "TEST.CALIBRATION.IOU_THRESHOLDS must be"),
+        ("IOU_THRESHOLDS", (), "TEST.CALIBRATION.IOU_THRESHOLDS must be"),
+    ],
+)
 def test_calibration_keys_are_checked_before_inference(tmp_path, key, value, message):
-    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100,
-           "iscrowd": 0}
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100, "iscrowd": 0}
     name = coco_dataset(tmp_path, f"bad_input_keys_{key}_{value}", [box])
     cfg = tiny_d2_cfg()
     cfg.TEST.CALIBRATION[key] = value

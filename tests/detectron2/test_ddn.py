@@ -1,4 +1,5 @@
 """DDN student with the real detectron2: frozen parts, hidden teacher, targets, uniform rows."""
+
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -28,8 +29,11 @@ def build_student(teacher_weights, **kwargs):
 def test_backbone_and_rpn_frozen_box_head_trains(teacher_weights):
     cfg, model = build_student(teacher_weights)
     optimizer = build_optimizer(cfg, model)
-    frozen = {k: v.clone() for k, v in model.state_dict().items()
-              if k.startswith(("backbone.", "proposal_generator."))}
+    frozen = {
+        k: v.clone()
+        for k, v in model.state_dict().items()
+        if k.startswith(("backbone.", "proposal_generator."))
+    }
     head_before = model.roi_heads.box_head.fc1.weight.detach().clone()
     model.train()
     assert not model.backbone.training and not model.proposal_generator.training
@@ -57,8 +61,7 @@ def test_teacher_hidden_from_state_dict_and_optimizer(teacher_weights):
     assert all(id(p) not in optimized and not p.requires_grad for p in teacher.parameters())
     assert all(id(p) not in {id(q) for q in model.parameters()} for p in teacher.parameters())
     # the teacher holds the checkpoint's weights, the student starts from the same ones
-    assert torch.equal(teacher.box_predictor.cls_score.weight,
-                       model.roi_heads.box_predictor.cls_score.weight)
+    assert torch.equal(teacher.box_predictor.cls_score.weight, model.roi_heads.box_predictor.cls_score.weight)
     model.train()
     assert not teacher.training
 
@@ -89,13 +92,13 @@ def test_target_is_mean_of_explicit_dropout_samples(teacher_weights):
     logits, _ = teacher.sample(features, 5)
     torch.manual_seed(123)
     teacher.box_head.mc_sampling = True  # stock-style forward with dropout on, one sample a call
-    explicit = torch.stack([teacher.box_predictor(teacher.box_head(features))[0]
-                            for _ in range(5)])
+    explicit = torch.stack([teacher.box_predictor(teacher.box_head(features))[0] for _ in range(5)])
     teacher.box_head.mc_sampling = False
     assert torch.allclose(logits, explicit, atol=1e-5)
     assert not torch.allclose(explicit[0], explicit[1])  # dropout really samples
     # with no foreground proposals, the target is exactly the mean of the samples
     from detectron2.structures import Boxes, Instances
+
     proposals = Instances((64, 64))
     proposals.proposal_boxes = Boxes(torch.tensor([[0.0, 0, 10, 10]] * 7))
     proposals.gt_classes = torch.full((7,), 3)  # background
@@ -143,8 +146,10 @@ def test_detected_gt_keeps_teacher_target(teacher_weights):
 
 
 def test_missing_teacher_weights_is_a_clear_error_when_training_starts(tmp_path):
-    for path, error, match in (("", ValueError, "TEACHER_WEIGHTS is empty"),
-                               (str(tmp_path / "nope.pth"), FileNotFoundError, "no such file")):
+    for path, error, match in (
+        ("", ValueError, "TEACHER_WEIGHTS is empty"),
+        (str(tmp_path / "nope.pth"), FileNotFoundError, "no such file"),
+    ):
         model = build_model(tiny_ddn_cfg(path))  # building (for evaluation) needs no teacher
         model.train()
         with pytest.raises(error, match=match), EventStorage():
@@ -186,16 +191,21 @@ def test_undetected_gt_is_decided_on_all_proposals_not_the_minibatch(teacher_wei
         teacher.box_predictor.bbox_pred.bias.zero_()
     gt_box = torch.tensor([[10.0, 10.0, 40.0, 40.0]])
     targets = [Instances((64, 64), gt_boxes=Boxes(gt_box), gt_classes=torch.tensor([1]))]
-    features = {f: torch.randn(1, 32, 64 // s, 64 // s)
-                for f, s in zip(heads.box_in_features, (4, 8, 16, 32))}
+    features = {
+        f: torch.randn(1, 32, 64 // s, 64 // s) for f, s in zip(heads.box_in_features, (4, 8, 16, 32))
+    }
     on_gt = Instances((64, 64), proposal_boxes=Boxes(torch.cat([gt_box, torch.tensor([[0.0, 0, 8, 8]])])))
     far = Instances((64, 64), proposal_boxes=Boxes(torch.tensor([[0.0, 0, 8, 8], [50.0, 50, 60, 60]])))
     assert len(heads.undetected_gt(features, [on_gt], targets)[0]) == 0  # found among all
     assert torch.equal(heads.undetected_gt(features, [far], targets)[0][:, :4], gt_box)
     # a sampled minibatch whose foreground proposals lie far from the GT box: without the
     # all-proposal rule they would decide "undetected"; with it the GT stays detected
-    sampled = Instances((64, 64), proposal_boxes=Boxes(torch.tensor([[20.0, 20, 30, 30]] * 3)),
-                        gt_boxes=Boxes(gt_box.repeat(3, 1)), gt_classes=torch.tensor([1, 1, 3]))
+    sampled = Instances(
+        (64, 64),
+        proposal_boxes=Boxes(torch.tensor([[20.0, 20, 30, 30]] * 3)),
+        gt_boxes=Boxes(gt_box.repeat(3, 1)),
+        gt_classes=torch.tensor([1, 1, 3]),
+    )
     pooled = torch.randn(3, 32, 7, 7)
     with EventStorage() as storage:
         kept = heads.distillation_targets(pooled, [sampled], heads.undetected_gt(features, [on_gt], targets))

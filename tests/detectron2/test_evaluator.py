@@ -1,5 +1,6 @@
 """The detectron2 calibration evaluator in detectron2's own evaluation loop, and across
 processes (gloo): 2 processes give the numbers of 1."""
+
 import math
 import os
 
@@ -19,8 +20,7 @@ from tests.fixtures import tiny_d2_cfg
 @pytest.fixture(scope="module")
 def demo_val(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("demo_det"))
-    register_demo_detection(root, prefix="test_demo_det", num_images={"train": 2, "val": 6},
-                            image_size=64)
+    register_demo_detection(root, prefix="test_demo_det", num_images={"train": 2, "val": 6}, image_size=64)
     return "test_demo_det_val"
 
 
@@ -28,8 +28,7 @@ def oracle_outputs(dataset_name, num_images=None):
     """(inputs, outputs): each GT box detected with score 0.8, plus one false box at 0.3."""
     inputs, outputs = [], []
     for record in DatasetCatalog.get(dataset_name)[:num_images]:
-        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
-                 for a in record["annotations"]]
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in record["annotations"]]
         inst = Instances((record["height"], record["width"]))
         inst.pred_boxes = Boxes(torch.tensor(boxes + [[0.0, 0.0, 3.0, 3.0]]))
         inst.scores = torch.tensor([0.8] * len(boxes) + [0.3])
@@ -40,16 +39,16 @@ def oracle_outputs(dataset_name, num_images=None):
 
 
 def test_oracle_detections_give_known_statistics(demo_val, tmp_path):
-    evaluator = DetectionCalibrationEvaluator(demo_val, iou_thresholds=(0.5,), num_bins=10,
-                                              output_dir=str(tmp_path))
+    evaluator = DetectionCalibrationEvaluator(
+        demo_val, iou_thresholds=(0.5,), num_bins=10, output_dir=str(tmp_path)
+    )
     evaluator.reset()
     inputs, outputs = oracle_outputs(demo_val)
     evaluator.process(inputs, outputs)
     results = evaluator.evaluate()["calibration"]
     num_gt = sum(len(r["annotations"]) for r in DatasetCatalog.get(demo_val))
     expected = CalibrationStats()
-    expected.update(torch.tensor([0.8] * num_gt + [0.3] * 6),
-                    torch.tensor([True] * num_gt + [False] * 6))
+    expected.update(torch.tensor([0.8] * num_gt + [0.3] * 6), torch.tensor([True] * num_gt + [False] * 6))
     for name, value in expected.compute(num_bins=10).items():
         assert results[f"{name}@IoU0.5"] == pytest.approx(value, nan_ok=True), name
     assert results["count@IoU0.5"] == num_gt + 6
@@ -72,9 +71,12 @@ def test_runs_beside_coco_evaluator_in_detectron2_loop(demo_val, tmp_path):
     cfg = tiny_d2_cfg()
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # an untrained model: keep its detections
     model = build_model(cfg).eval()
-    evaluators = DatasetEvaluators([
-        COCOEvaluator(demo_val, output_dir=str(tmp_path)),
-        DetectionCalibrationEvaluator(demo_val, output_dir=str(tmp_path))])
+    evaluators = DatasetEvaluators(
+        [
+            COCOEvaluator(demo_val, output_dir=str(tmp_path)),
+            DetectionCalibrationEvaluator(demo_val, output_dir=str(tmp_path)),
+        ]
+    )
     results = inference_on_dataset(model, build_detection_test_loader(cfg, demo_val), evaluators)
     assert "AP" in results["bbox"]
     assert {"ECE@IoU0.3", "MSCE@IoU0.5", "MCE@IoU0.7", "NLL@IoU0.5"} <= set(results["calibration"])
@@ -96,8 +98,7 @@ def test_new_metrics_top1_mode_and_crowd_regions(demo_val, tmp_path):
     inputs, outputs = oracle_outputs(demo_val)
     for out in outputs:
         out["instances"].pred_class_probs = top1_probs(out["instances"].pred_classes)
-    evaluator = DetectionCalibrationEvaluator(demo_val, iou_thresholds=(0.5,),
-                                              output_dir=str(tmp_path))
+    evaluator = DetectionCalibrationEvaluator(demo_val, iou_thresholds=(0.5,), output_dir=str(tmp_path))
     evaluator.reset()
     evaluator.process(inputs, outputs)
     results = evaluator.evaluate()["calibration"]
@@ -116,7 +117,10 @@ def test_new_metrics_top1_mode_and_crowd_regions(demo_val, tmp_path):
     crowd = {record["image_id"]: [0.0, 0.0, 4.0, 4.0] for record in DatasetCatalog.get(demo_val)}
     for image_id, box in crowd.items():
         entry = evaluator._gt[image_id]
-        entry["crowd_boxes"], entry["crowd_classes"] = torch.tensor([box], dtype=torch.float64), torch.tensor([0])
+        entry["crowd_boxes"], entry["crowd_classes"] = (
+            torch.tensor([box], dtype=torch.float64),
+            torch.tensor([0]),
+        )
     evaluator.process(inputs, outputs)
     results = evaluator.evaluate()["calibration"]
     assert results["count@IoU0.5"] == num_gt
@@ -128,17 +132,24 @@ def test_crowd_annotations_of_a_coco_json_are_ignored_not_wrong(tmp_path):
 
     from detectron2.data.datasets import register_coco_instances
 
-    coco = dict(images=[dict(id=1, width=64, height=64, file_name="a.jpg")],
-                annotations=[dict(id=1, image_id=1, category_id=1, bbox=[0, 0, 20, 20], area=400, iscrowd=0),
-                             dict(id=2, image_id=1, category_id=1, bbox=[30, 30, 30, 30], area=900, iscrowd=1)],
-                categories=[dict(id=1, name="thing")])
+    coco = dict(
+        images=[dict(id=1, width=64, height=64, file_name="a.jpg")],
+        annotations=[
+            dict(id=1, image_id=1, category_id=1, bbox=[0, 0, 20, 20], area=400, iscrowd=0),
+            dict(id=2, image_id=1, category_id=1, bbox=[30, 30, 30, 30], area=900, iscrowd=1),
+        ],
+        categories=[dict(id=1, name="thing")],
+    )
     (tmp_path / "coco.json").write_text(json.dumps(coco))
     register_coco_instances("test_crowd_json", {}, str(tmp_path / "coco.json"), str(tmp_path))
     evaluator = DetectionCalibrationEvaluator("test_crowd_json", iou_thresholds=(0.5,))
     evaluator.reset()
-    inst = Instances((64, 64), pred_boxes=Boxes(torch.tensor([[0.0, 0, 20, 20], [35.0, 35, 50, 50],
-                                                              [0.0, 40, 10, 50]])),
-                     scores=torch.tensor([0.9, 0.8, 0.7]), pred_classes=torch.tensor([0, 0, 0]))
+    inst = Instances(
+        (64, 64),
+        pred_boxes=Boxes(torch.tensor([[0.0, 0, 20, 20], [35.0, 35, 50, 50], [0.0, 40, 10, 50]])),
+        scores=torch.tensor([0.9, 0.8, 0.7]),
+        pred_classes=torch.tensor([0, 0, 0]),
+    )
     evaluator.process([{"image_id": 1}], [{"instances": inst}])
     results = evaluator.evaluate()["calibration"]
     assert results["count@IoU0.5"] == 2  # the box inside the crowd region is left out
@@ -146,8 +157,9 @@ def test_crowd_annotations_of_a_coco_json_are_ignored_not_wrong(tmp_path):
 
 
 def _evaluate_on_rank(rank, world_size, dataset_root):
-    register_demo_detection(dataset_root, prefix="test_demo_det",
-                            num_images={"train": 2, "val": 6}, image_size=64)
+    register_demo_detection(
+        dataset_root, prefix="test_demo_det", num_images={"train": 2, "val": 6}, image_size=64
+    )
     evaluator = DetectionCalibrationEvaluator("test_demo_det_val", iou_thresholds=(0.3, 0.5))
     evaluator.reset()
     inputs, outputs = oracle_outputs("test_demo_det_val")
@@ -163,9 +175,40 @@ def _evaluate_on_rank(rank, world_size, dataset_root):
 
 def test_two_processes_equal_one(demo_val):
     root = os.path.dirname(DatasetCatalog.get(demo_val)[0]["file_name"]).rsplit("/val", 1)[0]
-    single, = run_in_processes(_evaluate_on_rank, 1, root)
+    (single,) = run_in_processes(_evaluate_on_rank, 1, root)
     double = run_in_processes(_evaluate_on_rank, 2, root)
     assert double[1] == {}  # detectron2's convention: results on the main process only
     assert single.keys() == double[0].keys()
+    assert "LaECE@IoU0.5_ci_lo" in single["calibration"]  # bootstrap intervals over images too
     for k, v in single["calibration"].items():
         assert double[0]["calibration"][k] == pytest.approx(v, nan_ok=True, rel=1e-12), k
+
+
+def test_bootstrap_records_are_each_images_own_statistics(demo_val, tmp_path):
+    """Row i of the saved records = the statistics of image i evaluated alone; the intervals
+    bracket the point values; two processes give them too (test above compares every key)."""
+    inputs, outputs = oracle_outputs(demo_val)
+    for i, out in enumerate(outputs):
+        out["instances"].scores = out["instances"].scores * (0.5 + 0.08 * i)
+    evaluator = DetectionCalibrationEvaluator(
+        demo_val, iou_thresholds=(0.5,), output_dir=str(tmp_path / "all"), bootstrap=200
+    )
+    evaluator.reset()
+    evaluator.process(inputs, outputs)
+    results = evaluator.evaluate()["calibration"]
+    for name in ("ECE", "MSCE", "AUROC", "LaECE", "D-ECE", "classwise_ECE"):
+        lo, hi = results[f"{name}@IoU0.5_ci_lo"], results[f"{name}@IoU0.5_ci_hi"]
+        assert lo <= results[f"{name}@IoU0.5"] <= hi, name
+    saved = torch.load(tmp_path / "all" / "calibration" / "records.pt", weights_only=False)
+    records = saved["records"][""][0].to_dense()
+    assert saved["images"] == sorted(inp["image_id"] for inp in inputs)
+    for i, (inp, out) in enumerate(sorted(zip(inputs, outputs), key=lambda p: p[0]["image_id"])):
+        alone = DetectionCalibrationEvaluator(
+            demo_val, iou_thresholds=(0.5,), output_dir=str(tmp_path / f"img{i}"), bootstrap=0
+        )
+        alone.reset()
+        alone.process([inp], [out])
+        alone.evaluate()
+        state = torch.load(tmp_path / f"img{i}" / "calibration" / "stats.pt", weights_only=True)[0.5]
+        own = CalibrationStats.from_state_dict(state).as_record()
+        assert torch.allclose(records[i, : len(own)], own, rtol=1e-12, atol=1e-12), i

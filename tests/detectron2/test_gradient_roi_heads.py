@@ -1,5 +1,6 @@
 """GradientMetricsROIHeads with the real detectron2: per-detection closed-form gradient metrics
 equal autograd on the box predictor's classifier (gradient paper §2)."""
+
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
@@ -45,8 +46,9 @@ def test_each_detection_carries_the_autograd_metrics_of_its_proposal():
     with torch.no_grad():
         instances = heads._forward_box(features, proposals)
         # the stock path, explicitly: which proposal row produced each detection
-        pooled = heads.box_pooler([features[f] for f in heads.box_in_features],
-                                  [p.proposal_boxes for p in proposals])
+        pooled = heads.box_pooler(
+            [features[f] for f in heads.box_in_features], [p.proposal_boxes for p in proposals]
+        )
         hidden = heads.box_head(pooled)
         stock, kept = heads.box_predictor.inference(heads.box_predictor(hidden), proposals)
         full = model(batch)  # the fields survive detector_postprocess
@@ -63,8 +65,7 @@ def test_each_detection_carries_the_autograd_metrics_of_its_proposal():
             assert torch.allclose(inst.grad_l1[j], g.abs().sum(), rtol=1e-4, atol=1e-7)
             assert torch.allclose(inst.grad_max[j], g.max(), rtol=1e-4, atol=1e-7)
             assert torch.allclose(inst.grad_min[j], g.min(), rtol=1e-4, atol=1e-7)
-            assert torch.allclose(inst.entropy[j], normalized_entropy(z.softmax(0), dim=0),
-                                  rtol=1e-5)
+            assert torch.allclose(inst.entropy[j], normalized_entropy(z.softmax(0), dim=0), rtol=1e-5)
             mismatched_class += int(inst.pred_classes[j] != z.argmax())
     # SCORE_THRESH_TEST 0: one proposal gives a detection per class, so the detection's
     # class is often not the proposal's predicted class ŷ (the metrics use ŷ)
@@ -98,8 +99,9 @@ def test_no_detections_gives_empty_fields():
 def test_detection_rows_skip_proposals_that_inference_drops():
     model, heads, batch, features, proposals = model_features_proposals()
     with torch.no_grad():
-        pooled = heads.box_pooler([features[f] for f in heads.box_in_features],
-                                  [p.proposal_boxes for p in proposals])
+        pooled = heads.box_pooler(
+            [features[f] for f in heads.box_in_features], [p.proposal_boxes for p in proposals]
+        )
         logits, deltas = heads.box_predictor(heads.box_head(pooled))
         deltas[[0, 3, len(proposals[0]) + 1]] = float("inf")  # non-finite boxes: dropped
         instances, kept = heads.box_predictor.inference((logits, deltas), proposals)

@@ -1,4 +1,5 @@
 """Dropout box head and MC-dropout inference with the real detectron2."""
+
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -47,8 +48,9 @@ def test_mc_inference_averages_explicit_dropout_samples():
         mc_instances = heads._forward_box(features, proposals)[0]
 
         torch.manual_seed(7)
-        pooled = heads.box_pooler([features[f] for f in heads.box_in_features],
-                                  [p.proposal_boxes for p in proposals])
+        pooled = heads.box_pooler(
+            [features[f] for f in heads.box_in_features], [p.proposal_boxes for p in proposals]
+        )
         heads.box_head.mc_sampling = True
         samples = [heads.box_predictor(heads.box_head(pooled)) for _ in range(6)]
         heads.box_head.mc_sampling = False

@@ -1,5 +1,6 @@
-"""Per-detection class probabilities and MC-dropout uncertainty (issue 12.1), against
+"""Per-detection class probabilities and MC-dropout uncertainty, against
 explicit loops over proposals and dropout samples on the real detectron2."""
+
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
@@ -16,8 +17,9 @@ def run_box_inference(model, batch, seed=7):
         proposals, _ = model.proposal_generator(images, features, None)
         torch.manual_seed(seed)
         instances = heads._forward_box(features, proposals)
-        pooled = heads.box_pooler([features[f] for f in heads.box_in_features],
-                                  [p.proposal_boxes for p in proposals])
+        pooled = heads.box_pooler(
+            [features[f] for f in heads.box_in_features], [p.proposal_boxes for p in proposals]
+        )
     return instances, proposals, pooled
 
 
@@ -80,16 +82,18 @@ def test_mc_dropout_uncertainty_fields_match_an_explicit_sample_loop():
     probs = torch.stack([F.softmax(s[0], dim=-1) for s in samples])  # (M, R, K+1)
     mean = probs.mean(0)
     sample_boxes = torch.stack([heads.box_predictor.predict_boxes(s, proposals)[0] for s in samples])
-    mean_boxes = heads.box_predictor.predict_boxes((mean.log(), torch.stack([s[1] for s in samples]).mean(0)),
-                                                   proposals)[0]
+    mean_boxes = heads.box_predictor.predict_boxes(
+        (mean.log(), torch.stack([s[1] for s in samples]).mean(0)), proposals
+    )[0]
     assert len(inst) > 0
     for d in range(len(inst)):
         c = int(inst.pred_classes[d])
         r = proposal_of(inst.pred_boxes.tensor[d], c, inst.scores[d], mean_boxes, mean)
         p = mean[r]
         h = -sum(float(q) * float(torch.log(q)) for q in p if q > 0)
-        expected_h = sum(-sum(float(q) * float(torch.log(q)) for q in probs[m, r] if q > 0)
-                         for m in range(5)) / 5
+        expected_h = (
+            sum(-sum(float(q) * float(torch.log(q)) for q in probs[m, r] if q > 0) for m in range(5)) / 5
+        )
         assert torch.allclose(inst.pred_class_probs[d], p, atol=1e-6)
         assert abs(float(inst.pred_entropy[d]) - h) < 1e-5
         assert abs(float(inst.pred_mutual_info[d]) - (h - expected_h)) < 1e-5
@@ -113,5 +117,6 @@ def test_ddn_student_outputs_class_probs_on_request(tmp_path):
         out = model(d2_batch(num_images=1))[0]["instances"]
     assert len(out) > 0
     assert torch.allclose(out.pred_class_probs.sum(1), torch.ones(len(out)), atol=1e-5)
-    assert torch.allclose(out.pred_class_probs.gather(1, out.pred_classes[:, None])[:, 0],
-                          out.scores, atol=1e-6)
+    assert torch.allclose(
+        out.pred_class_probs.gather(1, out.pred_classes[:, None])[:, 0], out.scores, atol=1e-6
+    )

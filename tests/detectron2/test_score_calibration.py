@@ -1,6 +1,7 @@
-"""Score calibrators inside detectron2 inference (issue 12.2): temperature equals a box
+"""Score calibrators inside detectron2 inference: temperature equals a box
 predictor with scaled logits, the binned ones only remap scores, the fingerprint refuses
 stale calibrators, and tools/fit_detection_calibration.py fits one on a held-out split."""
+
 import json
 import math
 import os
@@ -58,8 +59,11 @@ def fit_random_counts(calibrator):
     g = torch.Generator().manual_seed(3)
     scores = torch.rand(500, generator=g, dtype=torch.float64)
     stats = DetectionBinStats(calibrator.num_classes, (calibrator.stats_bins(),))
-    stats.update(scores, torch.rand(500, generator=g, dtype=torch.float64) < scores ** 3,
-                 torch.randint(0, calibrator.num_classes, (500,), generator=g))
+    stats.update(
+        scores,
+        torch.rand(500, generator=g, dtype=torch.float64) < scores**3,
+        torch.randint(0, calibrator.num_classes, (500,), generator=g),
+    )
     calibrator.fit_counts(stats)
 
 
@@ -67,8 +71,7 @@ def fit_random_counts(calibrator):
 def test_binned_calibrators_remap_scores_and_change_no_box(method):
     model = model_with(method, fit_random_counts)
     plain = build_model(calibrated_cfg()).eval()
-    plain.load_state_dict({k: v for k, v in model.state_dict().items()
-                           if "score_calibrator" not in k})
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "score_calibrator" not in k})
     batch = d2_batch()
     ours, _, _ = run_box_inference(model, batch)
     reference, _, _ = run_box_inference(plain, batch)
@@ -122,28 +125,59 @@ def test_fit_tool_fits_on_the_held_out_split_and_refuses_the_evaluated_one(tmp_p
     from conf_plugins.detectron2 import generate_demo_detection
 
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
-    generate_demo_detection(str(tmp_path / "datasets" / "conf_demo_det"),
-                            {"train": 2, "calib": 3, "val": 2}, image_size=64)
+    generate_demo_detection(
+        str(tmp_path / "datasets" / "conf_demo_det"), {"train": 2, "calib": 3, "val": 2}, image_size=64
+    )
     tool = load_tool("fit_detection_calibration")
     config = os.path.join(ROOT, "configs", "demo", "teacher.yaml")
-    tiny = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
-            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    tiny = [
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+        "INPUT.MAX_SIZE_TEST",
+        "64",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        "0.0",
+    ]
     weights = str(tmp_path / "model.pth")
-    cfg = tool.setup(tool.parse_args(["--config-file", config, "--method", "temperature",
-                                      "--dataset", "x", *tiny]))
+    cfg = tool.setup(
+        tool.parse_args(
+            ["--config-file", config, "--method", "temperature", "--dataset", "conf_demo_det_calib", *tiny]
+        )
+    )
     torch.manual_seed(0)
     DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
-    args = ["--config-file", config, "--dataset", "conf_demo_det_calib", *tiny,
-            "MODEL.WEIGHTS", weights]
-    with pytest.raises(SystemExit, match="evaluates or trains on"):
-        tool.main(["--method", "temperature", *args[:2], "--dataset", "conf_demo_det_val",
-                   *tiny, "MODEL.WEIGHTS", weights])
+    args = ["--config-file", config, "--dataset", "conf_demo_det_calib", *tiny, "MODEL.WEIGHTS", weights]
+    # engine.setup checks the held-out split alone: a training set not on disk is no error
+    assert tool.setup(
+        tool.parse_args(["--method", "temperature", *args, "DATASETS.TRAIN", "('absent_train',)"])
+    ).DATASETS.TRAIN == ("absent_train",)
+    with pytest.raises(ValueError, match="'absent' is not registered: .* --coco absent JSON"):
+        tool.main(["--method", "temperature", *args[:2], "--dataset", "absent", *tiny])
+    with pytest.raises(ValueError, match="SCORE_CALIBRATION.METHOD is set"):
+        tool.main(
+            ["--method", "temperature", *args, "MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD", "temperature"]
+        )
+    with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS not found"):
+        tool.main(["--method", "temperature", *args[:-1], str(tmp_path / "absent.pth")])
+    with pytest.raises(ValueError, match="evaluates or trains on"):
+        tool.main(
+            [
+                "--method",
+                "temperature",
+                *args[:2],
+                "--dataset",
+                "conf_demo_det_val",
+                *tiny,
+                "MODEL.WEIGHTS",
+                weights,
+            ]
+        )
     for method in ("temperature", "histogram"):
         summary = tool.main(["--method", method, *args])
         assert summary["detections"] > 0 and summary["dataset"] == "conf_demo_det_calib"
         out = str(tmp_path / f"model_{method}.pth")
         assert json.load(open(out.replace(".pth", ".json")))["method"] == method
-        with pytest.raises(SystemExit, match="exists; pass --force"):
+        with pytest.raises(FileExistsError, match="exists; pass --force"):
             tool.main(["--method", method, *args])
         deployed = cfg.clone()  # the calibrated checkpoint, deployed by config
         deployed.defrost()
@@ -157,3 +191,12 @@ def test_fit_tool_fits_on_the_held_out_split_and_refuses_the_evaluated_one(tmp_p
     assert fitted["score_calibration"]["temperature"] > 0
     assert "roi_heads.score_calibrator.fingerprint" in fitted["model"]
     assert fitted["model"]["roi_heads.score_calibrator.fingerprint"].any()
+
+
+def test_fitting_needs_one_of_our_heads():
+    from conf_plugins.detectron2.score_calibration import fit_score_calibrator
+
+    cfg = tiny_d2_cfg()
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    with pytest.raises(ValueError, match="StandardROIHeads: score calibration needs one of our"):
+        fit_score_calibrator(cfg, build_model(cfg), "conf_demo_det_calib", "temperature")

@@ -1,4 +1,5 @@
 """The real detectron2 stack: stock Faster R-CNN FPN trains one step and predicts on CPU."""
+
 import torch
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer

@@ -1,5 +1,6 @@
-"""The bad-input catalogue of the framework-free losses (issue 15): each case a clear error
+"""The bad-input catalogue of the framework-free losses: each case a clear error
 naming the bad value, or the documented result."""
+
 import math
 
 import pytest
@@ -9,15 +10,20 @@ from conf_plugins.losses import UncertaintyWeightedLoss, logit_distillation_loss
 from conf_plugins.losses.distillation import uniform_logits_like
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(task_names=[], task_types=[]), "at least one task"),
-    (dict(task_names=["a", "a"], task_types=["regression"] * 2), "unique"),
-    (dict(task_names=["a", "b"], task_types=["regression"]), "2 task names but 1 task types"),
-    (dict(task_names=["a"], task_types=["ranking"]), "task types must be one of"),
-    (dict(task_names=["a"], task_types=["regression"], init_log_vars=[0.0, 1.0]),
-     "1 tasks but 2 initial"),
-    (dict(task_names=["a"], task_types=["regression"], init_log_vars=math.nan), "finite"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(task_names=[], task_types=[]), "at least one task"),
+        (dict(task_names=["a", "a"], task_types=["regression"] * 2), "unique"),
+        (dict(task_names=["a", "b"], task_types=["regression"]), "2 task names but 1 task types"),
+        (dict(task_names=["a"], task_types=["ranking"]), "task types must be one of"),
+        (
+            dict(task_names=["a"], task_types=["regression"], init_log_vars=[0.0, 1.0]),
+            "1 tasks but 2 initial",
+        ),
+        (dict(task_names=["a"], task_types=["regression"], init_log_vars=math.nan), "finite"),
+    ],
+)
 def test_uncertainty_weighting_construction_is_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         UncertaintyWeightedLoss(**kwargs)

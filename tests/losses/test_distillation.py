@@ -1,4 +1,5 @@
 """DDN logit distillation loss (DDN paper eq. 8) and uniform targets."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """The Kendall report's toy experiment (§2.3): σ's recovered from both initialisations."""
+
 import pytest
 
 from tests.fixtures import load_tool

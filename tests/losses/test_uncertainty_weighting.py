@@ -1,4 +1,5 @@
 """UncertaintyWeightedLoss (Kendall et al.; see the module docstring for the forms)."""
+
 import math
 
 import pytest
@@ -8,8 +9,9 @@ from conf_plugins.losses import UncertaintyWeightedLoss
 
 
 def test_loss_forms_and_total():
-    crit = UncertaintyWeightedLoss(["seg", "depth"], ["classification", "regression"],
-                                   init_log_vars=[0.4, -1.2])
+    crit = UncertaintyWeightedLoss(
+        ["seg", "depth"], ["classification", "regression"], init_log_vars=[0.4, -1.2]
+    )
     seg, depth = torch.tensor(2.0), torch.tensor(3.0)
     out = crit({"seg": seg, "depth": depth})
     assert out["seg"].item() == pytest.approx(math.exp(-0.4) * 2.0 + 0.2)
@@ -30,6 +32,7 @@ def test_optimum_log_variance(task_type):
         total = crit({"t": loss})["total"]
         total.backward()
         return total
+
     optim.step(closure)
     expected = 4.0 if task_type == "regression" else 8.0
     assert math.exp(crit.log_vars["t"].item()) == pytest.approx(expected, rel=1e-4)

@@ -1,6 +1,7 @@
-"""The bad-input catalogue of the mmseg adapter (issue 15) on the real mmseg: stale
+"""The bad-input catalogue of the mmseg adapter on the real mmseg: stale
 calibration after fine-tuning, incomplete checkpoints, config values checked when a
 component is built, the metric's own checks and test-time augmentation."""
+
 import math
 
 import pytest
@@ -21,9 +22,10 @@ def calibrated_model():
     return model
 
 
-# ------------------------------------------------------------- stale calibration (item 2)
-@pytest.mark.parametrize("weight", ["backbone.stem.0.weight", "decode_head.conv_seg.weight",
-                                    "decode_head.convs.0.bn.running_mean"])
+# ------------------------------------------------------------- stale calibration
+@pytest.mark.parametrize(
+    "weight", ["backbone.stem.0.weight", "decode_head.conv_seg.weight", "decode_head.convs.0.bn.running_mean"]
+)
 def test_calibration_is_stale_after_any_weight_it_depends_on_changes(weight):
     model = calibrated_model()
     with torch.no_grad():
@@ -38,9 +40,9 @@ def test_calibration_is_stale_after_any_weight_it_depends_on_changes(weight):
 def test_the_fingerprint_check_is_cached_in_eval_mode_and_redone_after_training():
     model = calibrated_model()
     model.calibrator()
-    assert model._fingerprint_checked  # eval mode: weights cannot change until train()/load
+    assert model._fingerprint_verified  # eval mode: weights cannot change until train()/load
     model.train()
-    assert not model._fingerprint_checked
+    assert not model._fingerprint_verified
     with torch.no_grad():
         model.backbone.stem[0].weight.mul_(1.001)
     model.eval()
@@ -48,39 +50,44 @@ def test_the_fingerprint_check_is_cached_in_eval_mode_and_redone_after_training(
         model.calibrator()
 
 
-# ------------------------------------------------------------- incomplete checkpoints (item 4)
+# ------------------------------------------------------------- incomplete checkpoints
 def test_an_stl_checkpoint_under_an_mtl_model_is_refused(tmp_path):
     stl = MODELS.build(tiny_mmseg_model_cfg())
     path = str(tmp_path / "stl.pth")
     torch.save({"state_dict": stl.state_dict(), "meta": {}}, path)
     mtl = MODELS.build(success_model_cfg())
     missing = missing_weights(mtl, path)
-    assert missing and all("success" in k or k.startswith(("bayes", "decode_head.task_weighting"))
-                           or "snapshot" in k for k in missing)
-    with pytest.raises(SystemExit, match=r"lacks \d+ weights of the config's model"):
+    assert missing and all(
+        "success" in k or k.startswith(("bayes", "decode_head.task_weighting")) or "snapshot" in k
+        for k in missing
+    )
+    with pytest.raises(ValueError, match=r"lacks \d+ weights of the config's model"):
         require_complete_checkpoint(mtl, path)
     require_complete_checkpoint(stl, path)  # complete: no error
     torch.save({"state_dict": {f"module.{k}": v for k, v in stl.state_dict().items()}}, path)
     assert missing_weights(stl, path) == []  # DDP-prefixed keys count
 
 
-# ------------------------------------------------------------- config values (item 5)
+# ------------------------------------------------------------- config values
 @pytest.mark.parametrize("value", [5.5, 0, -3, True, "200"])
 def test_snapshot_iter_must_be_a_positive_integer(value):
     with pytest.raises(ValueError, match="snapshot_iter must be an integer >= 1"):
         SuccessSnapshotHook(snapshot_iter=value)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(num_bins=7), "num_bins=7 must divide the 1500 fine bins"),
-    (dict(num_bins=10, num_fine_bins=1234), "num_bins=10 must divide the 1234"),
-    (dict(threshold=0.1234), "fine-bin edge"),
-    (dict(threshold=0), r"threshold must be in \(0, 1\]"),
-    (dict(temperature=0.0), "temperature must be a finite number > 0"),
-    (dict(temperature=math.nan), "temperature must be a finite number > 0"),
-    (dict(confidence="pred_confidence", temperature=2.0), "applies to confidence='max_softmax'"),
-    (dict(confidence=""), "confidence must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_bins=7), "num_bins=7 must divide the 1500 fine bins"),
+        (dict(num_bins=10, num_fine_bins=1234), "num_bins=10 must divide the 1234"),
+        (dict(threshold=0.1234), "fine-bin edge"),
+        (dict(threshold=0), r"threshold must be in \(0, 1\]"),
+        (dict(temperature=0.0), "temperature must be a finite number > 0"),
+        (dict(temperature=math.nan), "temperature must be a finite number > 0"),
+        (dict(confidence="pred_confidence", temperature=2.0), "applies to confidence='max_softmax'"),
+        (dict(confidence=""), "confidence must be"),
+    ],
+)
 def test_metric_arguments_are_checked_when_built(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SegCalibrationMetric(**kwargs)
@@ -129,8 +136,10 @@ def tta_inputs(num_images=2):
         a.set_metainfo(dict(img_path=f"{i}.png"))
         b.set_metainfo(dict(img_path=f"{i}.png", flip=True, flip_direction="horizontal"))
     flipped["inputs"] = [img.flip(-1) for img in plain["inputs"]]
-    return dict(inputs=[plain["inputs"], flipped["inputs"]],
-                data_samples=[plain["data_samples"], flipped["data_samples"]])
+    return dict(
+        inputs=[plain["inputs"], flipped["inputs"]],
+        data_samples=[plain["data_samples"], flipped["data_samples"]],
+    )
 
 
 def test_tta_merges_every_map_of_the_success_model():
@@ -139,8 +148,10 @@ def test_tta_merges_every_map_of_the_success_model():
     data = tta_inputs()
     with torch.no_grad():
         merged = tta.test_step(data)
-        views = [model.test_step(dict(inputs=data["inputs"][i], data_samples=data["data_samples"][i]))
-                 for i in range(2)]
+        views = [
+            model.test_step(dict(inputs=data["inputs"][i], data_samples=data["data_samples"][i]))
+            for i in range(2)
+        ]
     for n, sample in enumerate(merged):
         probs = torch.stack([v[n].seg_logits.data.softmax(0) for v in views]).mean(0)
         assert torch.allclose(sample.seg_logits.data.softmax(0), probs, atol=1e-6)
@@ -177,8 +188,11 @@ def test_auto_confidence_is_the_pos_once_fitted_and_never_mixes():
     uncalibrated = MODELS.build(success_model_cfg()).eval()
     calibrated = calibrated_model()
     stl = MODELS.build(tiny_mmseg_model_cfg()).eval()
-    for model, expected in ((uncalibrated, "success_score"), (calibrated, "pred_confidence"),
-                            (stl, "max_softmax")):
+    for model, expected in (
+        (uncalibrated, "success_score"),
+        (calibrated, "pred_confidence"),
+        (stl, "max_softmax"),
+    ):
         metric = SegCalibrationMetric(confidence="auto")
         samples = predicted(model)
         metric.process({}, samples)

@@ -1,5 +1,6 @@
 """Every mmseg config of ours parses on the real mmengine; the Cityscapes recipes keep the
-calibration split out of training and evaluation (issue 11.5); tools/split_holdout.py."""
+calibration split out of training and evaluation; tools/split_holdout.py."""
+
 import glob
 import os
 
@@ -9,8 +10,11 @@ from mmengine.config import Config
 from tests.fixtures import ROOT, load_tool
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "mmseg", "**", "*.py"), recursive=True))
-RECIPES = [c for c in CONFIGS if "cityscapes" in os.path.basename(c)
-           and os.path.dirname(c) == os.path.join(ROOT, "configs", "mmseg")]
+RECIPES = [
+    c
+    for c in CONFIGS
+    if "cityscapes" in os.path.basename(c) and os.path.dirname(c) == os.path.join(ROOT, "configs", "mmseg")
+]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
@@ -27,7 +31,9 @@ def test_cityscapes_recipes_fit_calibration_on_held_out_training_images(path):
     calib = cfg.calib_dataloader.dataset
     assert calib.data_prefix.img_path == "leftImg8bit/train"
     assert (calib.ann_file, cfg.train_dataloader.dataset.ann_file) == (
-        "splits/train_calib.txt", "splits/train_fit.txt")
+        "splits/train_calib.txt",
+        "splits/train_fit.txt",
+    )
     fit.held_out_dataloader(cfg, "calib_dataloader", allow_eval_split=False)  # not val: fine
     assert cfg.tta_model.type == "ConfidenceSegTTAModel"
     assert cfg.visualizer.type == "ConfidenceSegVisualizer"
@@ -45,7 +51,7 @@ def test_split_holdout_writes_disjoint_lists(tmp_path):
     calib = (tmp_path / "splits" / "train_calib.txt").read_text().split()
     assert not set(fit) & set(calib) and len(set(fit) | set(calib)) == 10
     assert all(n.startswith("city/city_") and not n.endswith(".png") for n in fit + calib)
-    with pytest.raises(SystemExit, match="exists; pass --force"):
+    with pytest.raises(FileExistsError, match="exists; pass --force"):
         tool.main([str(tmp_path), "leftImg8bit/train", "--holdout", "3"])
-    with pytest.raises(SystemExit, match=r"--holdout must be in \[1, 9\]"):
+    with pytest.raises(ValueError, match=r"--holdout must be in \[1, 9\]"):
         tool.main([str(tmp_path), "leftImg8bit/train", "--holdout", "10", "--force"])

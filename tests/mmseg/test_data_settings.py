@@ -1,5 +1,6 @@
-"""Your own data from one `data` dict (issue 13.2): every dataloader follows it, in the
+"""Your own data from one `data` dict: every dataloader follows it, in the
 Cityscapes layout and mmseg's generic BaseSegDataset layout, through our tools' config path."""
+
 import os
 
 import numpy as np
@@ -21,9 +22,15 @@ def test_cityscapes_layout_from_one_option(tmp_path, monkeypatch):
     root = tmp_path / "demo"
     generate_demo_segmentation(str(root), num_images={"train": 2, "calib": 1, "val": 1})
     monkeypatch.chdir(tmp_path)
-    args = load_tool("seg_train").parse_args([
-        os.path.join(OWN, "fcn_r18_mtl_cityscapes_layout.py"), "--cfg-options",
-        f"data.data_root={root}", "data.splits.train=train", "data.splits.calib=calib"])
+    args = load_tool("seg_train").parse_args(
+        [
+            os.path.join(OWN, "fcn_r18_mtl_cityscapes_layout.py"),
+            "--cfg-options",
+            f"data.data_root={root}",
+            "data.splits.train=train",
+            "data.splits.calib=calib",
+        ]
+    )
     cfg = load_tool("seg_train").build_config(args)
     init_default_scope("mmseg")
     sizes = {}
@@ -31,8 +38,7 @@ def test_cityscapes_layout_from_one_option(tmp_path, monkeypatch):
         dataset = cfg[key].dataset
         assert dataset.type == "CityscapesDataset" and dataset.data_root == str(root), key
         sizes[key] = len(Runner.build_dataloader(cfg[key]).dataset)
-    assert sizes == {"train_dataloader": 2, "calib_dataloader": 1, "val_dataloader": 1,
-                     "test_dataloader": 1}
+    assert sizes == {"train_dataloader": 2, "calib_dataloader": 1, "val_dataloader": 1, "test_dataloader": 1}
     assert cfg.train_dataloader.dataset.pipeline[0].type == "LoadImageFromFile"  # kept
 
 
@@ -55,10 +61,13 @@ def test_generic_layout(tmp_path):
     assert cfg.model.decode_head.num_classes == 2
 
 
-@pytest.mark.parametrize("data, message", [
-    (dict(type="X"), "non-empty 'splits'"),
-    (dict(splits=dict(holdout="h")), "unknown splits"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (dict(type="X"), "non-empty 'splits'"),
+        (dict(splits=dict(holdout="h")), "unknown splits"),
+    ],
+)
 def test_bad_data_settings_are_refused(data, message):
     cfg = Config(dict(data=data, train_dataloader=dict(dataset=dict())))
     with pytest.raises(ValueError, match=message):

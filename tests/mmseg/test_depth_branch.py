@@ -1,5 +1,6 @@
 """The optional depth branch (Kendall et al.'s three-task case) with the real mmseg on CPU:
 masked L1, three uncertainty-weighted tasks, the demo depth maps and the demo depth config."""
+
 import copy
 import os
 import shutil
@@ -22,8 +23,11 @@ from tests.fixtures import mmseg_batch, tiny_mmseg_model_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPTH_CFG = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_mtl_depth.py")
-THREE_TASKS = dict(type="UncertaintyWeightedLoss", task_names=["seg", "success", "depth"],
-                   task_types=["classification", "classification", "regression"])
+THREE_TASKS = dict(
+    type="UncertaintyWeightedLoss",
+    task_names=["seg", "success", "depth"],
+    task_types=["classification", "classification", "regression"],
+)
 NUM_CLASSES = 4
 
 
@@ -64,7 +68,7 @@ def test_loss_is_the_l1_over_valid_pixels_only():
     packed = torch.randn(2, NUM_CLASSES + 3, size, size)  # label resolution: no resize
     losses = head.loss_by_feat(packed, samples)
 
-    pred = packed[:, NUM_CLASSES + 2:]
+    pred = packed[:, NUM_CLASSES + 2 :]
     valid = torch.ones_like(gt, dtype=torch.bool)
     valid[0, 0, 0, :4] = False
     valid[1, 0, -1, :] = valid[1, 0, :, -2:] = False
@@ -79,8 +83,9 @@ def test_prediction_resized_bilinearly_to_label_resolution():
     samples = depth_batch(invalid_fraction=0.0, size=16)["data_samples"]
     packed = torch.randn(2, NUM_CLASSES + 3, 4, 4)
     gt = torch.stack([s.gt_depth_map.data for s in samples])
-    pred = torch.nn.functional.interpolate(packed[:, -1:], size=(16, 16), mode="bilinear",
-                                           align_corners=False)
+    pred = torch.nn.functional.interpolate(
+        packed[:, -1:], size=(16, 16), mode="bilinear", align_corners=False
+    )
     losses = head.loss_by_feat(packed, samples)
     assert torch.allclose(losses["loss_depth"], (pred - gt).abs().mean())
 
@@ -98,8 +103,9 @@ def test_train_step_logs_and_updates_three_sigmas():
     summed = sum(log_vars[f"decode.loss_{t}"] for t in ("seg", "success", "depth"))
     assert torch.allclose(log_vars["loss"], summed)  # raw terms are logged, never summed
     s = torch.tensor(0.0)  # regression form at init (s = 0): 1/2 exp(-s) L + s/2 = L / 2
-    assert torch.allclose(log_vars["decode.loss_depth"],
-                          0.5 * torch.exp(-s) * log_vars["decode.raw_depth"] + s / 2)
+    assert torch.allclose(
+        log_vars["decode.loss_depth"], 0.5 * torch.exp(-s) * log_vars["decode.raw_depth"] + s / 2
+    )
     after = weighting.sigmas()
     assert all(after[t] != before[t] for t in ("seg", "success", "depth"))
     assert not torch.equal(model.decode_head.depth_branch[1].weight, depth_weight)  # trained
@@ -123,8 +129,11 @@ def test_all_invalid_or_missing_depth_and_wrong_tasks_are_clear_errors():
         model.train_step(depth_batch(invalid_fraction=1.1), optim)
     with pytest.raises(ValueError, match="gt_depth_map"):
         model.train_step(mmseg_batch(num_classes=NUM_CLASSES), optim)
-    two_tasks = dict(type="UncertaintyWeightedLoss", task_names=["seg", "success"],
-                     task_types=["classification", "classification"])
+    two_tasks = dict(
+        type="UncertaintyWeightedLoss",
+        task_names=["seg", "success"],
+        task_types=["classification", "classification"],
+    )
     with pytest.raises(ValueError, match="depth"):
         MODELS.build(depth_model_cfg(task_weighting=two_tasks))
     cfg = depth_model_cfg(depth_branch=False)
@@ -142,8 +151,10 @@ def test_demo_depth_maps(tmp_path):
     road_column = [d for d, lab in zip(depth[:, 0], label[:, 0]) if lab == 0]
     assert road_column == sorted(road_column, reverse=True)  # nearer towards the bottom
     # val_shifted: the same scenes, hence the same depth
-    assert np.array_equal(_read(f"{root}/depth/val/demo/demo_00001_depth.png"),
-                          _read(f"{root}/depth/val_shifted/demo/demo_00001_depth.png"))
+    assert np.array_equal(
+        _read(f"{root}/depth/val/demo/demo_00001_depth.png"),
+        _read(f"{root}/depth/val_shifted/demo/demo_00001_depth.png"),
+    )
     # a dataset written before depth maps existed gets them, and nothing else changes
     before = {p: os.path.getmtime(p) for p in _files(root) if "/depth/" not in p}
     reference = open(f"{root}/depth/train/demo/demo_00002_depth.png", "rb").read()
@@ -164,8 +175,10 @@ def _files(root):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("seg_depth")
-    generate_demo_segmentation(str(folder / "datasets" / "conf_demo_seg"),
-                               num_images={"train": 4, "calib": 2, "val": 2, "val_shifted": 2})
+    generate_demo_segmentation(
+        str(folder / "datasets" / "conf_demo_seg"),
+        num_images={"train": 4, "calib": 2, "val": 2, "val_shifted": 2},
+    )
     return folder
 
 
@@ -184,17 +197,41 @@ def test_demo_depth_config_loads_depth(workdir, monkeypatch):
 
 def test_demo_depth_config_trains_two_iterations(workdir):
     out = str(workdir / "mtl_depth")
-    args = ["train_dataloader.batch_size=2", "default_hooks.logger.interval=1",
-            "train_cfg.val_interval=1000", "default_hooks.checkpoint.interval=2",
-            "train_cfg.max_iters=2", "param_scheduler.0.end=2", "custom_hooks.0.snapshot_iter=1"]
+    args = [
+        "train_dataloader.batch_size=2",
+        "default_hooks.logger.interval=1",
+        "train_cfg.val_interval=1000",
+        "default_hooks.checkpoint.interval=2",
+        "train_cfg.max_iters=2",
+        "param_scheduler.0.end=2",
+        "custom_hooks.0.snapshot_iter=1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "seg_train.py"),
-                             DEPTH_CFG, "--work-dir", out, "--cfg-options", *args],
-                            cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "seg_train.py"),
+            DEPTH_CFG,
+            "--work-dir",
+            out,
+            "--cfg-options",
+            *args,
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
     log = open(next((workdir / "mtl_depth").rglob("*.log"))).read()
-    for key in ("decode.loss_depth", "decode.raw_depth", "decode.sigma_depth",
-                "decode.sigma_seg", "decode.sigma_success"):
+    for key in (
+        "decode.loss_depth",
+        "decode.raw_depth",
+        "decode.sigma_depth",
+        "decode.sigma_seg",
+        "decode.sigma_success",
+    ):
         assert key in log, key
     state = torch.load(f"{out}/iter_2.pth", map_location="cpu", weights_only=False)["state_dict"]
     assert "decode_head.task_weighting.log_vars.depth" in state

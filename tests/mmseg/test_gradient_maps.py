@@ -1,4 +1,5 @@
 """Per-pixel gradient-metric maps of mmseg's conv_seg with the real mmseg (gradient paper §2)."""
+
 import pytest
 import torch
 from mmseg.models.utils import resize
@@ -7,7 +8,7 @@ from mmseg.utils import register_all_modules
 
 from conf_plugins.calibration.entropy import normalized_entropy
 from conf_plugins.calibration.gradient_metrics import METRICS, flat_gradient_metrics
-from conf_plugins.mmseg.gradient_maps import plot_gradient_heatmap, pixel_gradient_maps
+from conf_plugins.mmseg.gradient_maps import pixel_gradient_maps, plot_gradient_heatmap
 from tests.fixtures import mmseg_batch, tiny_mmseg_model_cfg
 
 register_all_modules()
@@ -32,8 +33,9 @@ def test_maps_have_feature_and_image_resolution_and_are_finite(model_and_inputs)
         assert value.shape == (n, h, w) and torch.isfinite(value).all(), name
         image = maps["image"][name]
         assert image.shape == (n, *inputs.shape[-2:]) and torch.isfinite(image).all(), name
-    expected = resize(maps["feature"]["l2_norm"][:, None], size=(64, 64), mode="bilinear",
-                      align_corners=False)[:, 0]
+    expected = resize(
+        maps["feature"]["l2_norm"][:, None], size=(64, 64), mode="bilinear", align_corners=False
+    )[:, 0]
     assert torch.allclose(maps["image"]["l2_norm"], expected)
     assert pixel_gradient_maps(model, inputs, size=(32, 48))["image"]["max"].shape == (n, 32, 48)
 
@@ -50,8 +52,7 @@ def test_pixel_metrics_equal_autograd_of_the_pixel_nll(model_and_inputs, pixel):
         g_w, g_b = torch.autograd.grad(loss, (conv.weight, conv.bias))
     explicit = flat_gradient_metrics(torch.cat([g_w.flatten(), g_b])[None].double())
     for name in METRICS:
-        assert torch.allclose(maps[name][n, y, x].double(), explicit[name][0],
-                              rtol=1e-3, atol=1e-6), name
+        assert torch.allclose(maps[name][n, y, x].double(), explicit[name][0], rtol=1e-3, atol=1e-6), name
     entropy = normalized_entropy(z.detach().softmax(0), dim=0)
     assert torch.allclose(maps["entropy"][n, y, x], entropy, rtol=1e-5)
 

@@ -1,4 +1,5 @@
 """MC dropout for mmseg (MCDropoutEncoderDecoder) with the real mmseg on CPU."""
+
 import pytest
 import torch
 from mmseg.registry import MODELS
@@ -28,7 +29,8 @@ def test_statistics_match_an_explicit_sample_loop():
                 assert torch.allclose(log_mean[n, :, i, j].exp(), mean, atol=1e-6)
                 assert entropy[n, 0, i, j].item() == pytest.approx(h.item(), abs=1e-5)
                 assert mutual_information[n, 0, i, j].item() == pytest.approx(
-                    (h - expected_h).item(), abs=1e-5)
+                    (h - expected_h).item(), abs=1e-5
+                )
 
 
 @pytest.mark.parametrize("stock_head", ["FCNHead", "ASPPHead"])
@@ -57,8 +59,7 @@ def test_without_dropout_noise_it_is_the_single_pass():
     with torch.no_grad():
         (ours,) = mc.test_step(batch)
         (ref,) = stock.test_step(batch)
-    assert torch.allclose(ours.seg_logits.data.softmax(0), ref.seg_logits.data.softmax(0),
-                          atol=1e-5)
+    assert torch.allclose(ours.seg_logits.data.softmax(0), ref.seg_logits.data.softmax(0), atol=1e-5)
     assert ours.mc_mutual_information.data.abs().max() < 1e-5
 
 
@@ -86,7 +87,8 @@ def test_head_convs_run_once_with_the_same_samples_as_repeating_the_features(sto
     metas = [s.metainfo for s in batch["data_samples"]]
     calls = []
     hook = model.decode_head.conv_seg.register_forward_pre_hook(
-        lambda module, args: calls.append(args[0].shape[0]))
+        lambda module, args: calls.append(args[0].shape[0])
+    )
     torch.manual_seed(3)
     with torch.no_grad():
         fast = model.encode_decode(batch["inputs"], metas)

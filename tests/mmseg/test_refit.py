@@ -1,5 +1,6 @@
 """Refitting the success branch on frozen features (conf_plugins.mmseg.refit) and the
 predict_with_snapshot switch, on the real mmseg."""
+
 import pytest
 import torch
 from mmseg.registry import MODELS
@@ -16,8 +17,7 @@ def loader(num_batches=3):
 
 def test_refit_trains_only_a_fresh_branch_and_installs_it_as_the_snapshot():
     model = MODELS.build(success_model_cfg()).eval()
-    frozen = {k: v.clone() for k, v in model.state_dict().items()
-              if not k.startswith("decode_head.success_")}
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("decode_head.success_")}
     x, target = branch_inputs(model, loader())
     assert x.shape[:2] == (3, model.decode_head.channels) and target.shape == (3, 64, 64)
     summary = refit_success_branch(model, loader(), iters=20, images={0, 2})

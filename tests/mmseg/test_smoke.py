@@ -1,4 +1,5 @@
 """The real mmseg stack: EncoderDecoder with FCN and ASPP heads trains a step and predicts."""
+
 import pytest
 import torch
 from mmengine.optim import OptimWrapper

@@ -1,4 +1,5 @@
 """Success heads, uncertainty weighting and the PoS segmentor with the real mmseg on CPU."""
+
 import copy
 
 import pytest
@@ -11,10 +12,16 @@ from conf_plugins.calibration import BayesBinningCalibrator
 from conf_plugins.mmseg import SuccessEncoderDecoder, success_target
 from tests.fixtures import mmseg_batch, tiny_mmseg_model_cfg
 
-HEADS = {"FCNHead": "FCNSuccessHead", "ASPPHead": "ASPPSuccessHead",
-         "DepthwiseSeparableASPPHead": "DepthwiseSeparableASPPSuccessHead"}
-WEIGHTING = dict(type="UncertaintyWeightedLoss", task_names=["seg", "success"],
-                 task_types=["classification", "classification"])
+HEADS = {
+    "FCNHead": "FCNSuccessHead",
+    "ASPPHead": "ASPPSuccessHead",
+    "DepthwiseSeparableASPPHead": "DepthwiseSeparableASPPSuccessHead",
+}
+WEIGHTING = dict(
+    type="UncertaintyWeightedLoss",
+    task_names=["seg", "success"],
+    task_types=["classification", "classification"],
+)
 
 
 def success_model_cfg(stock_head="FCNHead", weighting=True, **kwargs):
@@ -41,8 +48,15 @@ def test_train_step_logs_weighted_tasks_and_sigmas(stock_head):
     optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
     sigmas_before = model.decode_head.task_weighting.sigmas()
     log_vars = model.train_step(mmseg_batch(), optim)
-    for key in ("loss_seg", "loss_success", "raw_seg", "raw_success", "sigma_seg",
-                "sigma_success", "acc_success"):
+    for key in (
+        "loss_seg",
+        "loss_success",
+        "raw_seg",
+        "raw_success",
+        "sigma_seg",
+        "sigma_success",
+        "acc_success",
+    ):
         assert f"decode.{key}" in log_vars, key
     summed = log_vars["decode.loss_seg"] + log_vars["decode.loss_success"]
     assert torch.allclose(log_vars["loss"], summed)  # raw terms are logged, never summed
@@ -58,9 +72,13 @@ def test_success_branch_reads_the_classifier_features_for_deeplabv3plus():
 
 def test_sigmas_get_no_weight_decay_from_paramwise_cfg():
     model = MODELS.build(success_model_cfg())
-    wrapper = build_optim_wrapper(model, dict(
-        optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4),
-        paramwise_cfg=dict(custom_keys={"log_vars": dict(decay_mult=0.0)})))
+    wrapper = build_optim_wrapper(
+        model,
+        dict(
+            optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4),
+            paramwise_cfg=dict(custom_keys={"log_vars": dict(decay_mult=0.0)}),
+        ),
+    )
     sigma_ids = {id(p) for p in model.decode_head.task_weighting.parameters()}
     for group in wrapper.optimizer.param_groups:
         if any(id(p) in sigma_ids for p in group["params"]):
@@ -89,14 +107,12 @@ def test_snapshot_predicts_success_after_branch_moves_on():
 
 @pytest.mark.parametrize("mode", ["whole", "slide"])
 def test_pos_map_through_inference_flip_and_resize(mode):
-    test_cfg = dict(mode=mode, crop_size=(40, 40), stride=(24, 24)) if mode == "slide" else \
-        dict(mode="whole")
+    test_cfg = dict(mode=mode, crop_size=(40, 40), stride=(24, 24)) if mode == "slide" else dict(mode="whole")
     model = MODELS.build(success_model_cfg(test_cfg=test_cfg)).eval()
     calibrator = BayesBinningCalibrator(10).fit(torch.rand(1000), torch.rand(1000) < 0.7)
     model.set_calibrator(calibrator)
     batch = mmseg_batch(num_images=2)
-    batch["data_samples"][1].set_metainfo(dict(flip=True, flip_direction="horizontal",
-                                               ori_shape=(48, 80)))
+    batch["data_samples"][1].set_metainfo(dict(flip=True, flip_direction="horizontal", ori_shape=(48, 80)))
     with torch.no_grad():
         samples = model.test_step(batch)
     assert samples[0].pred_confidence.data.shape == (1, 64, 64)
@@ -152,8 +168,7 @@ def test_balanced_class_weight_gives_each_class_half_the_loss():
 @pytest.mark.parametrize("stock_head", list(HEADS))
 def test_success_branch_options_train_and_predict(stock_head):
     cfg = success_model_cfg(stock_head)
-    cfg.decode_head.update(success_class_weight="balanced",
-                           success_inputs=("features", "seg_confidence"))
+    cfg.decode_head.update(success_class_weight="balanced", success_inputs=("features", "seg_confidence"))
     model = MODELS.build(cfg)
     head = model.decode_head
     assert head.success_branch[0].conv.in_channels == head.channels + 2

@@ -1,13 +1,19 @@
 """ConfidenceSegVisualizer on real mmseg predictions: the four panels, what each shows, and
 its use by the stock SegVisualizationHook through tools/seg_test.py --show-dir."""
+
 import numpy as np
 import pytest
 import torch
 from mmseg.registry import MODELS, VISUALIZERS
 
 import conf_plugins.mmseg  # noqa: F401  (registers our components)
-from conf_plugins.mmseg.visualization import (ERROR_RGB, HEADER, IGNORED_RGB,
-                                              ConfidenceSegVisualizer, confidence_map)
+from conf_plugins.mmseg.visualization import (
+    ERROR_RGB,
+    HEADER,
+    IGNORED_RGB,
+    ConfidenceSegVisualizer,
+    confidence_map,
+)
 from tests.fixtures import mmseg_batch, tiny_mmseg_model_cfg
 from tests.mmseg.test_success_head import success_model_cfg
 
@@ -15,8 +21,7 @@ _count = iter(range(10_000))
 
 
 def visualizer(**kwargs):
-    return VISUALIZERS.build(dict(type="ConfidenceSegVisualizer", name=f"t{next(_count)}",
-                                  **kwargs))
+    return VISUALIZERS.build(dict(type="ConfidenceSegVisualizer", name=f"t{next(_count)}", **kwargs))
 
 
 def predicted(model):

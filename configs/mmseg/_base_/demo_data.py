@@ -17,22 +17,40 @@ test_pipeline = [
 
 
 def _split(name, pipeline):
-    return dict(type=dataset_type, data_root=data_root, pipeline=pipeline,
-                data_prefix=dict(img_path=f'leftImg8bit/{name}', seg_map_path=f'gtFine/{name}'))
+    return dict(
+        type=dataset_type,
+        data_root=data_root,
+        pipeline=pipeline,
+        data_prefix=dict(img_path=f'leftImg8bit/{name}', seg_map_path=f'gtFine/{name}'),
+    )
 
 
-train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
-                        sampler=dict(type='InfiniteSampler', shuffle=True),
-                        dataset=_split('train', train_pipeline))
-val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-                      sampler=dict(type='DefaultSampler', shuffle=False),
-                      dataset=_split('val', test_pipeline))
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=_split('train', train_pipeline),
+)
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=_split('val', test_pipeline),
+)
 test_dataloader = val_dataloader
 # held-out labelled data for post-hoc calibration (tools/fit_calibration.py): never val / test
-calib_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-                        sampler=dict(type='DefaultSampler', shuffle=False),
-                        dataset=_split('calib', test_pipeline))
-val_evaluator = [dict(type='IoUMetric', iou_metrics=['mIoU']),
-                 dict(type='SegCalibrationMetric', confidence='max_softmax')]
+calib_dataloader = dict(
+    batch_size=1,
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=_split('calib', test_pipeline),
+)
+val_evaluator = [
+    dict(type='IoUMetric', iou_metrics=['mIoU']),
+    dict(type='SegCalibrationMetric', confidence='max_softmax'),
+]
 test_evaluator = val_evaluator
 del _split

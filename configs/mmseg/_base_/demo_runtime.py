@@ -1,7 +1,10 @@
 # Schedule and runtime for the demo models on a CPU.
 default_scope = 'mmseg'
-env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-               dist_cfg=dict(backend='gloo'))
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    dist_cfg=dict(backend='gloo'),
+)
 vis_backends = [dict(type='LocalVisBackend')]
 # image | prediction | errors | confidence panels (tools/seg_test.py --show-dir DIR)
 visualizer = dict(type='ConfidenceSegVisualizer', vis_backends=vis_backends, name='visualizer')
@@ -22,5 +25,6 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=600),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
+    visualization=dict(type='SegVisualizationHook'),
+)
 randomness = dict(seed=0)

@@ -12,13 +12,20 @@ model = dict(
         success_channels=32,
         success_class_weight='balanced',
         predict_with_snapshot=False,
-        task_weighting=dict(type='UncertaintyWeightedLoss', task_names=['seg', 'success'],
-                            task_types=['classification', 'classification'])))
+        task_weighting=dict(
+            type='UncertaintyWeightedLoss',
+            task_names=['seg', 'success'],
+            task_types=['classification', 'classification'],
+        ),
+    ),
+)
 # sigma parameters (log sigma^2) get no weight decay
 optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'log_vars': dict(decay_mult=0.0)}))
 custom_hooks = [dict(type='SuccessSnapshotHook', snapshot_iter=200)]
-val_evaluator = [dict(type='IoUMetric', iou_metrics=['mIoU']),
-                 dict(type='SegCalibrationMetric', confidence='auto')]  # PoS once fitted
+val_evaluator = [
+    dict(type='IoUMetric', iou_metrics=['mIoU']),
+    dict(type='SegCalibrationMetric', confidence='auto'),
+]  # PoS once fitted
 test_evaluator = val_evaluator
 work_dir = 'output/demo/seg/fcn_r18_mtl'
 # checkpoints at 200 / 400 / 600: iter_200.pth is the whole network at the snapshot iteration

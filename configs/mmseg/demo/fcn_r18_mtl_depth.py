@@ -6,8 +6,12 @@ model = dict(
     decode_head=dict(
         depth_branch=True,
         depth_channels=32,
-        task_weighting=dict(task_names=['seg', 'success', 'depth'],
-                            task_types=['classification', 'classification', 'regression'])))
+        task_weighting=dict(
+            task_names=['seg', 'success', 'depth'],
+            task_types=['classification', 'classification', 'regression'],
+        ),
+    )
+)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
@@ -16,6 +20,10 @@ train_pipeline = [
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(
-    dataset=dict(type='DemoCityscapesDepthDataset', pipeline=train_pipeline,
-                 data_prefix=dict(depth_map_path='depth/train')))
+    dataset=dict(
+        type='DemoCityscapesDepthDataset',
+        pipeline=train_pipeline,
+        data_prefix=dict(depth_map_path='depth/train'),
+    )
+)
 work_dir = 'output/demo/seg/fcn_r18_mtl_depth'

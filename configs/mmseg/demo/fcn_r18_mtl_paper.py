@@ -4,5 +4,6 @@
 _base_ = ['./fcn_r18_mtl.py']
 model = dict(
     bayes_num_bins=10,
-    decode_head=dict(success_class_weight=None, predict_with_snapshot=True, task_weighting=None))
+    decode_head=dict(success_class_weight=None, predict_with_snapshot=True, task_weighting=None),
+)
 work_dir = 'output/demo/seg/fcn_r18_mtl_paper'

@@ -1,0 +1,55 @@
+"""SegCalibrationMetric's bootstrap intervals on a real mmseg model: each equals the
+percentiles of a plain loop that merges the drawn images' statistics, they bracket the
+point value, records are written for paired comparisons, and bad settings are errors."""
+
+import numpy as np
+import pytest
+import torch
+from mmseg.registry import MODELS
+
+from conf_plugins.calibration import CalibrationStats
+from conf_plugins.calibration.bootstrap import paired_bootstrap, resample_counts
+from conf_plugins.mmseg import SegCalibrationMetric
+from tests.fixtures import mmseg_batch, tiny_mmseg_model_cfg
+
+
+@pytest.fixture(scope="module")
+def samples():
+    torch.manual_seed(0)
+    model = MODELS.build(tiny_mmseg_model_cfg()).eval()
+    with torch.no_grad():
+        return [s.to_dict() for s in model.test_step(mmseg_batch(num_images=6, size=32))]
+
+
+def test_intervals_equal_a_plain_loop(samples, tmp_path):
+    metric = SegCalibrationMetric(bootstrap=60, bootstrap_seed=5, output_dir=str(tmp_path))
+    metric.process({}, samples)
+    per_image = [CalibrationStats(metric.num_fine_bins).load_state_dict(r["stats"]) for r in metric.results]
+    metrics = metric.compute_metrics(metric.results)
+    values = []
+    for row in resample_counts(len(per_image), 60, seed=5):
+        total = CalibrationStats(metric.num_fine_bins)
+        for image, times in enumerate(row.tolist()):
+            for _ in range(int(times)):
+                total.merge(per_image[image])
+        values.append(total.compute()["ECE"])
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    assert metrics["ECE_ci_lo"] == pytest.approx(lo, rel=1e-9)
+    assert metrics["ECE_ci_hi"] == pytest.approx(hi, rel=1e-9)
+    assert metrics["ECE_ci_lo"] <= metrics["ECE"] <= metrics["ECE_ci_hi"]
+    assert metrics["AUROC_ci_lo"] < metrics["AUROC_ci_hi"]
+    saved = torch.load(tmp_path / "records_max_softmax.pt", weights_only=False)
+    assert saved["records"].shape == (6, 5 * 2 * metric.num_fine_bins) and len(saved["images"]) == 6
+    # a method against itself: no significant difference on any metric
+    paired = paired_bootstrap(saved["records"], saved["records"], metric.metric_fn(), num_resamples=50)
+    assert all(p["verdict"] == "no significant difference" for p in paired.values())
+
+
+def test_no_bootstrap_and_bad_settings(samples):
+    metric = SegCalibrationMetric(bootstrap=0)
+    metric.process({}, samples)
+    assert not any(k.endswith("_ci_lo") for k in metric.compute_metrics(metric.results))
+    with pytest.raises(ValueError, match="num_resamples must be an integer >= 2"):
+        SegCalibrationMetric(bootstrap=1)
+    with pytest.raises(ValueError, match=r"level must lie in \(0, 1\)"):
+        SegCalibrationMetric(bootstrap_level=1.5)
