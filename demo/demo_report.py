@@ -1,6 +1,7 @@
 """The demo report: side-by-side tables, reliability diagrams, risk-coverage curves,
 confidence heat-maps and sigma trajectories, from the outputs of demo/run_demo.py."""
 
+import functools
 import glob
 import json
 import math
@@ -10,9 +11,12 @@ import shutil
 import torch
 
 from conf_plugins.calibration import CalibrationStats, plot_risk_coverage
-from conf_plugins.calibration.detection_stats import DetectionBinStats
+from conf_plugins.calibration.bootstrap import paired_bootstrap
+from conf_plugins.calibration.detection_stats import DetectionBinStats, detection_record_metrics
 from conf_plugins.calibration.plots import plot_classwise_reliability
+from conf_plugins.calibration.stats import metrics_of_records
 from conf_plugins.provenance import describe_machine, run_stamp
+from conf_plugins.shift import plot_against_severity, severity_summary
 
 DET_METHODS = (
     ("Baseline", "baseline"),
@@ -411,6 +415,154 @@ def sigma_section(out, figures):
     ]
 
 
+# paired comparisons on the same images (A − B, 95 % paired-bootstrap interval)
+DET_PAIRS = (
+    ("Baseline + temperature", "Baseline"),
+    ("Baseline + isotonic", "Baseline"),
+    ("MC-10", "Baseline"),
+    ("DDN", "Baseline"),
+    ("DDN + temperature", "DDN"),
+)
+DET_PAIR_METRICS = ("ECE", "MSCE", "LaECE", "D-ECE", "AUROC")
+SEG_PAIRS = (("MTL", "MTL max-softmax"), ("MTL", "STL-scaled"), ("STL-scaled", "STL"), ("MC-10", "STL"))
+SEG_PAIR_METRICS = ("ECE", "AUROC", "AURC")
+PAIR_RESAMPLES = 1000
+
+
+def _det_records(out, name):
+    (path,) = glob.glob(os.path.join(out, "det", name, "inference", "*", "calibration", "records.pt")) or (
+        None,
+    )
+    return None if path is None else torch.load(path, weights_only=False)
+
+
+def _seg_records(out, name, split):
+    paths = glob.glob(os.path.join(out, "seg", "eval", f"{name}_{split}", "records_*.pt"))
+    return torch.load(paths[0], weights_only=False) if paths else None
+
+
+def _paired_rows(a_label, b_label, a, b, metric_fn, metrics, key=""):
+    if a is None or b is None:
+        return []
+    if a["images"] != b["images"]:
+        raise ValueError(f"{a_label} and {b_label} were evaluated on different images")
+    paired = paired_bootstrap(a["records"], b["records"], metric_fn, PAIR_RESAMPLES)
+    return [{"A": a_label, "B": b_label, "metric": f"{m}{key}", **paired[m]} for m in metrics]
+
+
+def comparisons_section(out, numbers):
+    """Paired-bootstrap intervals of A − B for the pairs the report discusses: "A is better
+    than B" only when the interval excludes 0."""
+    rows = []
+    records = {label: _det_records(out, name) for label, name in DET_METHODS}
+    for a, b in DET_PAIRS:
+        ra, rb = records.get(a), records.get(b)
+        if ra is None or rb is None:
+            continue
+        k = ra["iou_thresholds"].index(0.5)
+        fn = detection_record_metrics(ra["num_classes"], ra["bins"], ra["num_bins"])
+        rows += [
+            dict(r, domain="detection, IoU 0.5")
+            for r in _paired_rows(
+                a,
+                b,
+                {"images": ra["images"], "records": ra["records"][""][k]},
+                {"images": rb["images"], "records": rb["records"][""][k]},
+                fn,
+                DET_PAIR_METRICS,
+            )
+        ]
+    seg_names = dict(SEG_METHODS)
+    for split, domain in (("val", "in-domain"), ("val_shifted", "off-domain")):
+        for a, b in SEG_PAIRS:
+            ra, rb = _seg_records(out, seg_names[a], split), _seg_records(out, seg_names[b], split)
+            if ra is None or rb is None:
+                continue
+            fn = functools.partial(
+                metrics_of_records,
+                num_fine_bins=ra["num_fine_bins"],
+                num_bins=ra["num_bins"],
+                threshold=ra["threshold"],
+            )
+            rows += [
+                dict(r, domain=f"segmentation, {domain}")
+                for r in _paired_rows(a, b, ra, rb, fn, SEG_PAIR_METRICS)
+            ]
+    if not rows:
+        return []
+    numbers["comparisons"] = rows
+    lines = [
+        "## Paired comparisons",
+        "",
+        "A − B on the same images with its 95 % paired-bootstrap interval over images "
+        f"({PAIR_RESAMPLES} resamples); a verdict only when the interval excludes 0 (lower "
+        "is better for the ECEs and AURC, higher for AUROC).",
+        "",
+        "| domain | A | B | metric | A − B | 95 % interval | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lo, hi = r["interval"]
+        verdict = {"A better": f"{r['A']} better", "B better": f"{r['B']} better"}.get(
+            r["verdict"], r["verdict"]
+        )
+        lines.append(
+            f"| {r['domain']} | {r['A']} | {r['B']} | {r['metric']} | {r['difference']:+.4f} | "
+            f"[{lo:+.4f}, {hi:+.4f}] | {verdict} |"
+        )
+    return lines + [""]
+
+
+SHIFT_METRICS = {
+    "det": ("calibration/ECE@IoU0.5", "calibration/LaECE@IoU0.5", "bbox/AP"),
+    "seg": ("calib/ECE", "calib/AUROC", "mIoU"),
+}
+
+
+def shift_section(out, figures, numbers):
+    """Each method's metrics against corruption severity (tools/shift_benchmark.py)."""
+    results = {}
+    for path in sorted(glob.glob(os.path.join(out, "shift", "*", "shift.json"))):
+        name = os.path.basename(os.path.dirname(path))
+        with open(path) as f:
+            results[name] = json.load(f)
+    if not results:
+        return []
+    numbers["shift"] = {name: r["rows"] for name, r in results.items()}
+    lines = [
+        "## Calibration under corruption",
+        "",
+        "Each method evaluated clean (severity 0) and under each corruption at severities "
+        "1–5 (`tools/shift_benchmark.py`; mean over corruptions, shaded min–max). "
+        "Corruptions: "
+        + ", ".join(
+            sorted({r["corruption"] for res in results.values() for r in res["rows"] if r["severity"]})
+        )
+        + ".",
+        "",
+    ]
+    for framework, metrics in SHIFT_METRICS.items():
+        methods = {n.split("_", 1)[1]: r["rows"] for n, r in results.items() if n.startswith(framework + "_")}
+        if not methods:
+            continue
+        for metric in metrics:
+            name = f"shift_{framework}_{metric.replace('/', '_').replace('@', '_')}.png"
+            plot_against_severity(methods, metric, os.path.join(figures, name))
+            lines.append(f"![{metric} against severity](figures/{name})")
+        header = ["method", "severity"] + list(metrics)
+        lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method, rows in methods.items():
+            summaries = {m: {sv: mean for sv, mean, *_ in severity_summary(rows, m)} for m in metrics}
+            for severity in sorted({r["severity"] for r in rows}):
+                lines.append(
+                    f"| {method} | {severity} | "
+                    + " | ".join(_fmt(summaries[m].get(severity)) for m in metrics)
+                    + " |"
+                )
+        lines.append("")
+    return lines
+
+
 def write_report(out, record, tiny=False, command=None):
     """report.md + report.json (every number of the tables, the stages' commands and timings,
     and the run's stamp: command, UTC date, machine, commit)."""
@@ -426,6 +578,8 @@ def write_report(out, record, tiny=False, command=None):
     lines += detection_section(out, figures, numbers)
     lines += detection_figures(out, figures)
     lines += segmentation_section(out, figures, numbers)
+    lines += comparisons_section(out, numbers)
+    lines += shift_section(out, figures, numbers)
     lines += heatmap_section(out, figures)
     lines += sigma_section(out, figures)
     run = numbers["run"]

@@ -131,6 +131,16 @@ def config_chain(path):
     return chain
 
 
+# the demo's shift grid: one corruption per family (noise, blur, weather, digital), severities 1-5
+SHIFT_CORRUPTIONS = "gaussian_noise,defocus_blur,fog,jpeg_compression"
+
+
+def shift_grid(tiny):
+    if tiny:
+        return ["--corruptions", "gaussian_noise", "--severities", "5"]
+    return ["--corruptions", SHIFT_CORRUPTIONS, "--severities", "1", "2", "3", "4", "5"]
+
+
 def tool(name):
     return [sys.executable, os.path.join(ROOT, "tools", name)]
 
@@ -239,6 +249,40 @@ def detection_stages(out, tiny):
                 [f"det_fit_{model}_{method}"],
             ),
         ]
+    # calibration under corruption: the Baseline, its isotonic calibration and DDN
+    shift = tool("shift_benchmark.py")
+    calibrated = teacher.replace(".pth", "_isotonic.pth")
+    for name, weights, c, opts, needs in (
+        ("baseline", teacher, t_cfg, [], "det_teacher"),
+        (
+            "baseline_isotonic",
+            calibrated,
+            t_cfg,
+            ["MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD", "isotonic"],
+            "det_fit_baseline_isotonic",
+        ),
+        ("ddn", ddn, d_cfg, [], "det_ddn"),
+    ):
+        stages.append(
+            Stage(
+                f"det_shift_{name}",
+                shift
+                + [
+                    os.path.join(ROOT, c[0]),
+                    weights,
+                    *shift_grid(tiny),
+                    "--output",
+                    f"{out}/shift/det_{name}",
+                    "--force",
+                    "TEST.CALIBRATION.BOOTSTRAP",
+                    "0",
+                    *opts,
+                    *extra,
+                ],
+                c,
+                [needs],
+            )
+        )
     return stages
 
 
@@ -327,6 +371,37 @@ def segmentation_stages(out, tiny):
                     [needs],
                 )
             )
+    # calibration under corruption (of the in-domain val images): STL, STL-scaled, MTL
+    for name, cfg, ckpt, needs, conf in (
+        ("stl", stl_cfg, checkpoint("stl"), "seg_stl", "test_evaluator.1.confidence=max_softmax"),
+        (
+            "stl_scaled",
+            stl_cfg,
+            checkpoint("stl"),
+            "seg_temperature",
+            "test_evaluator.1.temperature=@temperature",
+        ),
+        ("mtl", mtl_cfg, bayes_ckpt, "seg_bayes", "test_evaluator.1.confidence=pred_confidence"),
+    ):
+        stages.append(
+            Stage(
+                f"seg_shift_{name}",
+                tool("shift_benchmark.py")
+                + [
+                    os.path.join(ROOT, cfg),
+                    ckpt,
+                    *shift_grid(tiny),
+                    "--output",
+                    f"{out}/shift/seg_{name}",
+                    "--force",
+                    "--cfg-options",
+                    conf,
+                    "test_evaluator.1.bootstrap=0",
+                ],
+                [cfg, SEG_DATA],
+                [needs],
+            )
+        )
     return stages
 
 

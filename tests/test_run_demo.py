@@ -97,6 +97,26 @@ def test_tiny_pipeline_report(tiny_demo):
     assert panels.shape[1] == 4 * 256  # image | prediction | errors | confidence
     assert len(list((out / "figures").glob("det_detections_*/*_detections.png"))) == 3  # + MC-10
     assert "tools/train_net.py" in report and "tools/fit_calibration.py" in report
+    # intervals on the numbers, paired comparisons, the shift view
+    assert numbers["detection"]["Baseline"]["calibration"]["ECE@IoU0.5_ci_lo"] <= float(det[0]["ECE"])
+    pairs = {(c["A"], c["B"], c["metric"]) for c in numbers["comparisons"]}
+    assert ("DDN", "Baseline", "ECE") in pairs and ("MTL", "MTL max-softmax", "AUROC") in pairs
+    assert all(
+        c["verdict"] in ("A better", "B better", "no significant difference") for c in numbers["comparisons"]
+    )
+    assert set(numbers["shift"]) == {
+        "det_baseline",
+        "det_baseline_isotonic",
+        "det_ddn",
+        "seg_stl",
+        "seg_stl_scaled",
+        "seg_mtl",
+    }
+    assert {(r["corruption"], r["severity"]) for r in numbers["shift"]["seg_mtl"]} == {
+        ("none", 0),
+        ("gaussian_noise", 5),
+    }
+    assert "## Paired comparisons" in report and "## Calibration under corruption" in report
 
     second = run_tiny_demo(tmp_path)
     assert second.count("up to date, skipped") == second.count("[demo] ") - 1

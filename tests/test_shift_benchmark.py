@@ -21,7 +21,7 @@ def run(args, cwd):
     return result
 
 
-def test_detectron2_grid(tmp_path):
+def test_detectron2_grid(tmp_path, monkeypatch):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
@@ -37,7 +37,7 @@ def test_detectron2_grid(tmp_path):
         "INPUT.MAX_SIZE_TEST",
         "64",
     ]
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     cfg = setup(
         argument_parser().parse_args(
             ["--config-file", os.path.join(ROOT, "configs/demo/teacher.yaml"), *opts]
@@ -83,7 +83,7 @@ def test_detectron2_grid(tmp_path):
     assert again.returncode == 1 and "exists; pass --force" in again.stderr
 
 
-def test_mmseg_grid(tmp_path):
+def test_mmseg_grid(tmp_path, monkeypatch):
     from mmengine.runner import Runner
 
     from conf_plugins.mmseg import generate_demo_segmentation
@@ -93,7 +93,7 @@ def test_mmseg_grid(tmp_path):
         str(tmp_path / "datasets" / "conf_demo_seg"), {"train": 1, "calib": 1, "val": 2, "val_shifted": 1}
     )
     config = os.path.join(ROOT, "configs/mmseg/demo/fcn_r18_stl.py")
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     cfg = load_config(config, None, str(tmp_path / "work"))
     runner = Runner.from_cfg(cfg)
     torch.save({"state_dict": runner.model.state_dict(), "meta": {}}, tmp_path / "random.pth")

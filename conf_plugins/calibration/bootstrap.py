@@ -39,6 +39,9 @@ LOWER_IS_BETTER = (
     "risk",
 )
 
+# differences this small are floating-point rounding of equal statistics, not a difference
+NUMERICAL_ZERO = 1e-9
+
 MetricFn = Callable[[torch.Tensor], dict]
 
 
@@ -211,7 +214,7 @@ def verdict(name: str, interval) -> str:
     """``"A better"``, ``"B better"`` or ``"no significant difference"`` from the interval of
     A − B (lower is better for the names in ``LOWER_IS_BETTER``, higher otherwise)."""
     lo, hi = interval
-    if math.isnan(lo) or math.isnan(hi) or lo <= 0 <= hi:
+    if math.isnan(lo) or math.isnan(hi) or lo <= NUMERICAL_ZERO and hi >= -NUMERICAL_ZERO:
         return "no significant difference"
     a_lower = hi < 0
     lower_better = name.split("@")[0].split("/")[-1] in LOWER_IS_BETTER

@@ -202,3 +202,23 @@ class DetectionBinStats:
             )
         out.state = state["state"].double().clone()
         return out
+
+
+def detection_record_metrics(num_groups: int, bins, num_bins: int, num_fine_bins: int = None):
+    """The metric function of a detection evaluator's per-image records, each row a
+    :meth:`CalibrationStats.as_record` followed by a :meth:`DetectionBinStats.records_by_image`
+    row: summed rows ``(B, S)`` -> ``{metric: (B,)}`` (ECE family, ranking metrics,
+    class-wise ECE, LaECE, D-ECE). For bootstraps and paired comparisons."""
+    from .stats import DEFAULT_FINE_BINS, STATS_PER_BIN, metrics_of_records
+
+    num_fine_bins = num_fine_bins or DEFAULT_FINE_BINS
+    split = STATS_PER_BIN * num_fine_bins
+    bin_stats = DetectionBinStats(num_groups, bins)
+
+    def metrics(records):
+        return {
+            **metrics_of_records(records[:, :split], num_fine_bins, num_bins),
+            **bin_stats.metrics_of_records(records[:, split:]),
+        }
+
+    return metrics

@@ -78,6 +78,7 @@ METRIC_NAMES = (
     "success_rate",
 )
 _STATS = ("count", "sum_conf", "sum_conf_sq", "sum_neg_log_conf", "sum_neg_log_one_minus_conf")
+STATS_PER_BIN = 2 * len(_STATS)  # (wrong, correct) x statistics: a record has this x K entries
 
 
 class CalibrationStats:

@@ -14,9 +14,9 @@ from detectron2.utils import comm
 from conf_plugins.calibration import CalibrationStats
 from conf_plugins.calibration.bootstrap import DEFAULT_RESAMPLES, bootstrap_intervals, sparse_rows
 from conf_plugins.calibration.detection_matching import match_detection_batch
-from conf_plugins.calibration.detection_stats import DetectionBinStats
+from conf_plugins.calibration.detection_stats import DetectionBinStats, detection_record_metrics
 from conf_plugins.calibration.plots import plot_position_map, plot_reliability
-from conf_plugins.calibration.stats import METRIC_NAMES, metrics_of_records
+from conf_plugins.calibration.stats import METRIC_NAMES
 
 from .config import validate_calibration_config
 
@@ -266,17 +266,10 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         return (reduced, reduced_bins) if comm.is_main_process() else (None, None)
 
     def metric_fn(self, stats, bin_stats):
-        """Summed per-image records (B, S) -> {metric: (B,)}: the CalibrationStats part, then
-        the DetectionBinStats part (classwise ECE, LaECE, D-ECE) of each row."""
-        split = len(stats.as_record())
-
-        def metrics(records):
-            return {
-                **metrics_of_records(records[:, :split], stats.num_fine_bins, self._num_bins),
-                **bin_stats.metrics_of_records(records[:, split:]),
-            }
-
-        return metrics
+        """Summed per-image records (B, S) -> {metric: (B,)} (see detection_record_metrics)."""
+        return detection_record_metrics(
+            bin_stats.num_groups, bin_stats.bins, self._num_bins, stats.num_fine_bins
+        )
 
     def _gathered_records(self):
         """``(image ids, {mode: [records per threshold]})`` of every process, rows sorted by
