@@ -46,7 +46,9 @@ def parse_args(argv=None):
         help="register a COCO dataset",
     )
     parser.add_argument(
-        "--output", help="the calibrated checkpoint (default: <MODEL.WEIGHTS without .pth>_<method>.pth)"
+        "--output",
+        help="the calibrated checkpoint (default: <MODEL.WEIGHTS without .pth>_<method>.pth); "
+        "its folder is created",
     )
     parser.add_argument(
         "--allow-eval-split",
@@ -94,6 +96,7 @@ def main(argv=None):
     out = args.output or f"{os.path.splitext(weights)[0]}_{args.method}.pth"
     for path in (out, os.path.splitext(out)[0] + ".json"):
         refuse_overwrite(path, args.force)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # before the fit, not after
     model = CalibrationTrainer.build_model(cfg)
     checkpoint = DetectionCheckpointer(model).load(weights)  # the extra (non-model) keys
     model.eval()
