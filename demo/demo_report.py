@@ -94,7 +94,7 @@ def detection_section(out, figures, numbers=None):
         "Fitted on the held-out calib split (60 images), reported on val (60 images). mAP / "
         "AP50 from COCOEvaluator (in %). A detection is correct when it matches an unmatched "
         "same-class GT with IoU >= t; its confidence is its score. Lower is better for the "
-        "ECEs, MSCE, MCE, NLL; coverage = share of detections with score >= 0.5, "
+        "ECEs, MSCE, MCE, NLL; coverage = share of detections with score > 0.5, "
         "failure_detection = share of wrong ones below 0.5 (a confidence that flags "
         "nothing scores 0). Definitions in the README (Detection calibration).",
         "",
@@ -450,6 +450,13 @@ def _paired_rows(a_label, b_label, a, b, metric_fn, metrics, key=""):
     return [{"A": a_label, "B": b_label, "metric": f"{m}{key}", **paired[m]} for m in metrics]
 
 
+def same_settings(a_label, b_label, a, b, keys):
+    """Refuse to compare records made with different binning / thresholds / classes."""
+    differ = [k for k in keys if a.get(k) != b.get(k)]
+    if differ:
+        raise ValueError(f"{a_label} and {b_label} were evaluated with different {', '.join(differ)}")
+
+
 def comparisons_section(out, numbers):
     """Paired-bootstrap intervals of A − B for the pairs the report discusses: "A is better
     than B" only when the interval excludes 0."""
@@ -459,8 +466,9 @@ def comparisons_section(out, numbers):
         ra, rb = records.get(a), records.get(b)
         if ra is None or rb is None:
             continue
+        same_settings(a, b, ra, rb, ("iou_thresholds", "num_bins", "num_fine_bins", "num_classes", "bins"))
         k = ra["iou_thresholds"].index(0.5)
-        fn = detection_record_metrics(ra["num_classes"], ra["bins"], ra["num_bins"])
+        fn = detection_record_metrics(ra["num_classes"], ra["bins"], ra["num_bins"], ra["num_fine_bins"])
         rows += [
             dict(r, domain="detection, IoU 0.5")
             for r in _paired_rows(
@@ -478,6 +486,7 @@ def comparisons_section(out, numbers):
             ra, rb = _seg_records(out, seg_names[a], split), _seg_records(out, seg_names[b], split)
             if ra is None or rb is None:
                 continue
+            same_settings(a, b, ra, rb, ("num_fine_bins", "num_bins", "threshold"))
             fn = functools.partial(
                 metrics_of_records,
                 num_fine_bins=ra["num_fine_bins"],

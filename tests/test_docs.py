@@ -62,8 +62,6 @@ def tiny(line):
     if line.startswith("python tools/seg_train.py"):
         snapshot = run_demo.TINY_SNAPSHOT if "mtl" in line else []
         return line + " --cfg-options " + shlex.join([*run_demo.TINY_SEG, *snapshot])
-    if line.startswith("python tools/visualize_detections.py"):
-        return line + " --num-images 2 MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0"
     return line
 
 
@@ -107,7 +105,7 @@ def test_readme_quickstarts_run_as_typed(tiny_demo):
     """After `make demo`: the detectron2 and mmseg quickstarts, line by line."""
     folder = lay_out(tiny_demo)
     output = "".join(run_through_bash(folder, code) for code in runnable("README.md"))
-    assert "ECE@IoU0.5" in output or "ECE" in output
+    assert "ECE@IoU0.5" in output
     assert (folder / "output" / "quickstart" / "teacher_isotonic.pth").exists()
     assert (folder / "output" / "quickstart" / "mtl" / "iter_4_bayes.pth").exists()
     drawings = list((folder / "output" / "quickstart" / "drawings").glob("*.png"))
@@ -220,7 +218,9 @@ def test_command_names_existing_tools_configs_and_flags(path, command):
     assert os.access(os.path.join(ROOT, script), os.X_OK), f"{script} lost its executable bit"
     help_text = tool_help(script)
     for flag in (t.split("=")[0] for t in tokens[tokens.index(script) :] if t.startswith("--")):
-        assert flag in help_text, f"{script} does not accept {flag}"
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text), (
+            f"{script} does not accept {flag}"
+        )
     for token in tokens:
         if token.startswith("configs/"):
             assert os.path.isfile(os.path.join(ROOT, token)), token

@@ -1,5 +1,6 @@
-"""tools/shift_benchmark.py on real detectron2 and mmseg models: the clean cell equals a plain
-evaluation's numbers, corrupted cells differ, and the outputs (JSON, table, plots) exist."""
+"""tools/shift_benchmark.py on real detectron2 and mmseg models: a clean cell and corrupted
+cells with every metric, corrupted cells differ from the clean one, the outputs (JSON, table,
+plots) exist, an existing result is not overwritten, and bad grids are clear errors."""
 
 import json
 import os

@@ -22,6 +22,18 @@ import torch
 DEFAULT_RESAMPLES = 1000
 DEFAULT_LEVEL = 0.95
 # metrics where a lower value is better; every other metric is higher-is-better
+HIGHER_IS_BETTER = (
+    "AUROC",
+    "AUPR_In",
+    "AUPR_Out",
+    "accuracy",
+    "precision",
+    "recall",
+    "F0.5",
+    "failure_detection",
+    "AP",
+    "mIoU",
+)
 LOWER_IS_BETTER = (
     "ECE",
     "MSCE",
@@ -143,9 +155,10 @@ def resampled_metrics(
         raise ValueError(f"bootstrap weights cover {weights.shape[1]} images, the records {records.shape[0]}")
     if records.is_sparse:
         records = _Compact(records)
-    parts = [
-        metric_fn(_weighted_sums(records, weights[i : i + chunk])) for i in range(0, weights.shape[0], chunk)
-    ]
+    parts = []
+    for i in range(0, weights.shape[0], chunk):  # copies: the sums of a chunk reuse one buffer
+        part = metric_fn(_weighted_sums(records, weights[i : i + chunk]))
+        parts.append({name: np.array(value, dtype=np.float64, copy=True) for name, value in part.items()})
     return {
         name: np.concatenate([np.asarray(p[name], dtype=np.float64).reshape(-1) for p in parts])
         for name in parts[0]
@@ -212,10 +225,14 @@ def paired_bootstrap(
 
 def verdict(name: str, interval) -> str:
     """``"A better"``, ``"B better"`` or ``"no significant difference"`` from the interval of
-    A − B (lower is better for the names in ``LOWER_IS_BETTER``, higher otherwise)."""
+    A − B (lower is better for ``LOWER_IS_BETTER``, higher for ``HIGHER_IS_BETTER``); metrics
+    with no better direction (coverage, counts, means) get ``"no direction"``."""
     lo, hi = interval
     if math.isnan(lo) or math.isnan(hi) or lo <= NUMERICAL_ZERO and hi >= -NUMERICAL_ZERO:
         return "no significant difference"
+    base = name.split("@")[0].split("/")[-1]
+    if base not in LOWER_IS_BETTER and base not in HIGHER_IS_BETTER:
+        return "no direction"
     a_lower = hi < 0
-    lower_better = name.split("@")[0].split("/")[-1] in LOWER_IS_BETTER
+    lower_better = base in LOWER_IS_BETTER
     return "A better" if a_lower == lower_better else "B better"

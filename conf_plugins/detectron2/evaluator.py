@@ -12,7 +12,13 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
 from conf_plugins.calibration import CalibrationStats
-from conf_plugins.calibration.bootstrap import DEFAULT_RESAMPLES, bootstrap_intervals, sparse_rows
+from conf_plugins.calibration.bootstrap import (
+    DEFAULT_LEVEL,
+    DEFAULT_RESAMPLES,
+    bootstrap_intervals,
+    check_bootstrap_args,
+    sparse_rows,
+)
 from conf_plugins.calibration.detection_matching import match_detection_batch
 from conf_plugins.calibration.detection_stats import DetectionBinStats, detection_record_metrics
 from conf_plugins.calibration.plots import plot_position_map, plot_reliability
@@ -73,6 +79,8 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         bootstrap_seed: int = 0,
     ):
         self._dataset_name = dataset_name
+        if bootstrap:
+            check_bootstrap_args(bootstrap, DEFAULT_LEVEL)  # when built, not after inference
         self._bootstrap, self._bootstrap_seed = int(bootstrap), int(bootstrap_seed)
         if not iou_thresholds or not all(isinstance(t, (int, float)) and 0 < t <= 1 for t in iou_thresholds):
             raise ValueError(f"iou_thresholds must be IoUs in (0, 1], got {iou_thresholds!r}")
@@ -360,6 +368,9 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                     )
                     for name, (lo, hi) in intervals.items():
                         results[f"{mode}{name}{key}_ci_lo"], results[f"{mode}{name}{key}_ci_hi"] = lo, hi
+                elif self._bootstrap:  # fewer than two images: no interval
+                    for name in [*s.compute(num_bins=self._num_bins), *EXTRA_METRIC_NAMES]:
+                        results[f"{mode}{name}{key}_ci_lo"] = results[f"{mode}{name}{key}_ci_hi"] = math.nan
                 if folder:
                     os.makedirs(folder, exist_ok=True)
                     tag, title = mode.replace("/", "_"), f"{self._dataset_name}, {mode}IoU {t:g}"
@@ -385,6 +396,7 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                         "images": image_ids,
                         "iou_thresholds": self._iou_thresholds,
                         "num_bins": self._num_bins,
+                        "num_fine_bins": stats[0].num_fine_bins,
                         "num_classes": self._num_classes,
                         "bins": all_bin_stats[""][0].bins,
                         "records": records,

@@ -8,9 +8,10 @@ package ("speckle_noise", "gaussian_blur", "spatter", "saturate") are the held-o
 that protocol and are accepted by name too.
 
 Each corruption draws random numbers; :func:`corrupt_image` makes it a function of the image
-by seeding numpy from a key of the image (its file name, by default its bytes), the
-corruption and the severity, and restores numpy's global random state afterwards. So the same
-image gets the same corrupted pixels in every run, process and worker.
+by seeding numpy (and the two corruptions with their own generator) from a key of the image
+(by default its bytes; mmseg's transform passes the file name), the corruption and the
+severity, and restores numpy's global random state afterwards. So the same image gets the
+same corrupted pixels in every run, process and worker.
 """
 
 import hashlib
@@ -37,6 +38,7 @@ BENCHMARK = (
 HELD_OUT = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 CORRUPTIONS = BENCHMARK + HELD_OUT
 SEVERITIES = (1, 2, 3, 4, 5)
+OWN_GENERATOR = ("impulse_noise", "glass_blur")  # take a seed argument, ignore numpy's global state
 MIN_SIDE = 32  # imagecorruptions refuses smaller images
 
 
@@ -99,8 +101,11 @@ def corrupt_image(image: np.ndarray, name: str, severity: int, key=None) -> np.n
         )
     state = np.random.get_state()
     try:
-        np.random.seed(_seed(image if key is None else key, name, severity))
-        out = corrupt(image, corruption_name=name, severity=severity)
+        seed = _seed(image if key is None else key, name, severity)
+        np.random.seed(seed)
+        # two corruptions draw from their own generator unless given a seed
+        extra = {"seed": seed} if name in OWN_GENERATOR else {}
+        out = corrupt(image, corruption_name=name, severity=severity, **extra)
     finally:
         np.random.set_state(state)
     out = np.asarray(out)

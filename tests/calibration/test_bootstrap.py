@@ -60,8 +60,8 @@ def test_intervals_equal_a_plain_resampling_loop():
 def test_sparse_records_give_the_dense_result():
     stats = per_image_stats(6, seed=2)
     dense = torch.stack([s.as_record() for s in stats])
-    a = bootstrap_intervals(dense, metrics_of_records, num_resamples=50, seed=3)
-    b = bootstrap_intervals(dense.to_sparse(), metrics_of_records, num_resamples=50, seed=3)
+    a = bootstrap_intervals(dense, metrics_of_records, num_resamples=250, seed=3)  # 3 chunks
+    b = bootstrap_intervals(dense.to_sparse(), metrics_of_records, num_resamples=250, seed=3)
     for name in NAMES:
         assert a[name] == pytest.approx(b[name], rel=1e-12), name
 
@@ -99,6 +99,8 @@ def test_verdicts_follow_the_interval():
     assert verdict("AUROC", (0.01, 0.02)) == "A better" and verdict("ECE@IoU0.5", (0.01, 0.02)) == "B better"
     assert verdict("calib/ECE", (-0.02, -0.01)) == "A better"
     assert verdict("ECE", (math.nan, math.nan)) == "no significant difference"
+    assert verdict("coverage", (0.1, 0.2)) == "no direction"
+    assert verdict("ECE", (1e-12, 2e-12)) == "no significant difference"  # rounding, not a difference
 
 
 def test_resamples_are_seeded_and_sum_to_n():
@@ -126,3 +128,14 @@ def test_bad_input():
         paired_bootstrap(records, records[:2], metrics_of_records)
     with pytest.raises(ValueError, match=r"\(images, statistics\) matrix"):
         bootstrap_intervals(records[0], metrics_of_records)
+
+
+def test_a_metric_that_returns_a_view_of_its_input_is_not_aliased():
+    """Sparse records reuse one buffer per chunk: the results must not see later chunks."""
+    dense = torch.arange(12, dtype=torch.float64).reshape(6, 2)
+    first_column = lambda r: {"c0": r[:, 0]}  # noqa: E731  (a view of the summed records)
+    from conf_plugins.calibration.bootstrap import resampled_metrics
+
+    a = resampled_metrics(dense, first_column, 300, seed=1)["c0"]
+    b = resampled_metrics(dense.to_sparse(), first_column, 300, seed=1)["c0"]
+    assert np.array_equal(a, b)

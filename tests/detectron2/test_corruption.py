@@ -61,3 +61,20 @@ def test_bad_corruption_keys(demo_val, name, severity, match):
     cfg.INPUT.CORRUPTION.NAME, cfg.INPUT.CORRUPTION.SEVERITY = name, severity
     with pytest.raises(ValueError, match=match):
         CalibrationTrainer.build_test_loader(cfg, demo_val)
+
+
+def test_the_transform_corrupts_the_rgb_image_and_returns_bgr():
+    """Exactly: BGR in, the corruption of the RGB image, BGR out (a missing flip fails)."""
+    import numpy as np
+
+    from conf_plugins.detectron2.corruption import CorruptionTransform
+    from conf_plugins.shift import corrupt_image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    rgb[..., 0] //= 4  # channels of different statistics: an unflipped corruption differs
+    out = CorruptionTransform("fog", 3, image_format="BGR").apply_image(np.ascontiguousarray(rgb[:, :, ::-1]))
+    assert np.array_equal(out[:, :, ::-1], corrupt_image(rgb, "fog", 3))
+    assert np.array_equal(
+        CorruptionTransform("fog", 3, image_format="RGB").apply_image(rgb), corrupt_image(rgb, "fog", 3)
+    )

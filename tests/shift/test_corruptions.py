@@ -85,3 +85,10 @@ def test_parse_corruptions():
     assert parse_corruptions("fog, snow,fog") == ("fog", "snow")
     with pytest.raises(ValueError, match="unknown corruption 'rain'"):
         parse_corruptions(["fog", "rain"])
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_every_corruption_is_a_function_of_its_key(name, image):
+    """Including the two that draw from their own generator (impulse noise, glass blur)."""
+    small = image[:32, :32]
+    assert (corrupt_image(small, name, 4, key="k.png") == corrupt_image(small, name, 4, key="k.png")).all()
