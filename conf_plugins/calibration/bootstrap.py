@@ -131,10 +131,17 @@ class _Compact:
 
 
 def _weighted_sums(records, weights: torch.Tensor) -> torch.Tensor:
-    """``weights @ records``: (b, images) x (images, S) -> (b, S), records dense or compact."""
+    """``weights @ records``: (b, images) x (images, S) -> (b, S), records dense, compact or
+    sparse."""
     if isinstance(records, _Compact):
         return records.weighted_sums(weights)
+    if records.is_sparse:
+        with torch.sparse.check_sparse_tensor_invariants(enable=False):
+            return torch.sparse.mm(records.t(), weights.t()).t()
     return weights @ records
+
+
+MAX_COMPACT_ENTRIES = 20_000_000  # images x non-empty columns kept dense (160 MB); else sparse
 
 
 def resampled_metrics(
@@ -154,7 +161,9 @@ def resampled_metrics(
     elif weights.shape[1] != records.shape[0]:
         raise ValueError(f"bootstrap weights cover {weights.shape[1]} images, the records {records.shape[0]}")
     if records.is_sparse:
-        records = _Compact(records)
+        columns = torch.unique(records.indices()[1]).numel()
+        if records.shape[0] * columns <= MAX_COMPACT_ENTRIES:
+            records = _Compact(records)
     parts = []
     for i in range(0, weights.shape[0], chunk):  # copies: the sums of a chunk reuse one buffer
         part = metric_fn(_weighted_sums(records, weights[i : i + chunk]))
@@ -210,7 +219,7 @@ def paired_bootstrap(
         )
     weights = resample_counts(a.shape[0], num_resamples, seed)
     ones = torch.ones(1, a.shape[0], dtype=torch.float64)
-    point_a, point_b = (metric_fn(_weighted_sums(_Compact(r) if r.is_sparse else r, ones)) for r in (a, b))
+    point_a, point_b = (metric_fn(_weighted_sums(r, ones)) for r in (a, b))
     sa = resampled_metrics(a, metric_fn, weights=weights)
     sb = resampled_metrics(b, metric_fn, weights=weights)
     out = {}
