@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 
+import numpy as np
 import torch
 
 from conf_plugins.calibration import CalibrationStats, plot_risk_coverage
@@ -572,7 +573,65 @@ def shift_section(out, figures, numbers):
     return lines
 
 
-def write_report(out, record, tiny=False, command=None):
+SEED_DET_METRICS = ("AP", "ECE@IoU0.5", "MSCE@IoU0.5", "LaECE@IoU0.5")
+SEED_SEG_METRICS = ("mIoU", "calib/ECE", "calib/AUROC", "calib/AURC")
+
+
+def seeds_section(seed_roots, numbers):
+    """Mean ± standard deviation over training seeds (seed 0 = the tables above) of the main
+    metrics of every method: the spread that the bootstrap over images does not see."""
+    import tempfile
+
+    if not seed_roots or len(seed_roots) < 2:
+        return []
+    per_seed = []
+    for root in seed_roots:
+        found = {}
+        with tempfile.TemporaryDirectory() as scratch:  # figures of other seeds are not kept
+            detection_section(root, scratch, found)
+            segmentation_section(root, scratch, found)
+        per_seed.append(found)
+    table = {}
+    for found in per_seed:
+        for label, res in found.get("detection", {}).items():
+            values = {**res.get("bbox", {}), **res["calibration"]}
+            for m in SEED_DET_METRICS:
+                table.setdefault(("detection", label), {}).setdefault(m, []).append(values.get(m))
+        for domain, methods in found.get("segmentation", {}).items():
+            for label, metrics in methods.items():
+                for m in SEED_SEG_METRICS:
+                    table.setdefault((f"segmentation, {domain}", label), {}).setdefault(m, []).append(
+                        metrics.get(m)
+                    )
+    numbers["seeds"] = {
+        "count": len(seed_roots),
+        "rows": [{"domain": d, "method": label, "values": values} for (d, label), values in table.items()],
+    }
+    lines = [
+        f"## Over {len(seed_roots)} training seeds",
+        "",
+        "Mean ± standard deviation over the training seeds 0.."
+        f"{len(seed_roots) - 1} (the tables above are seed 0); the bootstrap intervals cover "
+        "the choice of images, this spread the training.",
+        "",
+        "| domain | method | metric | mean ± std | per seed |",
+        "|---|---|---|---|---|",
+    ]
+    for row in numbers["seeds"]["rows"]:
+        for m, values in row["values"].items():
+            finite = [v for v in values if v is not None and not math.isnan(v)]
+            if len(finite) < 2:
+                continue
+            mean, std = float(np.mean(finite)), float(np.std(finite, ddof=1))
+            lines.append(
+                f"| {row['domain']} | {row['method']} | {m} | {mean:.4f} ± {std:.4f} | "
+                + ", ".join(_fmt(v) for v in values)
+                + " |"
+            )
+    return lines + [""]
+
+
+def write_report(out, record, tiny=False, command=None, seed_roots=None):
     """report.md + report.json (every number of the tables, the stages' commands and timings,
     and the run's stamp: command, UTC date, machine, commit)."""
     figures = os.path.join(out, "figures")
@@ -588,6 +647,7 @@ def write_report(out, record, tiny=False, command=None):
     lines += detection_figures(out, figures)
     lines += segmentation_section(out, figures, numbers)
     lines += comparisons_section(out, numbers)
+    lines += seeds_section(seed_roots, numbers)
     lines += shift_section(out, figures, numbers)
     lines += heatmap_section(out, figures)
     lines += sigma_section(out, figures)

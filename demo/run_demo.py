@@ -89,8 +89,9 @@ class Stage:
     """One step of the pipeline: a command, the config (and data-generator) files it reads,
     the stages it depends on."""
 
-    def __init__(self, name, cmd, configs=(), needs=(), output=None):
+    def __init__(self, name, cmd, configs=(), needs=(), output=None, root=None):
         self.name, self.cmd, self.configs, self.needs, self.output = name, cmd, configs, needs, output
+        self.root = root  # the output folder of its seed (None: the main one)
 
     def sources(self):
         """The code this stage runs: its tool scripts, the shared subpackages and the adapter
@@ -405,6 +406,38 @@ def segmentation_stages(out, tiny):
     return stages
 
 
+def seed_root(out, seed):
+    """Seed 0 is the main run (``out``); further training seeds go to ``out/seeds/<seed>``."""
+    return out if seed == 0 else os.path.join(out, "seeds", str(seed))
+
+
+def with_seed(stages, out, seed):
+    """The stages of another training seed: renamed ``<stage>@seed<s>``, trainings told the
+    seed (detectron2 ``SEED``, mmengine ``randomness.seed``), the shift grid left to seed 0."""
+    if seed == 0:
+        return stages
+    out_stages = []
+    for stage in stages:
+        if "_shift_" in stage.name:
+            continue
+        cmd = list(stage.cmd)
+        if any(c.endswith(("train_net.py", "fit_detection_calibration.py")) for c in cmd):
+            cmd += ["SEED", str(seed)]
+        elif any(c.endswith("seg_train.py") for c in cmd):
+            cmd += ["--cfg-options", f"randomness.seed={seed}"]
+        out_stages.append(
+            Stage(
+                f"{stage.name}@seed{seed}",
+                cmd,
+                stage.configs,
+                [f"{n}@seed{seed}" for n in stage.needs],
+                stage.output,
+                root=seed_root(out, seed),
+            )
+        )
+    return out_stages
+
+
 def resolve(cmd, out):
     """Substitute values known only after upstream stages ran (the fitted temperature)."""
     if not any("@temperature" in c for c in cmd):
@@ -426,7 +459,7 @@ def run_stages(stages, out, force):
             print(f"[demo] {stage.name}: up to date, skipped (--force re-runs it)", flush=True)
             record[stage.name] = previous
             continue
-        cmd = resolve(stage.cmd, out)
+        cmd = resolve(stage.cmd, stage.root or out)
         print(f"[demo] {stage.name}: {shlex.join(cmd)}", flush=True)
         start = time.time()
         subprocess.run(cmd, check=True)
@@ -448,7 +481,15 @@ def main(argv=None):
     parser.add_argument("--only", choices=["det", "seg"])
     parser.add_argument("--force", action="store_true", help="re-run every stage")
     parser.add_argument("--tiny", action="store_true", help="a few images and iterations")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="training seeds 0..N-1 (default 1); the report adds mean ± std over seeds",
+    )
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
     from conf_plugins.detectron2.demo_data import DEFAULT_SIZES, generate_demo_detection
     from conf_plugins.mmseg.demo_data import generate_demo_segmentation
 
@@ -460,15 +501,20 @@ def main(argv=None):
             os.path.join(root, "conf_demo_det"),
             {"train": 8, "calib": 4, "val": 4} if args.tiny else DEFAULT_SIZES,
         )
-        stages += detection_stages(args.output, args.tiny)
+        for seed in range(args.seeds):
+            stages += with_seed(detection_stages(seed_root(args.output, seed), args.tiny), args.output, seed)
     if args.only in (None, "seg"):
         generate_demo_segmentation("datasets/conf_demo_seg", TINY_SEG_DATA if args.tiny else SEG_DATA_SIZES)
-        stages += segmentation_stages(args.output, args.tiny)
+        for seed in range(args.seeds):
+            stages += with_seed(
+                segmentation_stages(seed_root(args.output, seed), args.tiny), args.output, seed
+            )
     record = run_stages(stages, args.output, args.force)
     from demo_report import write_report
 
     command = " ".join(["python demo/run_demo.py", *(argv if argv is not None else sys.argv[1:])])
-    report = write_report(args.output, record, tiny=args.tiny, command=command)
+    seeds = [seed_root(args.output, s) for s in range(args.seeds)]
+    report = write_report(args.output, record, tiny=args.tiny, command=command, seed_roots=seeds)
     print(f"[demo] done in {time.time() - start:.0f} s; report: {report}", flush=True)
     return report
 

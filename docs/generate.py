@@ -252,6 +252,33 @@ def results_page(report):
                 ]
             )
         lines += table(["domain", "A", "B", "metric", "A − B", "95 % interval", "verdict"], rows)
+    seeds = report.get("seeds")
+    if seeds and seeds.get("count", 1) > 1:
+        lines += [
+            "",
+            f"## Over {seeds['count']} training seeds",
+            "",
+            "Mean ± standard deviation over training seeds (the tables above are seed 0): the "
+            "spread from training that the bootstrap over images does not see.",
+            "",
+        ]
+        rows = []
+        for row in seeds["rows"]:
+            for metric, values in row["values"].items():
+                finite = [v for v in values if v is not None and not math.isnan(v)]
+                if len(finite) >= 2:
+                    mean = sum(finite) / len(finite)
+                    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+                    rows.append(
+                        [
+                            row["domain"],
+                            row["method"],
+                            metric,
+                            f"{fmt(mean)} ± {fmt(std)}",
+                            ", ".join(fmt(v) for v in values),
+                        ]
+                    )
+        lines += table(["domain", "method", "metric", "mean ± std", "per seed"], rows)
     shift = report.get("shift", {})
     if shift:
         lines += [

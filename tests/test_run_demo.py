@@ -202,3 +202,33 @@ def test_cache_key_covers_the_code_a_stage_runs(monkeypatch, tmp_path):
     before = seg.key({}), det.key({})
     module.write_text("A = 2\n")
     assert seg.key({}) != before[0] and det.key({}) != before[1]
+
+
+def test_a_second_training_seed_reuses_seed_0_and_reports_the_spread(tiny_demo):
+    """--seeds 2 beside the tiny demo: seed 0's stages are cached, seed 1 trains and evaluates
+    in output/demo/seeds/1 with SEED 1, and the report gives mean ± std over the two seeds."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "demo", "run_demo.py"),
+            "--tiny",
+            "--seeds",
+            "2",
+            "--only",
+            "det",
+        ],
+        cwd=tiny_demo,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "det_teacher: up to date, skipped" in result.stdout
+    assert "det_teacher@seed1" in result.stdout and "det_shift_baseline@seed1" not in result.stdout
+    seed1 = tiny_demo / "output" / "demo" / "seeds" / "1" / "det" / "teacher"
+    assert (seed1 / "model_final.pth").exists() and '"SEED", "1"' not in (seed1 / "config.yaml").read_text()
+    assert "SEED: 1" in (seed1 / "config.yaml").read_text()
+    numbers = json.loads((tiny_demo / "output" / "demo" / "report.json").read_text())
+    rows = {(r["domain"], r["method"]): r["values"] for r in numbers["seeds"]["rows"]}
+    assert numbers["seeds"]["count"] == 2 and len(rows[("detection", "Baseline")]["ECE@IoU0.5"]) == 2
+    assert "## Over 2 training seeds" in (tiny_demo / "output" / "demo" / "report.md").read_text()
