@@ -20,6 +20,9 @@ import os
 import shutil
 import sys
 
+from conf_plugins.provenance import describe_machine
+from conf_plugins.shift.benchmark import severity_summary
+
 DOCS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DOCS)
 DATA = os.path.join(DOCS, "data")
@@ -52,14 +55,6 @@ SHIFT_METRICS = {
 }
 
 
-def severity_summary(rows, metric):
-    """[(severity, mean, min, max, n)] over corruptions (as conf_plugins.shift computes it)."""
-    sys.path.insert(0, ROOT)
-    from conf_plugins.shift.benchmark import severity_summary as summary
-
-    return summary(rows, metric)
-
-
 def fmt(value, digits=4):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -75,15 +70,6 @@ def with_interval(metrics, key, digits=4):
     if lo is not None and hi is not None:
         return f"{fmt(value, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
     return fmt(value, digits)
-
-
-def describe_machine(machine):
-    gpu = machine.get("gpu") or "no GPU"
-    memory = f", {machine['memory_gib']} GiB" if machine.get("memory_gib") else ""
-    return (
-        f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores{memory}, {gpu}, "
-        f"torch {machine.get('torch', '?')}"
-    )
 
 
 def stamp_line(run):
