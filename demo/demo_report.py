@@ -18,6 +18,7 @@ from conf_plugins.calibration.plots import plot_classwise_reliability
 from conf_plugins.calibration.stats import metrics_of_records
 from conf_plugins.provenance import describe_machine, run_stamp
 from conf_plugins.shift import plot_against_severity, severity_summary
+from conf_plugins.shift.benchmark import MAIN_METRICS
 
 DET_METHODS = (
     ("Baseline", "baseline"),
@@ -523,10 +524,7 @@ def comparisons_section(out, numbers):
     return lines + [""]
 
 
-SHIFT_METRICS = {
-    "det": ("calibration/ECE@IoU0.5", "calibration/LaECE@IoU0.5", "bbox/AP"),
-    "seg": ("calib/ECE", "calib/AUROC", "mIoU"),
-}
+SHIFT_METRICS = MAIN_METRICS
 
 
 def shift_section(out, figures, numbers):

@@ -21,7 +21,7 @@ import shutil
 import sys
 
 from conf_plugins.provenance import describe_machine
-from conf_plugins.shift.benchmark import severity_summary
+from conf_plugins.shift.benchmark import MAIN_METRICS, severity_summary
 
 DOCS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DOCS)
@@ -49,10 +49,7 @@ DET_COLUMNS = (
 SEG_COLUMNS = ("ECE", "AUROC", "AURC", "AUPR_Out", "coverage", "failure_detection")
 HEADLINE_DET = ("Baseline", "Baseline + isotonic", "MC-10", "DDN")
 HEADLINE_SEG = ("STL", "STL-scaled", "MTL", "MTL max-softmax")
-SHIFT_METRICS = {
-    "det": ("calibration/ECE@IoU0.5", "calibration/LaECE@IoU0.5", "bbox/AP"),
-    "seg": ("calib/ECE", "calib/AUROC", "mIoU"),
-}
+SHIFT_METRICS = MAIN_METRICS
 
 
 def fmt(value, digits=4):

@@ -27,7 +27,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from conf_plugins.calibration.score_calibrators import METHODS
 from conf_plugins.cli import run_main
 from conf_plugins.detectron2 import engine
-from conf_plugins.detectron2.engine import CalibrationTrainer
+from conf_plugins.detectron2.engine import CalibrationTrainer, add_coco_argument
 from conf_plugins.detectron2.score_calibration import fit_score_calibrator
 from conf_plugins.files import refuse_overwrite, write_atomically
 
@@ -37,14 +37,7 @@ def parse_args(argv=None):
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--dataset", required=True, help="the held-out split (registered name)")
-    parser.add_argument(
-        "--coco",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO dataset",
-    )
+    add_coco_argument(parser)
     parser.add_argument(
         "--output",
         help="the calibrated checkpoint (default: <MODEL.WEIGHTS without .pth>_<method>.pth); "

@@ -56,7 +56,11 @@ class CalibrationTrainer(DefaultTrainer):
 
 def argument_parser():
     """detectron2's ``default_argument_parser`` plus ``--coco NAME JSON IMAGE_ROOT``."""
-    parser = default_argument_parser()
+    return add_coco_argument(default_argument_parser())
+
+
+def add_coco_argument(parser):
+    """``--coco NAME JSON IMAGE_ROOT`` (repeatable) on ``parser``, read by :func:`setup`."""
     parser.add_argument(
         "--coco",
         nargs=3,

@@ -10,6 +10,12 @@ import math
 
 import numpy as np
 
+# the metrics a shift view plots and tabulates, per framework (keys of tools/shift_benchmark.py's rows)
+MAIN_METRICS = {
+    "det": ("calibration/ECE@IoU0.5", "calibration/LaECE@IoU0.5", "bbox/AP"),
+    "seg": ("calib/ECE", "calib/AUROC", "mIoU"),
+}
+
 
 def severity_summary(rows, metric: str) -> list:
     """``[(severity, mean, min, max, n), ...]`` of ``metric`` over corruptions, severity 0
