@@ -143,9 +143,10 @@ def main():
         f"{cal['count@IoU0.5']:.0f} detections counted (IoU 0.3 / 0.5 / 0.7)"
     )
     print(f"ratio ours / COCOEvaluator: {ours_seconds / coco_seconds:.3f}x (goal <= 0.2x)")
+    extra = boot_seconds - ours_seconds
     print(
-        f"with bootstrap intervals (1000 resamples): {boot_seconds:7.2f} s, "
-        f"{boot_seconds / ours_seconds:.2f}x ours without"
+        f"with bootstrap intervals (1000 resamples): {boot_seconds:7.2f} s; they add {extra:.2f} s = "
+        f"{100 * extra / (coco_seconds + ours_seconds):.1f} % of COCOEvaluator + ours (goal <= 10 %)"
     )
     if args.json:
         write_json(args, coco, coco_seconds, coco_results, ours_seconds, cal, boot_seconds)
@@ -189,8 +190,11 @@ def write_json(args, coco, coco_seconds, coco_results, ours_seconds, cal, boot_s
     ]
     summary = [
         f"Ratio ours / COCOEvaluator {ratio:.3f}× (goal ≤ {GOAL}×: {'met' if ratio <= GOAL else 'not met'}).",
-        f"The bootstrap intervals add {boot_seconds - ours_seconds:.1f} s "
-        f"({100 * (boot_seconds - ours_seconds) / coco_seconds:.0f} % of COCOEvaluator's time).",
+        f"The bootstrap intervals add {boot_seconds - ours_seconds:.1f} s: "
+        f"{100 * (boot_seconds - ours_seconds) / (coco_seconds + ours_seconds):.0f} % of the "
+        f"evaluation they belong to, COCOEvaluator + ours without inference (goal ≤ 10 %: "
+        f"{'met' if boot_seconds - ours_seconds <= 0.1 * (coco_seconds + ours_seconds) else 'not met'}"
+        f"; the model's inference over the same images, not timed here, comes on top).",
     ]
     write_bench_result(
         args.json,

@@ -1,7 +1,6 @@
 """The demo report: side-by-side tables, reliability diagrams, risk-coverage curves,
 confidence heat-maps and sigma trajectories, from the outputs of demo/run_demo.py."""
 
-import functools
 import glob
 import json
 import math
@@ -15,7 +14,7 @@ from conf_plugins.calibration import CalibrationStats, plot_risk_coverage
 from conf_plugins.calibration.bootstrap import paired_bootstrap
 from conf_plugins.calibration.detection_stats import DetectionBinStats, detection_record_metrics
 from conf_plugins.calibration.plots import plot_classwise_reliability
-from conf_plugins.calibration.stats import metrics_of_records
+from conf_plugins.calibration.stats import StatsRecordMetrics
 from conf_plugins.provenance import describe_machine, run_stamp
 from conf_plugins.shift import plot_against_severity, severity_summary
 from conf_plugins.shift.benchmark import MAIN_METRICS
@@ -489,12 +488,7 @@ def comparisons_section(out, numbers):
             if ra is None or rb is None:
                 continue
             same_settings(a, b, ra, rb, ("num_fine_bins", "num_bins", "threshold"))
-            fn = functools.partial(
-                metrics_of_records,
-                num_fine_bins=ra["num_fine_bins"],
-                num_bins=ra["num_bins"],
-                threshold=ra["threshold"],
-            )
+            fn = StatsRecordMetrics(ra["num_fine_bins"], ra["num_bins"], ra["threshold"])
             rows += [
                 dict(r, domain=f"segmentation, {domain}")
                 for r in _paired_rows(a, b, ra, rb, fn, SEG_PAIR_METRICS)

@@ -57,17 +57,50 @@ NUMERICAL_ZERO = 1e-9
 MetricFn = Callable[[torch.Tensor], dict]
 
 
-def sparse_rows(rows, cols, values, shape) -> torch.Tensor:
-    """A coalesced sparse COO ``shape`` matrix (duplicates summed): the per-image records of
-    detections, a few entries per image. Invariant checks are skipped explicitly (the
+def sparse_rows(rows, cols, values, shape, coalesce: bool = True) -> torch.Tensor:
+    """A sparse COO ``shape`` matrix, duplicates summed when ``coalesce`` (a sort of every
+    entry; the per-image records of detections skip it: everything that reads them is
+    linear and takes duplicates as sums). Invariant checks are skipped explicitly (the
     indices are built in range by our code)."""
     with torch.sparse.check_sparse_tensor_invariants(enable=False):
         indices = torch.stack(
             [torch.as_tensor(rows).long().reshape(-1), torch.as_tensor(cols).long().reshape(-1)]
         )
-        return torch.sparse_coo_tensor(
+        out = torch.sparse_coo_tensor(
             indices.cpu(), torch.as_tensor(values, dtype=torch.float64).reshape(-1).cpu(), tuple(shape)
-        ).coalesce()
+        )
+        return out.coalesce() if coalesce else out
+
+
+def as_records_matrix(records) -> torch.Tensor:
+    """A ``(rows, S)`` tensor (dense or sparse) of records given as a tensor or an array."""
+    return records if isinstance(records, torch.Tensor) else torch.as_tensor(np.asarray(records, np.float64))
+
+
+def column_sums(records: torch.Tensor) -> torch.Tensor:
+    """Dense ``(S,)`` column sums of a dense or sparse ``(rows, S)`` matrix."""
+    if records.is_sparse:
+        out = torch.zeros(records.shape[1], dtype=torch.float64)
+        return out.index_add_(0, records._indices()[1], records._values().double())
+    return records.double().sum(0)
+
+
+def project_columns(records, columns: torch.Tensor, size: int) -> torch.Tensor:
+    """``(rows, size)``: column j of ``records`` added into column ``columns[j]`` (dropped
+    where -1): a linear summary of each row; sparse records give a dense summary when it has
+    at most ``MAX_COMPACT_ENTRIES`` entries, else a sparse one."""
+    if records.is_sparse:
+        index, values = records._indices(), records._values()
+        target = columns[index[1]]
+        keep = target >= 0
+        rows, target, values = index[0][keep], target[keep], values[keep].double()
+        if records.shape[0] * size > MAX_COMPACT_ENTRIES:
+            return sparse_rows(rows, target, values, (records.shape[0], size), coalesce=False)
+        out = torch.zeros(records.shape[0], size, dtype=torch.float64)
+        return out.index_put_((rows, target), values, accumulate=True)
+    keep = columns >= 0
+    out = torch.zeros(records.shape[0], size, dtype=torch.float64)
+    return out.index_add_(1, columns[keep], records[:, keep].double())
 
 
 def check_bootstrap_args(num_resamples, level) -> tuple:
@@ -104,44 +137,43 @@ def _as_records(per_image) -> torch.Tensor:
     if per_image.shape[0] == 0:
         raise ValueError("a bootstrap needs per-image records of at least one image; got none")
     if per_image.is_sparse:
-        with torch.sparse.check_sparse_tensor_invariants(enable=False):
-            return per_image.to(torch.float64).coalesce()
+        return per_image.to(torch.float64)  # duplicates are summed by every reader
     return per_image.to(torch.float64)
 
 
-class _Compact:
-    """Sparse records as their non-empty columns only (dense ``(images, C)`` + the column
-    indices): ``weights @ records`` then costs O(b · images · C), not O(b · S)."""
+class _Summed:
+    """``weights @ records`` for many weight chunks, the records prepared once: dense as they
+    are; sparse ones as their non-empty columns only when those fit densely (then a chunk
+    costs O(b · images · C), not O(b · S)), else as a CSR transpose (O(b · non-zeros))."""
 
     def __init__(self, records: torch.Tensor):
-        index, values = records.indices(), records.values()
-        self.columns, position = torch.unique(index[1], return_inverse=True)
-        self.dense = torch.zeros(records.shape[0], len(self.columns), dtype=torch.float64)
-        self.dense.index_put_((index[0], position), values, accumulate=True)
-        self.shape = records.shape
-        self._buffer = None  # zero outside self.columns: reused across chunks
+        self.shape, self.dense, self.columns, self.csr = records.shape, None, None, None
+        if not records.is_sparse:
+            self.dense = records
+            return
+        index, values = records._indices(), records._values()
+        columns, position = torch.unique(index[1], return_inverse=True)
+        if records.shape[0] * len(columns) <= MAX_COMPACT_ENTRIES:
+            self.columns = columns
+            self.dense = torch.zeros(records.shape[0], len(columns), dtype=torch.float64)
+            self.dense.index_put_((index[0], position), values, accumulate=True)
+        else:
+            with torch.sparse.check_sparse_tensor_invariants(enable=False):
+                self.csr = records.t().coalesce().to_sparse_csr()
 
-    def weighted_sums(self, weights):
-        b = weights.shape[0]
-        if self._buffer is None or self._buffer.shape[0] < b:
-            self._buffer = torch.zeros(b, self.shape[1], dtype=torch.float64)
-        out = self._buffer[:b]
-        out[:, self.columns] = weights @ self.dense
+    def __call__(self, weights: torch.Tensor) -> torch.Tensor:
+        """(b, images) -> (b, S), a fresh tensor."""
+        if self.csr is not None:
+            return (self.csr @ weights.t()).t()
+        sums = weights @ self.dense
+        if self.columns is None:
+            return sums
+        out = torch.zeros(weights.shape[0], self.shape[1], dtype=torch.float64)
+        out[:, self.columns] = sums
         return out
 
 
-def _weighted_sums(records, weights: torch.Tensor) -> torch.Tensor:
-    """``weights @ records``: (b, images) x (images, S) -> (b, S), records dense, compact or
-    sparse."""
-    if isinstance(records, _Compact):
-        return records.weighted_sums(weights)
-    if records.is_sparse:
-        with torch.sparse.check_sparse_tensor_invariants(enable=False):
-            return torch.sparse.mm(records.t(), weights.t()).t()
-    return weights @ records
-
-
-MAX_COMPACT_ENTRIES = 20_000_000  # images x non-empty columns kept dense (160 MB); else sparse
+MAX_COMPACT_ENTRIES = 20_000_000  # images x non-empty columns kept dense (160 MB); else CSR
 
 
 def resampled_metrics(
@@ -154,23 +186,30 @@ def resampled_metrics(
 ) -> dict:
     """``{name: (B,) array}`` of ``metric_fn`` over ``B`` resamples of the images.
 
-    ``metric_fn`` maps summed statistics ``(b, S)`` to ``{name: (b,) array}``."""
+    ``metric_fn`` maps summed statistics ``(b, S)`` to ``{name: (b,) array}``. When it has
+    ``summaries(column totals) -> ([(columns, size)], metrics_of_sums)`` (e.g.
+    :class:`~conf_plugins.calibration.stats.StatsRecordMetrics`), the records are first
+    projected onto those smaller linear summaries (:func:`project_columns`) and the
+    resamples sum those: the same metrics, a fraction of the work."""
     records = _as_records(per_image)
     if weights is None:
         weights = resample_counts(records.shape[0], num_resamples, seed)
     elif weights.shape[1] != records.shape[0]:
         raise ValueError(f"bootstrap weights cover {weights.shape[1]} images, the records {records.shape[0]}")
-    if records.is_sparse:
-        columns = torch.unique(records.indices()[1]).numel()
-        if records.shape[0] * columns <= MAX_COMPACT_ENTRIES:
-            records = _Compact(records)
-    parts = []
-    for i in range(0, weights.shape[0], chunk):  # copies: the sums of a chunk reuse one buffer
-        part = metric_fn(_weighted_sums(records, weights[i : i + chunk]))
-        parts.append({name: np.array(value, dtype=np.float64, copy=True) for name, value in part.items()})
+    if hasattr(metric_fn, "summaries"):
+        columns, metrics_of_sums = metric_fn.summaries(column_sums(records))
+        parts = [_Summed(project_columns(records, c, n)) for c, n in columns]
+        evaluate = lambda w: metrics_of_sums([p(w) for p in parts])  # noqa: E731
+    else:
+        whole = _Summed(records)
+        evaluate = lambda w: metric_fn(whole(w))  # noqa: E731
+    parts_out = []
+    for i in range(0, weights.shape[0], chunk):
+        part = evaluate(weights[i : i + chunk])
+        parts_out.append({name: np.array(value, dtype=np.float64, copy=True) for name, value in part.items()})
     return {
-        name: np.concatenate([np.asarray(p[name], dtype=np.float64).reshape(-1) for p in parts])
-        for name in parts[0]
+        name: np.concatenate([np.asarray(p[name], dtype=np.float64).reshape(-1) for p in parts_out])
+        for name in parts_out[0]
     }
 
 
@@ -219,7 +258,7 @@ def paired_bootstrap(
         )
     weights = resample_counts(a.shape[0], num_resamples, seed)
     ones = torch.ones(1, a.shape[0], dtype=torch.float64)
-    point_a, point_b = (metric_fn(_weighted_sums(r, ones)) for r in (a, b))
+    point_a, point_b = (metric_fn(_Summed(r)(ones)) for r in (a, b))
     sa = resampled_metrics(a, metric_fn, weights=weights)
     sb = resampled_metrics(b, metric_fn, weights=weights)
     out = {}

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .binning import bin_index
-from .bootstrap import sparse_rows
+from .bootstrap import as_records_matrix, column_sums, project_columns, sparse_rows
 from .reduce import sum_over_ranks
 
 _SUMS = ("count", "sum_conf", "sum_correct", "sum_iou")
@@ -62,17 +62,19 @@ class DetectionBinStats:
     ) -> torch.Tensor:
         """The statistics of each image's detections as rows of a sparse ``(num_images, S)``
         matrix (``images``: (N,) image index per detection); S = the size of ``state``.
-        Nothing is accumulated into ``self``."""
+        Nothing is accumulated into ``self``. Not coalesced: duplicate entries are sums."""
         S = self.state.numel()
         images = torch.as_tensor(images).long().reshape(-1)
         cells = self._cells(confidence, correct, groups, iou, features)
         if cells is None:
-            return sparse_rows([], [], [], (num_images, S))
+            return sparse_rows([], [], [], (num_images, S), coalesce=False)
         flat, weights = cells
         if images.numel() != flat.numel() or images.min() < 0 or images.max() >= num_images:
             raise ValueError(f"images must give one index in [0, {num_images}) per detection")
         cols = torch.cat([flat + row * self.state[0].numel() for row in range(len(weights))])
-        return sparse_rows(images.repeat(len(weights)), cols, torch.cat(weights), (num_images, S))
+        return sparse_rows(
+            images.repeat(len(weights)), cols, torch.cat(weights), (num_images, S), coalesce=False
+        )
 
     def _cells(self, confidence, correct, groups, iou, features):
         """Validated ``(flat cell index (N,), [weight (N,) per sum])``, None without detections."""
@@ -136,14 +138,31 @@ class DetectionBinStats:
             return math.nan
         return float((gap.sum(dim=1)[used] / n[used]).mean())
 
-    def metrics_of_records(self, records) -> dict:
-        """``classwise_ECE``, ``LaECE`` and ``D-ECE`` of a batch of summed
-        :meth:`records_by_image` rows ``(B, S)`` (e.g. bootstrap resamples): ``{name: (B,)}``.
-        Batched forms of :meth:`classwise_ece`, :meth:`laece`, :meth:`dece`."""
-        records = records.numpy() if isinstance(records, torch.Tensor) else np.asarray(records)
-        B = records.shape[0]
-        state = records.reshape(B, len(_SUMS), self.num_groups, self.bins[0], -1)
-        marginal = state.sum(-1)  # (B, sums, groups, confidence bins)
+    def summaries(self, totals=None) -> tuple:
+        """``([(columns, size)], metrics_of_sums)`` of :meth:`records_by_image` rows: the
+        class × confidence-bin marginal (class-wise ECE, LaECE) and the class-pooled joint
+        bins (D-ECE), the two linear summaries the metrics need (see
+        :meth:`StatsRecordMetrics.summaries`; they do not depend on ``totals``)."""
+        G, J = self.num_groups, self.bins[0]
+        cells = math.prod(self.bins)
+        rest = cells // J
+        column = torch.arange(len(_SUMS) * G * cells)
+        stat, cell = column // (G * cells), column % cells
+        marginal = column // rest  # (stat, group, confidence bin)
+        pooled = torch.where(stat < 3, stat * cells + cell, -1)  # count, Σ conf, Σ correct
+
+        def metrics_of_sums(sums):
+            m, p = (np.asarray(x, dtype=np.float64) for x in sums)
+            B = m.shape[0]
+            return self._metrics_of_summaries(m.reshape(B, len(_SUMS), G, J), p.reshape(B, 3, cells))
+
+        return [(marginal, len(_SUMS) * G * J), (pooled, 3 * cells)], metrics_of_sums
+
+    @staticmethod
+    def _metrics_of_summaries(marginal, pooled) -> dict:
+        """``classwise_ECE``, ``LaECE`` of the marginal ``(B, sums, groups, confidence bins)``
+        and ``D-ECE`` of the pooled ``(B, 3, cells)``: ``{name: (B,)}``. Batched forms of
+        :meth:`classwise_ece`, :meth:`laece`, :meth:`dece`."""
         out = {}
         with np.errstate(invalid="ignore", divide="ignore"):
             n = marginal[:, 0].sum(-1)  # (B, groups)
@@ -153,12 +172,18 @@ class DetectionBinStats:
                 out[name] = np.where(
                     used.any(-1), np.where(used, per_class, 0).sum(-1) / np.maximum(used.sum(-1), 1), np.nan
                 )
-            pooled = state.reshape(B, len(_SUMS), self.num_groups, -1).sum(2)  # (B, sums, cells)
             total = pooled[:, 0].sum(-1)
             out["D-ECE"] = np.where(
                 total > 0, np.abs(pooled[:, 1] - pooled[:, 2]).sum(-1) / np.where(total > 0, total, 1), np.nan
             )
         return out
+
+    def metrics_of_records(self, records) -> dict:
+        """``classwise_ECE``, ``LaECE`` and ``D-ECE`` of a batch of summed
+        :meth:`records_by_image` rows ``(B, S)`` (e.g. bootstrap resamples): ``{name: (B,)}``."""
+        records = as_records_matrix(records)
+        columns, metrics_of_sums = self.summaries()
+        return metrics_of_sums([project_columns(records, c, n) for c, n in columns])
 
     def classwise_ece(self) -> float:
         """Mean over classes with detections of each class's ECE (nan without detections)."""
@@ -204,21 +229,43 @@ class DetectionBinStats:
         return out
 
 
-def detection_record_metrics(num_groups: int, bins, num_bins: int, num_fine_bins: int = None):
+class DetectionRecordMetrics:
     """The metric function of a detection evaluator's per-image records, each row a
     :meth:`CalibrationStats.as_record` followed by a :meth:`DetectionBinStats.records_by_image`
     row: summed rows ``(B, S)`` -> ``{metric: (B,)}`` (ECE family, ranking metrics,
-    class-wise ECE, LaECE, D-ECE). For bootstraps and paired comparisons."""
-    from .stats import DEFAULT_FINE_BINS, STATS_PER_BIN, metrics_of_records
+    class-wise ECE, LaECE, D-ECE). For bootstraps and paired comparisons, which resample
+    the four linear summaries of :meth:`summaries` rather than the S columns."""
 
-    num_fine_bins = num_fine_bins or DEFAULT_FINE_BINS
-    split = STATS_PER_BIN * num_fine_bins
-    bin_stats = DetectionBinStats(num_groups, bins)
+    def __init__(self, num_groups: int, bins, num_bins: int, num_fine_bins: int = None):
+        from .stats import DEFAULT_FINE_BINS, StatsRecordMetrics
 
-    def metrics(records):
-        return {
-            **metrics_of_records(records[:, :split], num_fine_bins, num_bins),
-            **bin_stats.metrics_of_records(records[:, split:]),
-        }
+        self.stats = StatsRecordMetrics(num_fine_bins or DEFAULT_FINE_BINS, num_bins)
+        self.bin_stats = DetectionBinStats(num_groups, bins)
+        self.split = self.stats.size
 
-    return metrics
+    def summaries(self, totals: torch.Tensor) -> tuple:
+        """As :meth:`StatsRecordMetrics.summaries`, ``totals`` the records' column sums."""
+        size = self.split + self.bin_stats.state.numel()
+        if totals.shape[-1] != size:
+            raise ValueError(f"records of {totals.shape[-1]} statistics, expected {size}")
+        stat_columns, stat_metrics = self.stats.summaries(totals[: self.split])
+        bin_columns, bin_metrics = self.bin_stats.summaries()
+        none = lambda n: torch.full((n,), -1, dtype=torch.long)  # noqa: E731
+        columns = [(torch.cat([c, none(size - self.split)]), n) for c, n in stat_columns] + [
+            (torch.cat([none(self.split), c]), n) for c, n in bin_columns
+        ]
+
+        def metrics_of_sums(sums):
+            return {**stat_metrics(sums[:2]), **bin_metrics(sums[2:])}
+
+        return columns, metrics_of_sums
+
+    def __call__(self, records) -> dict:
+        records = as_records_matrix(records)
+        columns, metrics_of_sums = self.summaries(column_sums(records))
+        return metrics_of_sums([project_columns(records, c, n) for c, n in columns])
+
+
+def detection_record_metrics(num_groups: int, bins, num_bins: int, num_fine_bins: int = None):
+    """:class:`DetectionRecordMetrics` (the evaluator's and the demo report's metric function)."""
+    return DetectionRecordMetrics(num_groups, bins, num_bins, num_fine_bins)

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .binning import bin_index
-from .bootstrap import sparse_rows
+from .bootstrap import as_records_matrix, column_sums, project_columns, sparse_rows
 from .checks import as_count, as_tensor, as_threshold, validated_pairs
 from .ranking import aurc, auroc, average_precision
 from .reduce import sum_over_ranks
@@ -388,11 +388,12 @@ class CalibrationStats:
         """Per-group statistics of samples as a sparse ``(num_groups, S)`` matrix: row g is the
         :meth:`as_record` of the samples of group g (e.g. one image's detections), i.e. what
         :meth:`update` with only them would give; nothing is accumulated into ``self``.
-        Bounded memory: one column entry per sample and statistic."""
+        Bounded memory: one column entry per sample and statistic; not coalesced (duplicate
+        entries are sums)."""
         checked = validated_pairs(as_tensor(confidence, "confidence"), correct, mask, "confidence", "correct")
         K, S = self.num_fine_bins, len(_STATS) * 2 * self.num_fine_bins
         if checked is None:
-            return sparse_rows([], [], [], (num_groups, S))
+            return sparse_rows([], [], [], (num_groups, S), coalesce=False)
         conf, corr, mask = (t.reshape(-1) if t is not None else None for t in checked)
         groups = torch.as_tensor(groups).reshape(-1).long().to(conf.device)
         if groups.numel() != conf.numel() or (
@@ -413,7 +414,7 @@ class CalibrationStats:
         rows = groups.repeat(len(_STATS))
         cols = torch.cat([index + i * 2 * K for i in range(len(_STATS))])
         values = torch.cat([t.to(torch.float64) for t in terms])
-        return sparse_rows(rows, cols, values, (num_groups, S))
+        return sparse_rows(rows, cols, values, (num_groups, S), coalesce=False)
 
     def as_record(self) -> torch.Tensor:
         """The statistics as one flat float64 vector (a row of a per-image record matrix for
@@ -433,28 +434,43 @@ def ranking_metrics_of_counts(counts: np.ndarray) -> dict:
     }
 
 
+def _coarse_onehot(fine_index, num_fine_bins: int, num_bins: int) -> np.ndarray:
+    """``(K, num_bins)`` one-hot: the coarse bin of each of the K fine bins ``fine_index``."""
+    fine_index = np.asarray(fine_index)
+    onehot = np.zeros((len(fine_index), num_bins))
+    onehot[np.arange(len(fine_index)), fine_index // (num_fine_bins // num_bins)] = 1
+    return onehot
+
+
 def metrics_of_states(
     state: np.ndarray, num_bins: int, k: int, fine_index=None, num_fine_bins: int = None
 ) -> dict:
     """Every metric of :meth:`CalibrationStats.compute` (but ``mean_entropy``) for a batch of
     states ``(B, stats, 2, K)`` (e.g. bootstrap resamples): ``{name: (B,) array}``; ``k`` is
-    the fine edge of the threshold. The one implementation of these formulas.
+    the fine edge of the threshold.
 
     ``fine_index`` (ascending) says which fine bins of ``num_fine_bins`` the K columns are,
     when empty fine bins were left out (they change no metric): a bootstrap of a few
     thousand detections then works on the few hundred occupied bins, not on all of them."""
-    B, _, _, K = state.shape
+    K = state.shape[-1]
     if fine_index is None:
         fine_index, num_fine_bins = np.arange(K), K
-    s = {name: state[:, i] for i, name in enumerate(_STATS)}
-    wrong, right = s["count"][:, 0], s["count"][:, 1]
+    coarse = state @ _coarse_onehot(fine_index, num_fine_bins, num_bins)
+    return metrics_of_summaries(state[:, 0], coarse, k, fine_index)
+
+
+def metrics_of_summaries(counts: np.ndarray, coarse: np.ndarray, k: int, fine_index) -> dict:
+    """The one implementation of the formulas of :meth:`CalibrationStats.compute`, from the
+    two summaries they need: ``counts`` ``(B, 2, K)``, the wrong / correct counts of the fine
+    bins ``fine_index`` (ascending; ranking metrics and the threshold ``k``, a fine edge), and
+    ``coarse`` ``(B, stats, 2, num_bins)``, every statistic summed per coarse bin (ECE family,
+    NLL, Brier, means). Both are linear in the samples: a bootstrap resamples them, not the
+    whole state (:class:`StatsRecordMetrics`)."""
+    wrong, right = counts[:, 0], counts[:, 1]
     n_total, n_right = wrong.sum(-1) + right.sum(-1), right.sum(-1)
-    coarse_of = np.zeros((K, num_bins))  # fine bin -> its coarse bin, one-hot
-    coarse_of[np.arange(K), np.asarray(fine_index) // (num_fine_bins // num_bins)] = 1
-    coarse = state.sum(2) @ coarse_of  # (B, stat, bin)
-    bin_n = coarse[:, 0]
-    bin_right = right @ coarse_of
-    gap = np.abs(bin_right - coarse[:, 1])  # |D_k| · |freq(D_k) − conf(D_k)|
+    s = {name: coarse[:, i] for i, name in enumerate(_STATS)}  # (B, 2, bins)
+    bin_n = s["count"].sum(1)
+    gap = np.abs(s["count"][:, 1] - s["sum_conf"].sum(1))  # |D_k| · |freq(D_k) − conf(D_k)|
     full = bin_n > 0
     safe_n = np.where(full, bin_n, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -467,7 +483,7 @@ def metrics_of_states(
             / n_total,
             "NLL_DDN": s["sum_neg_log_conf"].sum((-2, -1)) / n_total,
             "Brier": (s["sum_conf_sq"].sum((-2, -1)) - 2 * s["sum_conf"][:, 1].sum(-1) + n_right) / n_total,
-            **ranking_metrics_of_counts(s["count"]),
+            **ranking_metrics_of_counts(counts),
         }
         above = np.asarray(fine_index) >= k
         tp, fp = right[:, above].sum(-1), wrong[:, above].sum(-1)
@@ -489,23 +505,66 @@ def metrics_of_states(
     return out
 
 
+class StatsRecordMetrics:
+    """Metrics of summed :meth:`CalibrationStats.as_record` rows ``(B, S)``, and the same
+    through two small linear summaries of each record (:func:`metrics_of_summaries`): the
+    counts of the occupied fine bins and every statistic per coarse bin. A bootstrap
+    (:func:`~conf_plugins.calibration.bootstrap.resampled_metrics`) resamples those instead
+    of the S = 10 x fine-bins columns: at COCO scale a few thousand columns, not 60 000."""
+
+    def __init__(
+        self, num_fine_bins: int = DEFAULT_FINE_BINS, num_bins: int = DEFAULT_NUM_BINS, threshold=0.5
+    ):
+        stats = CalibrationStats(num_fine_bins)
+        self.num_bins, _ = stats.check_metric_args(num_bins, threshold)
+        self.num_fine_bins, self.k = num_fine_bins, stats._edge_index(threshold)
+        self.size = len(_STATS) * 2 * num_fine_bins
+
+    def summaries(self, totals: torch.Tensor) -> tuple:
+        """``([(columns, size)], metrics_of_sums)``: per summary a map of the S record columns
+        to its ``size`` columns (-1: dropped; see :func:`project_columns`), and the metrics
+        of a list of summed summaries ``[(B, size)]``. ``totals`` are the column sums of the
+        records to resample: the counts keep their occupied fine bins (empty ones change no
+        metric)."""
+        K, nb = self.num_fine_bins, self.num_bins
+        if totals.shape[-1] != self.size:
+            raise ValueError(
+                f"records of {totals.shape[-1]} statistics, expected {self.size} ({K} fine bins)"
+            )
+        occupied = totals[: 2 * K].reshape(2, K).sum(0) > 0
+        num_occupied = int(occupied.sum())
+        position = torch.full((K,), -1, dtype=torch.long)
+        position[occupied] = torch.arange(num_occupied)
+        column = torch.arange(self.size)
+        stat, correct, fine = column // (2 * K), column // K % 2, column % K
+        counts = torch.where((stat == 0) & occupied[fine], correct * num_occupied + position[fine], -1)
+        coarse = (stat * 2 + correct) * nb + fine // (K // nb)
+        fine_index = np.flatnonzero(occupied.numpy())
+
+        def metrics_of_sums(sums):
+            count_sums, coarse_sums = (np.asarray(p, dtype=np.float64) for p in sums)
+            B = count_sums.shape[0]
+            return metrics_of_summaries(
+                count_sums.reshape(B, 2, num_occupied),
+                coarse_sums.reshape(B, len(_STATS), 2, nb),
+                self.k,
+                fine_index,
+            )
+
+        return [(counts, 2 * num_occupied), (coarse, len(_STATS) * 2 * nb)], metrics_of_sums
+
+    def __call__(self, records) -> dict:
+        records = as_records_matrix(records)
+        columns, metrics_of_sums = self.summaries(column_sums(records))
+        return metrics_of_sums([project_columns(records, c, n) for c, n in columns])
+
+
 def metrics_of_records(
     records, num_fine_bins: int = DEFAULT_FINE_BINS, num_bins: int = DEFAULT_NUM_BINS, threshold: float = 0.5
 ) -> dict:
-    """:func:`metrics_of_states` of summed :meth:`CalibrationStats.as_record` rows
-    ``(B, S)`` (what :mod:`~conf_plugins.calibration.bootstrap` resamples)."""
-    stats = CalibrationStats(num_fine_bins)
-    num_bins, _ = stats.check_metric_args(num_bins, threshold)
-    records = np.asarray(records.numpy() if isinstance(records, torch.Tensor) else records, np.float64)
-    state = records.reshape(records.shape[0], len(_STATS), 2, num_fine_bins)
-    occupied = np.flatnonzero(state[:, 0].sum((0, 1)) > 0)  # empty fine bins change nothing
-    return metrics_of_states(
-        state[..., occupied],
-        num_bins,
-        stats._edge_index(threshold),
-        fine_index=occupied,
-        num_fine_bins=num_fine_bins,
-    )
+    """The metrics of summed :meth:`CalibrationStats.as_record` rows ``(B, S)`` (what
+    :mod:`~conf_plugins.calibration.bootstrap` resamples)."""
+    return StatsRecordMetrics(num_fine_bins, num_bins, threshold)(records)
 
 
 def _ratio(num, den):

@@ -250,7 +250,7 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                     ],
                     dim=1,
                 )
-                self._records[mode][k].append(records.coalesce())
+                self._records[mode][k].append(records)
 
     def _reduced_stats(self):
         """The statistics of all processes on the main one (None elsewhere).
@@ -316,10 +316,16 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                 if not parts:
                     out[mode].append(None)
                     continue
-                merged = torch.cat(parts).coalesce()
-                index = merged.indices()
+                merged = torch.cat(parts)
+                index = merged._indices()
                 out[mode].append(
-                    sparse_rows(rows[index[0]], index[1], merged.values(), (len(ids), merged.shape[1]))
+                    sparse_rows(
+                        rows[index[0]],
+                        index[1],
+                        merged._values(),
+                        (len(ids), merged.shape[1]),
+                        coalesce=False,
+                    )
                 )
         return [ids[i] for i in order], out
 

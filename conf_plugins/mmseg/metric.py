@@ -1,6 +1,5 @@
 """mmengine metric for the per-pixel calibration of segmentation confidence maps."""
 
-import functools
 import math
 import os
 
@@ -18,7 +17,7 @@ from conf_plugins.calibration.bootstrap import (
 )
 from conf_plugins.calibration.pixel_confidence import pixel_confidence
 from conf_plugins.calibration.plots import plot_reliability
-from conf_plugins.calibration.stats import DEFAULT_NUM_BINS, metrics_of_records
+from conf_plugins.calibration.stats import DEFAULT_NUM_BINS, StatsRecordMetrics
 
 
 def auto_confidence(sample) -> str:
@@ -220,12 +219,7 @@ class SegCalibrationMetric(BaseMetric):
 
     def metric_fn(self):
         """Summed per-image records ``(B, S)`` -> ``{metric: (B,) array}`` (for bootstraps)."""
-        return functools.partial(
-            metrics_of_records,
-            num_fine_bins=self.num_fine_bins,
-            num_bins=self.num_bins,
-            threshold=self.threshold,
-        )
+        return StatsRecordMetrics(self.num_fine_bins, self.num_bins, self.threshold)
 
     def intervals(self, records) -> dict:
         """``<metric>_ci_lo`` / ``_ci_hi``: percentile-bootstrap intervals over the images (nan

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conf_plugins.calibration import CalibrationStats
+from conf_plugins.calibration import CalibrationStats, bootstrap
 from conf_plugins.calibration.bootstrap import (
     bootstrap_intervals,
     paired_bootstrap,
@@ -15,7 +15,7 @@ from conf_plugins.calibration.bootstrap import (
     resample_counts,
     verdict,
 )
-from conf_plugins.calibration.stats import metrics_of_records
+from conf_plugins.calibration.stats import StatsRecordMetrics, metrics_of_records
 
 NAMES = ("ECE", "MSCE", "MCE", "NLL", "Brier", "AUROC", "AUPR_Out", "AURC", "coverage")
 
@@ -45,10 +45,17 @@ def plain_loop(stats, counts, names):
     return {name: np.array(v) for name, v in values.items()}
 
 
-def test_intervals_equal_a_plain_resampling_loop():
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("metric_fn", [metrics_of_records, StatsRecordMetrics()], ids=["whole", "summaries"])
+def test_intervals_equal_a_plain_resampling_loop(metric_fn, sparse, monkeypatch):
+    """Resampling every column (a plain function) and resampling the two linear summaries of
+    StatsRecordMetrics (dense, or CSR when the compact form would not fit) agree with the
+    loop."""
+    monkeypatch.setattr(bootstrap, "MAX_COMPACT_ENTRIES", 10)  # sparse records: the CSR path
     stats = per_image_stats(12, seed=1)
     records = torch.stack([s.as_record() for s in stats])
-    intervals = bootstrap_intervals(records, metrics_of_records, num_resamples=200, seed=7)
+    records = records.to_sparse() if sparse else records
+    intervals = bootstrap_intervals(records, metric_fn, num_resamples=200, seed=7)
     loop = plain_loop(stats, resample_counts(12, 200, seed=7), NAMES)
     for name in NAMES:
         expected = np.percentile(loop[name], [2.5, 97.5])
@@ -139,3 +146,44 @@ def test_a_metric_that_returns_a_view_of_its_input_is_not_aliased():
     a = resampled_metrics(dense, first_column, 300, seed=1)["c0"]
     b = resampled_metrics(dense.to_sparse(), first_column, 300, seed=1)["c0"]
     assert np.array_equal(a, b)
+
+
+def test_detection_record_summaries_equal_a_plain_loop():
+    """The detection evaluator's metric function resamples four linear summaries of each
+    image's record; a loop that merges the drawn images' full statistics agrees."""
+    from conf_plugins.calibration.detection_stats import DetectionBinStats, detection_record_metrics
+
+    g = torch.Generator().manual_seed(5)
+    num_images, bins, fine = 9, (5, 2, 2), 600
+    per_image = []
+    for _ in range(num_images):
+        n = int(torch.randint(3, 30, (1,), generator=g))
+        conf = torch.rand(n, generator=g)
+        correct = torch.rand(n, generator=g) < conf
+        iou = torch.where(correct, 0.5 + 0.5 * torch.rand(n, generator=g), torch.zeros(n))
+        classes = torch.randint(0, 3, (n,), generator=g)
+        cx, cy = torch.rand(n, generator=g), torch.rand(n, generator=g)
+        per_image.append(
+            (
+                CalibrationStats(fine).update(conf, correct),
+                DetectionBinStats(3, bins).update(conf, correct, classes, iou, (cx, cy)),
+            )
+        )
+    records = torch.stack([torch.cat([s.as_record(), b.state.reshape(-1)]) for s, b in per_image])
+    metric_fn = detection_record_metrics(3, bins, 10, fine)
+    counts = resample_counts(num_images, 150, seed=2)
+    got = bootstrap.resampled_metrics(records.to_sparse(), metric_fn, weights=counts)
+    for r, row in enumerate(counts.tolist()):
+        stats, bin_stats = CalibrationStats(fine), DetectionBinStats(3, bins)
+        for image, times in enumerate(row):
+            for _ in range(int(times)):
+                stats.merge(per_image[image][0])
+                bin_stats.merge(per_image[image][1])
+        expected = {
+            **stats.compute(),
+            "classwise_ECE": bin_stats.classwise_ece(),
+            "LaECE": bin_stats.laece(),
+            "D-ECE": bin_stats.dece(),
+        }
+        for name in ("ECE", "MCE", "NLL", "Brier", "AUROC", "AURC", "classwise_ECE", "LaECE", "D-ECE"):
+            assert got[name][r] == pytest.approx(expected[name], rel=1e-9, abs=1e-12), (name, r)
