@@ -83,7 +83,10 @@ def detection_section(out, figures, numbers=None):
         "NLL",
         "classwise_ECE",
         "LaECE",
+        "LaACE",
         "D-ECE",
+        "LRP",
+        "oLRP",
         "top1/MSCE",
         "AUROC",
         "coverage",
@@ -424,7 +427,7 @@ DET_PAIRS = (
     ("DDN", "Baseline"),
     ("DDN + temperature", "DDN"),
 )
-DET_PAIR_METRICS = ("ECE", "MSCE", "LaECE", "D-ECE", "AUROC")
+DET_PAIR_METRICS = ("ECE", "MSCE", "LaECE", "D-ECE", "AUROC", "LRP")
 SEG_PAIRS = (("MTL", "MTL max-softmax"), ("MTL", "STL-scaled"), ("STL-scaled", "STL"), ("MC-10", "STL"))
 SEG_PAIR_METRICS = ("ECE", "AUROC", "AURC")
 PAIR_RESAMPLES = 1000
@@ -448,7 +451,7 @@ def _paired_rows(a_label, b_label, a, b, metric_fn, metrics, key=""):
     if a["images"] != b["images"]:
         raise ValueError(f"{a_label} and {b_label} were evaluated on different images")
     paired = paired_bootstrap(a["records"], b["records"], metric_fn, PAIR_RESAMPLES)
-    return [{"A": a_label, "B": b_label, "metric": f"{m}{key}", **paired[m]} for m in metrics]
+    return [{"A": a_label, "B": b_label, "metric": f"{m}{key}", **paired[m]} for m in metrics if m in paired]
 
 
 def same_settings(a_label, b_label, a, b, keys):
@@ -467,9 +470,31 @@ def comparisons_section(out, numbers):
         ra, rb = records.get(a), records.get(b)
         if ra is None or rb is None:
             continue
-        same_settings(a, b, ra, rb, ("iou_thresholds", "num_bins", "num_fine_bins", "num_classes", "bins"))
+        same_settings(
+            a,
+            b,
+            ra,
+            rb,
+            (
+                "iou_thresholds",
+                "num_bins",
+                "num_fine_bins",
+                "num_classes",
+                "bins",
+                "localisation_bins",
+                "lrp_bins",
+            ),
+        )
         k = ra["iou_thresholds"].index(0.5)
-        fn = detection_record_metrics(ra["num_classes"], ra["bins"], ra["num_bins"], ra["num_fine_bins"])
+        fn = detection_record_metrics(
+            ra["num_classes"],
+            ra["bins"],
+            ra["num_bins"],
+            ra["num_fine_bins"],
+            ra.get("localisation_bins"),
+            ra.get("lrp_bins"),
+            0.5,
+        )
         rows += [
             dict(r, domain="detection, IoU 0.5")
             for r in _paired_rows(

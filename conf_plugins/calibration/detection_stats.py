@@ -13,6 +13,8 @@ all-reduce). Bins are equal-width ``((k-1)/J, k/J]`` with the edge convention of
   et al., ECCV 2024, evaluate with): LaECE_c = Σ_j (|B_cj| / |D_c|) · |conf(B_cj) − IoU(B_cj)|,
   IoU(B) the mean IoU of the bin's detections with their matched GT box, 0 for a detection
   matched to none; mean over classes. The confidence should predict the IoU, not just a hit.
+* **LaACE** (Kuzucu et al., ECCV 2024, their ``is_ace`` evaluation, "ACE_0"): every
+  detection its own bin, LaACE_c = (1/|D_c|) Σ_i |conf_i − IoU_i|; mean over classes.
 * **D-ECE** (detection ECE; Küppers et al., CVPR-W 2020, eq. 5, netcal's ``ECE`` with
   several features): bins over confidence × the box's normalised centre (cx, cy) (and
   optionally size), D-ECE = Σ_b (|B_b| / N) · |prec(B_b) − conf(B_b)| over every non-empty
@@ -28,7 +30,7 @@ from .binning import bin_index
 from .bootstrap import as_records_matrix, column_sums, project_columns, sparse_rows
 from .reduce import sum_over_ranks
 
-_SUMS = ("count", "sum_conf", "sum_correct", "sum_iou")
+_SUMS = ("count", "sum_conf", "sum_correct", "sum_iou", "sum_abs_conf_minus_iou")
 
 
 class DetectionBinStats:
@@ -103,7 +105,12 @@ class DetectionBinStats:
         for values, num_bins in zip(columns, self.bins):  # row-major joint bin
             cell = cell * num_bins + bin_index(values, num_bins)  # CalibrationStats' exact edges
         flat = groups * self.state.shape[2] + cell
-        return flat, [torch.ones(n, dtype=torch.float64), conf, correct.double(), iou]
+        return flat, [torch.ones(n, dtype=torch.float64), conf, correct.double(), iou, (conf - iou).abs()]
+
+    @property
+    def record_size(self) -> int:
+        """Columns of a :meth:`records_by_image` row."""
+        return self.state.numel()
 
     def merge(self, other: "DetectionBinStats") -> "DetectionBinStats":
         if (other.num_groups, other.bins) != (self.num_groups, self.bins):
@@ -160,15 +167,16 @@ class DetectionBinStats:
 
     @staticmethod
     def _metrics_of_summaries(marginal, pooled) -> dict:
-        """``classwise_ECE``, ``LaECE`` of the marginal ``(B, sums, groups, confidence bins)``
+        """``classwise_ECE``, ``LaECE``, ``LaACE`` of the marginal ``(B, sums, groups, confidence bins)``
         and ``D-ECE`` of the pooled ``(B, 3, cells)``: ``{name: (B,)}``. Batched forms of
         :meth:`classwise_ece`, :meth:`laece`, :meth:`dece`."""
         out = {}
         with np.errstate(invalid="ignore", divide="ignore"):
             n = marginal[:, 0].sum(-1)  # (B, groups)
             used = n > 0
-            for name, row in (("classwise_ECE", 2), ("LaECE", 3)):
-                per_class = np.abs(marginal[:, 1] - marginal[:, row]).sum(-1) / np.where(used, n, 1)
+            for name, row in (("classwise_ECE", 2), ("LaECE", 3), ("LaACE", None)):
+                gap = marginal[:, 4] if row is None else np.abs(marginal[:, 1] - marginal[:, row])
+                per_class = gap.sum(-1) / np.where(used, n, 1)
                 out[name] = np.where(
                     used.any(-1), np.where(used, per_class, 0).sum(-1) / np.maximum(used.sum(-1), 1), np.nan
                 )
@@ -188,6 +196,14 @@ class DetectionBinStats:
     def classwise_ece(self) -> float:
         """Mean over classes with detections of each class's ECE (nan without detections)."""
         return self._error("correct", per_group=True)
+
+    def laace(self) -> float:
+        """Mean over classes with detections of the mean |confidence − IoU| (ACE_0)."""
+        n = self.state[0].sum(dim=1)
+        used = n > 0
+        if not used.any():
+            return math.nan
+        return float((self.state[4].sum(dim=1)[used] / n[used]).mean())
 
     def laece(self) -> float:
         """Mean over classes with detections of |confidence − IoU| per bin (Oksuz et al. eq. 3)."""
@@ -230,33 +246,39 @@ class DetectionBinStats:
 
 
 class DetectionRecordMetrics:
-    """The metric function of a detection evaluator's per-image records, each row a
-    :meth:`CalibrationStats.as_record` followed by a :meth:`DetectionBinStats.records_by_image`
-    row: summed rows ``(B, S)`` -> ``{metric: (B,)}`` (ECE family, ranking metrics,
-    class-wise ECE, LaECE, D-ECE). For bootstraps and paired comparisons, which resample
-    the four linear summaries of :meth:`summaries` rather than the S columns."""
+    """The metric function of a detection evaluator's per-image records: each row the
+    records of ``components`` side by side (:class:`StatsRecordMetrics` = a
+    :meth:`CalibrationStats.as_record`, :class:`DetectionBinStats`, :class:`LRPStats`, each
+    with the metric names taken from it, None = all): summed rows ``(B, S)`` ->
+    ``{metric: (B,)}``. Bootstraps and paired comparisons resample the components' linear
+    summaries (:meth:`summaries`) rather than the S columns."""
 
-    def __init__(self, num_groups: int, bins, num_bins: int, num_fine_bins: int = None):
-        from .stats import DEFAULT_FINE_BINS, StatsRecordMetrics
-
-        self.stats = StatsRecordMetrics(num_fine_bins or DEFAULT_FINE_BINS, num_bins)
-        self.bin_stats = DetectionBinStats(num_groups, bins)
-        self.split = self.stats.size
+    def __init__(self, components):
+        self.components = list(components)
+        self.size = sum(c.record_size for c, _ in self.components)
 
     def summaries(self, totals: torch.Tensor) -> tuple:
         """As :meth:`StatsRecordMetrics.summaries`, ``totals`` the records' column sums."""
-        size = self.split + self.bin_stats.state.numel()
-        if totals.shape[-1] != size:
-            raise ValueError(f"records of {totals.shape[-1]} statistics, expected {size}")
-        stat_columns, stat_metrics = self.stats.summaries(totals[: self.split])
-        bin_columns, bin_metrics = self.bin_stats.summaries()
-        none = lambda n: torch.full((n,), -1, dtype=torch.long)  # noqa: E731
-        columns = [(torch.cat([c, none(size - self.split)]), n) for c, n in stat_columns] + [
-            (torch.cat([none(self.split), c]), n) for c, n in bin_columns
-        ]
+        if totals.shape[-1] != self.size:
+            raise ValueError(f"records of {totals.shape[-1]} statistics, expected {self.size}")
+        columns, evaluators, start = [], [], 0
+        for component, names in self.components:
+            stop = start + component.record_size
+            own, metrics = component.summaries(totals[start:stop])
+            for c, n in own:  # the component's columns within the whole record
+                whole = torch.full((self.size,), -1, dtype=torch.long)
+                whole[start:stop] = c
+                columns.append((whole, n))
+            evaluators.append((len(own), metrics, names))
+            start = stop
 
         def metrics_of_sums(sums):
-            return {**stat_metrics(sums[:2]), **bin_metrics(sums[2:])}
+            out, first = {}, 0
+            for count, metrics, names in evaluators:
+                values = metrics(sums[first : first + count])
+                out.update({k: v for k, v in values.items() if names is None or k in names})
+                first += count
+            return out
 
         return columns, metrics_of_sums
 
@@ -266,6 +288,29 @@ class DetectionRecordMetrics:
         return metrics_of_sums([project_columns(records, c, n) for c, n in columns])
 
 
-def detection_record_metrics(num_groups: int, bins, num_bins: int, num_fine_bins: int = None):
-    """:class:`DetectionRecordMetrics` (the evaluator's and the demo report's metric function)."""
-    return DetectionRecordMetrics(num_groups, bins, num_bins, num_fine_bins)
+def detection_record_metrics(
+    num_groups: int,
+    bins,
+    num_bins: int,
+    num_fine_bins: int = None,
+    localisation_bins: int = None,
+    lrp_bins: int = None,
+    tp_iou: float = None,
+) -> DetectionRecordMetrics:
+    """The metric function of :class:`~conf_plugins.detectron2.evaluator.DetectionCalibrationEvaluator`
+    records: the ECE family and ranking metrics, class-wise ECE and D-ECE over ``bins``,
+    LaECE / LaACE over ``localisation_bins`` confidence bins and LRP / oLRP with τ =
+    ``tp_iou`` (records written without the last two keep LaECE of ``bins``)."""
+    from .lrp import LRPStats
+    from .stats import DEFAULT_FINE_BINS, StatsRecordMetrics
+
+    components = [(StatsRecordMetrics(num_fine_bins or DEFAULT_FINE_BINS, num_bins), None)]
+    if localisation_bins is None:
+        return DetectionRecordMetrics(components + [(DetectionBinStats(num_groups, bins), None)])
+    components += [
+        (DetectionBinStats(num_groups, bins), ("classwise_ECE", "D-ECE")),
+        (DetectionBinStats(num_groups, (localisation_bins,)), ("LaECE", "LaACE")),
+    ]
+    if lrp_bins is not None:
+        components.append((LRPStats(num_groups, lrp_bins, tp_iou), None))
+    return DetectionRecordMetrics(components)

@@ -518,7 +518,7 @@ class StatsRecordMetrics:
         stats = CalibrationStats(num_fine_bins)
         self.num_bins, _ = stats.check_metric_args(num_bins, threshold)
         self.num_fine_bins, self.k = num_fine_bins, stats._edge_index(threshold)
-        self.size = len(_STATS) * 2 * num_fine_bins
+        self.size = self.record_size = len(_STATS) * 2 * num_fine_bins
 
     def summaries(self, totals: torch.Tensor) -> tuple:
         """``([(columns, size)], metrics_of_sums)``: per summary a map of the S record columns

@@ -58,6 +58,10 @@ def add_ddn_config(cfg):
     # (<metric>_ci_lo / _ci_hi): resamples (0 = none) and their seed.
     _C.TEST.CALIBRATION.BOOTSTRAP = 1000
     _C.TEST.CALIBRATION.BOOTSTRAP_SEED = 0
+    # LaECE / LaACE (IoU target) confidence bins (25: the code of Kuzucu et al., ECCV 2024),
+    # and the score bins of the LRP curves (LRP-optimal thresholds every 1 / LRP_BINS).
+    _C.TEST.CALIBRATION.LOCALISATION_BINS = 25
+    _C.TEST.CALIBRATION.LRP_BINS = 200
 
     # An image corruption applied by every test loader before the stock resize (COCO-C
     # protocol; conf_plugins.shift): NAME one of conf_plugins.shift.CORRUPTIONS, "" = none.
@@ -187,6 +191,13 @@ def validate_calibration_config(cfg):
         calib.BOOTSTRAP,
         "0 (no intervals) or an integer >= 2",
     )
+    for name in ("LOCALISATION_BINS", "LRP_BINS"):
+        _check(
+            _is_int(calib[name]) and 1 <= calib[name] <= 100000,
+            f"TEST.CALIBRATION.{name}",
+            calib[name],
+            "an integer in [1, 100000]",
+        )
     _check(
         isinstance(calib.BOOTSTRAP_SEED, int),
         "TEST.CALIBRATION.BOOTSTRAP_SEED",

@@ -21,13 +21,16 @@ from conf_plugins.calibration.bootstrap import (
 )
 from conf_plugins.calibration.detection_matching import match_detection_batch
 from conf_plugins.calibration.detection_stats import DetectionBinStats, detection_record_metrics
+from conf_plugins.calibration.lrp import DEFAULT_LRP_BINS, LRPStats
+from conf_plugins.calibration.lrp import METRIC_NAMES as LRP_METRIC_NAMES
 from conf_plugins.calibration.plots import plot_position_map, plot_reliability
 from conf_plugins.calibration.stats import METRIC_NAMES
 
 from .config import validate_calibration_config
 
 logger = logging.getLogger(__name__)
-EXTRA_METRIC_NAMES = ("classwise_ECE", "LaECE", "D-ECE")
+EXTRA_METRIC_NAMES = ("classwise_ECE", "LaECE", "LaACE", "D-ECE") + LRP_METRIC_NAMES
+DEFAULT_LOCALISATION_BINS = 25  # LaECE / LaACE bins, as the code of Kuzucu et al. (ECCV 2024)
 
 
 def boxes_as_xyxy(annotations) -> torch.Tensor:
@@ -53,9 +56,13 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
     over processes (all_reduce), so any number of processes gives the same numbers. Results
     come under the ``calibration`` key (beside ``bbox`` of ``COCOEvaluator``) as
     ``{metric}@IoU{t}``; reliability diagrams and D-ECE heat-maps are written to
-    ``output_dir``. Beside the metrics of :class:`CalibrationStats`: ``classwise_ECE``,
-    ``LaECE`` and ``D-ECE`` (confidence × box centre bins ``POSITION_BINS``; see
-    :mod:`conf_plugins.calibration.detection_stats`). When the detections carry
+    ``output_dir``. Beside the metrics of :class:`CalibrationStats`: ``classwise_ECE`` and
+    ``D-ECE`` (``num_bins`` confidence bins × box centre bins ``POSITION_BINS``), ``LaECE``
+    and ``LaACE`` with the IoU as target (``localisation_bins`` confidence bins; see
+    :mod:`conf_plugins.calibration.detection_stats`), and the LRP error with τ = t, at the
+    detections as returned (``LRP``) and at each class's LRP-optimal threshold (``oLRP``),
+    with components (:mod:`conf_plugins.calibration.lrp`); the per-class thresholds go to
+    ``output_dir/calibration/lrp_thresholds.json``. When the detections carry
     ``pred_class_probs`` (``MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS``), the same metrics again as
     ``top1/{metric}@IoU{t}`` over only the detections whose class is the arg-max of their
     proposal's K+1 probabilities (DDN paper eq. 11–12: one prediction per proposal).
@@ -77,8 +84,15 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         allow_empty: bool = False,
         bootstrap: int = DEFAULT_RESAMPLES,
         bootstrap_seed: int = 0,
+        localisation_bins: int = DEFAULT_LOCALISATION_BINS,
+        lrp_bins: int = DEFAULT_LRP_BINS,
     ):
         self._dataset_name = dataset_name
+        self._localisation_bins, self._lrp_bins = int(localisation_bins), int(lrp_bins)
+        if self._localisation_bins < 1 or self._lrp_bins < 1:
+            raise ValueError(
+                f"localisation_bins and lrp_bins must be >= 1, got {localisation_bins}, {lrp_bins}"
+            )
         if bootstrap:
             check_bootstrap_args(bootstrap, DEFAULT_LEVEL)  # when built, not after inference
         self._bootstrap, self._bootstrap_seed = int(bootstrap), int(bootstrap_seed)
@@ -107,6 +121,8 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
             allow_empty=allow_empty,
             bootstrap=cfg.TEST.CALIBRATION.BOOTSTRAP,
             bootstrap_seed=cfg.TEST.CALIBRATION.BOOTSTRAP_SEED,
+            localisation_bins=cfg.TEST.CALIBRATION.LOCALISATION_BINS,
+            lrp_bins=cfg.TEST.CALIBRATION.LRP_BINS,
         )
 
     @staticmethod
@@ -153,6 +169,14 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         self._bin_stats = {
             "": [DetectionBinStats(self._num_classes, bins) for _ in thresholds],
             "top1/": [DetectionBinStats(self._num_classes, bins) for _ in thresholds],
+        }
+        self._la_stats = {
+            m: [DetectionBinStats(self._num_classes, (self._localisation_bins,)) for _ in thresholds]
+            for m in ("", "top1/")
+        }
+        self._lrp = {  # LRP's τ is the matching IoU t (< 1)
+            m: [LRPStats(self._num_classes, self._lrp_bins, t) if t < 1 else None for t in thresholds]
+            for m in ("", "top1/")
         }
         self._num_images = 0
         self._pending = []
@@ -227,6 +251,10 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         image_of = torch.cat(
             [torch.full((len(im["det_scores"]),), i, dtype=torch.long) for i, im in enumerate(images)]
         )
+        gt_classes = torch.cat([im["gt_classes"] for im in images]).long()
+        gt_image_of = torch.cat(
+            [torch.full((len(im["gt_classes"]),), i, dtype=torch.long) for i, im in enumerate(images)]
+        )
         for k, (stats, bin_stats) in enumerate(zip(self._stats[mode], self._bin_stats[mode])):
             correct = torch.cat([c[k] for c, _, _ in matches])
             kept = ~torch.cat([i[k] for _, i, _ in matches])  # crowd-ignored: left out
@@ -234,6 +262,10 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
             stats.update(scores, correct, mask=kept)
             features = (centres[kept, 0], centres[kept, 1])
             bin_stats.update(scores[kept], correct[kept], classes[kept], iou[kept], features=features)
+            la_stats, lrp = self._la_stats[mode][k], self._lrp[mode][k]
+            la_stats.update(scores[kept], correct[kept], classes[kept], iou[kept])
+            if lrp is not None:
+                lrp.update(scores[kept], correct[kept], classes[kept], iou[kept]).add_ground_truth(gt_classes)
             if self._bootstrap:
                 records = torch.cat(
                     [
@@ -247,7 +279,26 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                             iou[kept],
                             features=features,
                         ),
-                    ],
+                        la_stats.records_by_image(
+                            image_of[kept], len(images), scores[kept], correct[kept], classes[kept], iou[kept]
+                        ),
+                    ]
+                    + (
+                        []
+                        if lrp is None
+                        else [
+                            lrp.records_by_image(
+                                image_of[kept],
+                                len(images),
+                                scores[kept],
+                                correct[kept],
+                                classes[kept],
+                                iou[kept],
+                                gt_image_of,
+                                gt_classes,
+                            )
+                        ]
+                    ),
                     dim=1,
                 )
                 self._records[mode][k].append(records)
@@ -260,23 +311,32 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         outliving ``destroy_process_group`` (such a group is torn down only at interpreter
         exit, where gloo can abort the process).
         """
+        everything = (self._stats, self._bin_stats, self._la_stats, self._lrp)
         if not self._distributed or comm.get_world_size() == 1:
-            return self._stats, self._bin_stats
-        reduced = {
-            m: [CalibrationStats(s.num_fine_bins).merge(s).all_reduce() for s in stats]
-            for m, stats in self._stats.items()
-        }
-        reduced_bins = {
-            m: [DetectionBinStats(s.num_groups, s.bins).merge(s).all_reduce() for s in stats]
-            for m, stats in self._bin_stats.items()
-        }
-        # copies: evaluate() can repeat
-        return (reduced, reduced_bins) if comm.is_main_process() else (None, None)
+            return everything
 
-    def metric_fn(self, stats, bin_stats):
+        def reduced(s):  # copies: evaluate() can repeat
+            if s is None:
+                return None
+            if isinstance(s, CalibrationStats):
+                return CalibrationStats(s.num_fine_bins).merge(s).all_reduce()
+            if isinstance(s, LRPStats):
+                return LRPStats(s.num_classes, s.num_bins, s.tp_iou).merge(s).all_reduce()
+            return DetectionBinStats(s.num_groups, s.bins).merge(s).all_reduce()
+
+        out = tuple({m: [reduced(s) for s in by_t] for m, by_t in kind.items()} for kind in everything)
+        return out if comm.is_main_process() else (None,) * 4
+
+    def metric_fn(self, stats, bin_stats, tp_iou):
         """Summed per-image records (B, S) -> {metric: (B,)} (see detection_record_metrics)."""
         return detection_record_metrics(
-            bin_stats.num_groups, bin_stats.bins, self._num_bins, stats.num_fine_bins
+            bin_stats.num_groups,
+            bin_stats.bins,
+            self._num_bins,
+            stats.num_fine_bins,
+            self._localisation_bins,
+            self._lrp_bins if tp_iou < 1 else None,
+            tp_iou,
         )
 
     def _gathered_records(self):
@@ -332,7 +392,7 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
     def evaluate(self):
         self._match_pending()
         gathered = self._gathered_records()
-        all_stats, all_bin_stats = self._reduced_stats()
+        all_stats, all_bin_stats, all_la_stats, all_lrp = self._reduced_stats()
         if all_stats is None:
             return {}
         image_ids, records = gathered if gathered is not None else (None, None)
@@ -352,6 +412,7 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                     for name in METRIC_NAMES + EXTRA_METRIC_NAMES
                 }
             }
+        thresholds_out = {}
         results = {}
         folder = os.path.join(self._output_dir, "calibration") if self._output_dir else None
         for mode in ("", "top1/"):
@@ -361,21 +422,41 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                 key = f"@IoU{t:g}"
                 for name, value in s.compute(num_bins=self._num_bins).items():
                     results[f"{mode}{name}{key}"] = value
+                la, lrp = all_la_stats[mode][k], all_lrp[mode][k]
                 results.update(
                     {
                         f"{mode}classwise_ECE{key}": b.classwise_ece(),
-                        f"{mode}LaECE{key}": b.laece(),
+                        f"{mode}LaECE{key}": la.laece(),
+                        f"{mode}LaACE{key}": la.laace(),
                         f"{mode}D-ECE{key}": b.dece(),
                     }
                 )
+                if lrp is not None:
+                    results.update({f"{mode}{name}{key}": v for name, v in lrp.compute().items()})
+                    per_class = lrp.per_class()
+                    names = MetadataCatalog.get(self._dataset_name).get("thing_classes", None)
+                    thresholds_out[f"{mode}IoU{t:g}"] = {
+                        (names[c] if names else str(c)): {
+                            "threshold": _finite_or_none(per_class["threshold"][c]),
+                            "oLRP": _finite_or_none(per_class["oLRP"][c]),
+                            "detections": int(per_class["detections"][c]),
+                            "gt": int(per_class["gt"][c]),
+                        }
+                        for c in range(self._num_classes)
+                    }
                 if records is not None and records[mode][k] is not None:
                     intervals = bootstrap_intervals(
-                        records[mode][k], self.metric_fn(s, b), self._bootstrap, seed=self._bootstrap_seed
+                        records[mode][k], self.metric_fn(s, b, t), self._bootstrap, seed=self._bootstrap_seed
                     )
                     for name, (lo, hi) in intervals.items():
                         results[f"{mode}{name}{key}_ci_lo"], results[f"{mode}{name}{key}_ci_hi"] = lo, hi
                 elif self._bootstrap:  # fewer than two images: no interval
-                    for name in [*s.compute(num_bins=self._num_bins), *EXTRA_METRIC_NAMES]:
+                    extra = (
+                        EXTRA_METRIC_NAMES
+                        if lrp is not None
+                        else EXTRA_METRIC_NAMES[: -len(LRP_METRIC_NAMES)]
+                    )
+                    for name in [*s.compute(num_bins=self._num_bins), *extra]:
                         results[f"{mode}{name}{key}_ci_lo"] = results[f"{mode}{name}{key}_ci_hi"] = math.nan
                 if folder:
                     os.makedirs(folder, exist_ok=True)
@@ -405,6 +486,8 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                         "num_fine_bins": stats[0].num_fine_bins,
                         "num_classes": self._num_classes,
                         "bins": all_bin_stats[""][0].bins,
+                        "localisation_bins": self._localisation_bins,
+                        "lrp_bins": self._lrp_bins,
                         "records": records,
                     },
                     os.path.join(folder, "records.pt"),
@@ -416,9 +499,16 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                 },
                 os.path.join(folder, "bin_stats.pt"),
             )
+        if folder and thresholds_out:
+            with open(os.path.join(folder, "lrp_thresholds.json"), "w") as f:
+                json.dump(thresholds_out, f, indent=1)
         logger.info(
             "Calibration of %s: %s",
             self._dataset_name,
             {k: round(v, 4) for k, v in results.items() if k.startswith(("ECE", "MSCE"))},
         )
         return {"calibration": results}
+
+
+def _finite_or_none(value):
+    return float(value) if math.isfinite(value) else None

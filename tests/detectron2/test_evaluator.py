@@ -1,6 +1,7 @@
 """The detectron2 calibration evaluator in detectron2's own evaluation loop, and across
 processes (gloo): 2 processes give the numbers of 1."""
 
+import json
 import math
 import os
 
@@ -196,7 +197,7 @@ def test_bootstrap_records_are_each_images_own_statistics(demo_val, tmp_path):
     evaluator.reset()
     evaluator.process(inputs, outputs)
     results = evaluator.evaluate()["calibration"]
-    for name in ("ECE", "MSCE", "AUROC", "LaECE", "D-ECE", "classwise_ECE"):
+    for name in ("ECE", "MSCE", "AUROC", "LaECE", "LaACE", "D-ECE", "classwise_ECE", "LRP", "oLRP"):
         lo, hi = results[f"{name}@IoU0.5_ci_lo"], results[f"{name}@IoU0.5_ci_hi"]
         assert lo <= results[f"{name}@IoU0.5"] <= hi, name
     saved = torch.load(tmp_path / "all" / "calibration" / "records.pt", weights_only=False)
@@ -212,3 +213,34 @@ def test_bootstrap_records_are_each_images_own_statistics(demo_val, tmp_path):
         state = torch.load(tmp_path / f"img{i}" / "calibration" / "stats.pt", weights_only=True)[0.5]
         own = CalibrationStats.from_state_dict(state).as_record()
         assert torch.allclose(records[i, : len(own)], own, rtol=1e-12, atol=1e-12), i
+
+
+def test_lrp_laace_and_lrp_optimal_thresholds(demo_val, tmp_path):
+    """Oracle detections (every GT box at 0.8, IoU 1) plus one false class-0 box at 0.3 per
+    image: LRP counts those false positives, oLRP drops them at class 0's LRP-optimal
+    threshold (the first bin edge above them), LaACE is the mean |score − IoU| per class."""
+    inputs, outputs = oracle_outputs(demo_val)
+    evaluator = DetectionCalibrationEvaluator(demo_val, iou_thresholds=(0.5,), output_dir=str(tmp_path))
+    evaluator.reset()
+    evaluator.process(inputs, outputs)
+    results = evaluator.evaluate()["calibration"]
+    gt = torch.cat(
+        [torch.tensor([a["category_id"] for a in r["annotations"]]) for r in DatasetCatalog.get(demo_val)]
+    )
+    counts = torch.bincount(gt, minlength=3).tolist()
+    with_gt = [c for c in range(3) if counts[c]]
+    lrp = [6 / (counts[0] + 6) if c == 0 else 0.0 for c in with_gt]
+    assert results["LRP@IoU0.5"] == pytest.approx(sum(lrp) / len(lrp))
+    assert results["LRP_FP@IoU0.5"] == pytest.approx(
+        sum(6 / (counts[0] + 6) if c == 0 else 0 for c in with_gt) / len(with_gt)
+    )
+    assert results["oLRP@IoU0.5"] == pytest.approx(0.0, abs=1e-12)
+    assert results["oLRP_FN@IoU0.5"] == pytest.approx(0.0, abs=1e-12)
+    laace = [(counts[0] * 0.2 + 6 * 0.3) / (counts[0] + 6)] + [0.2 for c in (1, 2) if counts[c]]
+    assert results["LaACE@IoU0.5"] == pytest.approx(sum(laace) / len(laace))
+    thresholds = json.loads((tmp_path / "calibration" / "lrp_thresholds.json").read_text())["IoU0.5"]
+    by_index = list(thresholds.values())
+    assert by_index[0]["threshold"] == pytest.approx(0.305)  # float32 0.3 > 0.3: next edge
+    assert by_index[0]["detections"] == counts[0] + 6 and by_index[0]["gt"] == counts[0]
+    for c in (1, 2):
+        assert by_index[c]["threshold"] == (0.0 if counts[c] else None)
