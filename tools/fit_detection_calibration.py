@@ -1,14 +1,20 @@
 #!/usr/bin/env python
-"""Fit a score calibrator of a detectron2 model on a held-out split, inside its checkpoint.
+"""Fit a score calibrator of a detectron2 model and its operating thresholds on a held-out
+split, inside its checkpoint.
 
     tools/fit_detection_calibration.py --config-file configs/demo/teacher.yaml \\
-        --method temperature --dataset conf_demo_det_calib \\
-        MODEL.WEIGHTS output/demo/det/teacher/model_final.pth
+        --method isotonic --dataset conf_demo_det_calib \\
+        MODEL.WEIGHTS output/demo/det/teacher/model_final.pth \\
+        MODEL.ROI_HEADS.SCORE_CALIBRATION.TARGET iou
 
-Methods (conf_plugins.calibration.score_calibrators): ``temperature`` (class logits / T
-before the score threshold and NMS), ``histogram`` (class-wise histogram binning of the
-scores), ``isotonic`` (class-wise isotonic regression of the scores). A detection of the
-held-out split is correct when it matches GT at ``MODEL.ROI_HEADS.SCORE_CALIBRATION.IOU``.
+Methods (conf_plugins.calibration.score_calibrators): ``identity`` (no map: thresholds
+only), ``temperature`` (class logits / T before the score threshold and NMS), ``platt``,
+``linear``, ``histogram``, ``isotonic`` (maps of each detection's score after NMS), each
+fitted to ``SCORE_CALIBRATION.TARGET`` (``hit``: a match at ``SCORE_CALIBRATION.IOU``;
+``iou``: the IoU with the matched GT box), class-wise or not (``CLASSWISE``). The fit then
+chooses each class's LRP-optimal score threshold on the calibrated held-out detections
+(``THRESHOLD_BINS``, ``THRESHOLD_MIN_DETECTIONS``), applied with
+``SCORE_CALIBRATION.OPERATING_THRESHOLDS True``.
 Writes a *new* checkpoint (default ``<weights>_<method>.pth``; never overwrites unless
 --force) holding the weights plus the fitted calibrator and the fingerprint of the weights
 it belongs to, and ``<output>.json`` (what was fitted, on what). Evaluate / deploy it with
@@ -69,6 +75,11 @@ def setup(args):
         raise ValueError(
             "MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD is set: the calibrator is "
             "fitted on the uncalibrated model; leave it '' here"
+        )
+    if cfg.MODEL.ROI_HEADS.SCORE_CALIBRATION.OPERATING_THRESHOLDS:
+        raise ValueError(
+            "MODEL.ROI_HEADS.SCORE_CALIBRATION.OPERATING_THRESHOLDS is set: the fit chooses the "
+            "thresholds; apply them when evaluating or deploying the calibrated checkpoint"
         )
     return cfg
 

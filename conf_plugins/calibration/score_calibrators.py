@@ -1,7 +1,19 @@
-"""Score calibrators for detectors, fitted on held-out detections.
+"""Score calibrators for detectors, fitted on held-out detections, and operating thresholds.
 
-The target is binary: a detection is correct when it matches a GT box of its class
-(:func:`~conf_plugins.calibration.detection_matching.match_detection_batch`).
+The target (``target``) is either binary — ``"hit"``: the detection matches a GT box of its
+class at IoU t (:func:`~conf_plugins.calibration.detection_matching.match_detection_batch`)
+— or localisation-aware — ``"iou"``: the IoU with the matched GT box, 0 for a detection
+matched to none (Oksuz et al., CVPR 2023; Kuzucu et al., ECCV 2024: a calibrated score
+should predict the IoU). Class-wise calibrators (``classwise``) fit one map per class; a
+class without held-out detections uses the map pooled over all classes; class-agnostic ones
+fit the pooled map for every class.
+
+* **identity**: the scores as they are (only the operating thresholds below).
+* **platt**: sigmoid(a · logit(s) + b) per class (Platt 1999), (a, b) minimising the binary
+  cross-entropy against the target (soft for ``"iou"``) by Newton's method; a >= 0, so the
+  map never reverses the ranking of a class (a fit with a < 0 falls back to a = 0).
+* **linear**: clip(m · s + c, 0, 1) per class, least squares with m >= 0 (Kuzucu et al.'s
+  linear regression, ``positive=True``).
 
 * **temperature**: scores softmax(z / T)_c of the K+1 class logits z (Guo et al. 2017,
   eq. 9, applied to the detector's classifier as Küppers et al. 2020 do); T minimises the
@@ -16,10 +28,15 @@ The target is binary: a detection is correct when it matches a GT box of its cla
   detections of a class (it may tie them).
 
 Histogram and isotonic fit from streamed counts per (class, fine score bin)
-(:class:`~conf_plugins.calibration.detection_stats.DetectionBinStats`); a class without
-held-out detections uses the fit pooled over all classes. All fitted state is tensors
-(buffers of :class:`DetectionScoreCalibrator`), saved in the model's checkpoint with a
-fingerprint of the weights it belongs to.
+(:class:`~conf_plugins.calibration.detection_stats.DetectionBinStats`), temperature, Platt
+and linear from a bounded uniform sample of held-out detections.
+
+**Operating thresholds** (``thresholds``, one per class, NaN until chosen): a detection is
+kept when its calibrated score is above its class's threshold, the LRP-optimal one of the
+held-out split after calibration (:meth:`~conf_plugins.calibration.lrp.LRPStats.operating_thresholds`).
+All fitted state is tensors (buffers of :class:`DetectionScoreCalibrator`), saved in the
+model's checkpoint with a fingerprint of the weights it belongs to and of the calibrator's
+settings.
 """
 
 import math
@@ -33,7 +50,11 @@ from .detection_stats import DetectionBinStats
 from .fingerprint import weights_fingerprint
 from .temperature import T_MAX, T_MIN
 
-METHODS = ("temperature", "histogram", "isotonic")
+METHODS = ("identity", "temperature", "platt", "linear", "histogram", "isotonic")
+TARGETS = ("hit", "iou")
+SAMPLED_METHODS = ("temperature", "platt", "linear")  # fitted on a sample, not on counts
+LOGIT_EPS = 1e-6  # scores clipped to [eps, 1 - eps] before logit (Platt)
+_NEWTON_STEPS = 100
 
 
 def _check_fit_inputs(logits, classes, correct):
@@ -93,6 +114,53 @@ def fit_binary_temperature(logits, classes, correct, grid: int = 121, tol: float
     return math.exp(-best)
 
 
+def _logit(s: torch.Tensor) -> torch.Tensor:
+    s = s.double().clamp(LOGIT_EPS, 1 - LOGIT_EPS)
+    return s.log() - (-s).log1p()
+
+
+def fit_platt(scores, targets) -> tuple:
+    """(a, b) of sigmoid(a · logit(s) + b) minimising the mean binary cross-entropy against
+    ``targets`` in [0, 1] (Newton's method with step halving; convex); a >= 0."""
+    z, y = _logit(torch.as_tensor(scores)), torch.as_tensor(targets).double()
+    mean = float(y.mean().clamp(LOGIT_EPS, 1 - LOGIT_EPS))
+    fallback = (0.0, math.log(mean / (1 - mean)))
+    X = torch.stack([z, torch.ones_like(z)], dim=1)
+
+    def loss(w):
+        logits = X @ w
+        return float((torch.nn.functional.softplus(logits) - y * logits).mean())
+
+    w = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    current = loss(w)
+    for _ in range(_NEWTON_STEPS):
+        p = torch.sigmoid(X @ w)
+        grad = X.T @ (p - y) / len(y)
+        hess = (X * (p * (1 - p))[:, None]).T @ X / len(y) + 1e-9 * torch.eye(2, dtype=torch.float64)
+        step = torch.linalg.solve(hess, grad)
+        scale = 1.0
+        while scale > 1e-6 and loss(w - scale * step) > current:
+            scale /= 2
+        if scale <= 1e-6:
+            break
+        w = (w - scale * step).clamp(-1e3, 1e3)
+        previous, current = current, loss(w)
+        if previous - current < 1e-12:
+            break
+    a, b = float(w[0]), float(w[1])
+    return (a, b) if a >= 0 and math.isfinite(a + b) else fallback
+
+
+def fit_linear(scores, targets) -> tuple:
+    """(m, c) of m · s + c by least squares with m >= 0 (m = 0: the mean target)."""
+    s, y = torch.as_tensor(scores).double(), torch.as_tensor(targets).double()
+    centred = s - s.mean()
+    variance = float((centred * centred).sum())
+    m = float((centred * (y - y.mean())).sum()) / variance if variance > 0 else 0.0
+    m = max(m, 0.0)
+    return m, float(y.mean() - m * s.mean())
+
+
 def pool_adjacent_violators(y: np.ndarray, w: np.ndarray) -> np.ndarray:
     """The weighted least-squares non-decreasing fit of ``y`` (in order), weights ``w`` > 0."""
     values, weights, sizes = [], [], []
@@ -109,16 +177,29 @@ def pool_adjacent_violators(y: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 class DetectionScoreCalibrator(nn.Module):
-    """One fitted score calibrator (``method`` of :data:`METHODS`) for ``num_classes``
-    foreground classes, held in buffers: ``log_temperature``; ``bin_values`` (C, B);
-    ``knot_x`` / ``knot_y`` (C, F, NaN-padded) of the isotonic fits; ``fingerprint`` (32
-    uint8, zero until fitted) of the weights it belongs to and of its own state.
+    """One fitted score calibrator (``method`` of :data:`METHODS`, ``target`` of
+    :data:`TARGETS`, class-wise or not) for ``num_classes`` foreground classes, held in
+    buffers: ``log_temperature``; ``params`` (C, 2) of Platt (a, b) / linear (m, c);
+    ``bin_values`` (C, B); ``knot_x`` / ``knot_y`` (C, F, NaN-padded) of the isotonic fits;
+    ``thresholds`` (C,) operating thresholds (NaN: none chosen); ``fingerprint`` (32 uint8,
+    zero until fitted) of the weights it belongs to and of its own settings and state.
     """
 
-    def __init__(self, method: str, num_classes: int, num_bins: int = 10, isotonic_bins: int = 1000):
+    def __init__(
+        self,
+        method: str,
+        num_classes: int,
+        num_bins: int = 10,
+        isotonic_bins: int = 1000,
+        target: str = "hit",
+        classwise: bool = True,
+    ):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"score calibration method must be one of {METHODS}, got {method!r}")
+        if target not in TARGETS:
+            raise ValueError(f"score calibration target must be one of {TARGETS}, got {target!r}")
+        self.target, self.classwise = target, bool(classwise)
         if num_classes < 1 or num_bins < 1 or isotonic_bins < 1:
             raise ValueError(
                 "num_classes, num_bins and isotonic_bins must be >= 1, got "
@@ -127,11 +208,14 @@ class DetectionScoreCalibrator(nn.Module):
         self.method, self.num_classes = method, num_classes
         self.num_bins, self.isotonic_bins = num_bins, isotonic_bins
         self.register_buffer("fingerprint", torch.zeros(32, dtype=torch.uint8))
+        self.register_buffer("thresholds", torch.full((num_classes,), math.nan, dtype=torch.float64))
         if method == "temperature":
             self.register_buffer("log_temperature", torch.zeros((), dtype=torch.float64))
+        elif method in ("platt", "linear"):
+            self.register_buffer("params", torch.zeros(num_classes, 2, dtype=torch.float64))
         elif method == "histogram":
             self.register_buffer("bin_values", torch.zeros(num_classes, num_bins, dtype=torch.float64))
-        else:
+        elif method == "isotonic":
             nan = torch.full((num_classes, isotonic_bins), math.nan, dtype=torch.float64)
             self.register_buffer("knot_x", nan.clone())
             self.register_buffer("knot_y", nan.clone())
@@ -139,6 +223,15 @@ class DetectionScoreCalibrator(nn.Module):
     @property
     def fitted(self) -> bool:
         return bool(self.fingerprint.any())
+
+    @property
+    def has_thresholds(self) -> bool:
+        return bool(torch.isfinite(self.thresholds).all())
+
+    @property
+    def settings(self) -> str:
+        """What, beside the fitted state, the calibrator is: its method, target, scope."""
+        return f"{self.method}:{self.target}:{'classwise' if self.classwise else 'agnostic'}"
 
     @property
     def temperature(self) -> float:
@@ -150,30 +243,76 @@ class DetectionScoreCalibrator(nn.Module):
 
     # -- fitting -----------------------------------------------------------------------
     @torch.no_grad()
-    def fit_temperature(self, logits, classes, correct) -> "DetectionScoreCalibrator":
+    def fit_temperature(self, logits, classes, target) -> "DetectionScoreCalibrator":
+        """One T over the class logits (class-agnostic by construction), against ``target``
+        (N,): hits, or IoUs as soft targets."""
         if self.method != "temperature":
             raise ValueError(f"fit_temperature on a {self.method} calibrator")
-        self.log_temperature.fill_(math.log(fit_binary_temperature(logits, classes, correct)))
+        self.log_temperature.fill_(math.log(fit_binary_temperature(logits, classes, target)))
+        return self
+
+    @torch.no_grad()
+    def fit_sample(self, scores, classes, target) -> "DetectionScoreCalibrator":
+        """Platt / linear from held-out detections: ``scores`` (N,), ``classes`` (N,),
+        ``target`` (N,) in [0, 1]; per class (class-wise; a class with fewer than 2
+        detections gets the pooled fit) or pooled."""
+        if self.method not in ("platt", "linear"):
+            raise ValueError(f"fit_sample fits platt / linear, not {self.method}")
+        scores = torch.as_tensor(scores).double().reshape(-1)
+        classes = torch.as_tensor(classes).long().reshape(-1)
+        target = torch.as_tensor(target).double().reshape(-1)
+        if not (scores.numel() == classes.numel() == target.numel()):
+            raise ValueError("scores, classes and target differ in length")
+        if scores.numel() < 2:
+            raise ValueError(f"need >= 2 held-out detections to fit {self.method}, got {scores.numel()}")
+        for name, values in (("scores", scores), ("target", target)):
+            if not (torch.isfinite(values).all() and ((values >= 0) & (values <= 1)).all()):
+                raise ValueError(f"{name} must be finite and in [0, 1]")
+        fit = fit_platt if self.method == "platt" else fit_linear
+        pooled = torch.tensor(fit(scores, target), dtype=torch.float64)
+        self.params.copy_(pooled.expand_as(self.params))
+        if self.classwise:
+            for c in range(self.num_classes):
+                rows = classes == c
+                if int(rows.sum()) >= 2:
+                    self.params[c] = torch.tensor(fit(scores[rows], target[rows]), dtype=torch.float64)
+        return self
+
+    def set_thresholds(self, thresholds) -> "DetectionScoreCalibrator":
+        """The per-class operating thresholds (C,) in [0, 1], on calibrated scores."""
+        thresholds = torch.as_tensor(thresholds, dtype=torch.float64).reshape(-1)
+        if thresholds.numel() != self.num_classes or not (
+            torch.isfinite(thresholds).all() and ((thresholds >= 0) & (thresholds <= 1)).all()
+        ):
+            raise ValueError(
+                f"need {self.num_classes} finite thresholds in [0, 1], got {thresholds.tolist()}"
+            )
+        self.thresholds.copy_(thresholds)
         return self
 
     @torch.no_grad()
     def fit_counts(self, stats: DetectionBinStats) -> "DetectionScoreCalibrator":
-        """Histogram binning or isotonic regression from per (class, score bin) counts."""
-        if self.method == "temperature":
-            raise ValueError("a temperature is fitted on logits (fit_temperature), not counts")
+        """Histogram binning or isotonic regression from per (class, score bin) counts, of
+        hits or of IoUs (``target``)."""
+        if self.method not in ("histogram", "isotonic"):
+            raise ValueError(f"fit_counts fits histogram / isotonic, not {self.method}")
         if stats.num_groups != self.num_classes or stats.bins != (self.stats_bins(),):
             raise ValueError(
                 f"need DetectionBinStats({self.num_classes}, ({self.stats_bins()},)),"
                 f" got ({stats.num_groups}, {stats.bins})"
             )
-        count, sum_conf, sum_correct = (stats.state[i] for i in range(3))
+        count, sum_conf = stats.state[0], stats.state[1]
+        sum_correct = stats.state[2 if self.target == "hit" else 3]  # Σ hits or Σ IoUs
         if count.sum() == 0:
             raise ValueError("no held-out detections to fit the score calibrator on")
         pooled = [s.sum(0) for s in (count, sum_conf, sum_correct)]
+        if not self.classwise:  # every class gets the pooled fit
+            count, sum_conf, sum_correct = (p.expand_as(count) for p in pooled)
         if self.method == "histogram":
             centres = (torch.arange(self.num_bins, dtype=torch.float64) + 0.5) / self.num_bins
             fallback = torch.where(pooled[0] > 0, pooled[2] / pooled[0].clamp_min(1), centres)
-            self.bin_values.copy_(torch.where(count > 0, sum_correct / count.clamp_min(1), fallback))
+            values = torch.where(count > 0, sum_correct / count.clamp_min(1), fallback)
+            self.bin_values.copy_(values.expand_as(self.bin_values))
         else:
             pooled_knots = self._isotonic_knots(*pooled)
             for c in range(self.num_classes):
@@ -207,7 +346,7 @@ class DetectionScoreCalibrator(nn.Module):
         self.fingerprint.copy_(self._digest(named_weights, signature))
 
     def _digest(self, named_weights, signature):
-        return weights_fingerprint([*named_weights, *self._own_state()], f"{self.method};{signature}")
+        return weights_fingerprint([*named_weights, *self._own_state()], f"{self.settings};{signature}")
 
     def verify(self, named_weights, signature: str = "", config_key: str = "the config"):
         """RuntimeError unless fitted for exactly these weights, mode and state."""
@@ -221,7 +360,7 @@ class DetectionScoreCalibrator(nn.Module):
             raise RuntimeError(
                 f"the {self.method} score calibrator in these weights was fitted "
                 "for other weights, another inference mode or another "
-                "calibration method / bin count (stale or mismatched calibrator): "
+                "calibration method / target / scope / bin count (stale or mismatched calibrator): "
                 "refit it with tools/fit_detection_calibration.py"
             )
 
@@ -233,10 +372,16 @@ class DetectionScoreCalibrator(nn.Module):
         return logits / self.log_temperature.exp().to(logits)
 
     def calibrate_scores(self, scores: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Calibrated scores of detections of ``classes`` (histogram / isotonic)."""
-        if self.method == "temperature" or scores.numel() == 0:
+        """Calibrated scores of detections of ``classes`` (the maps applied after NMS:
+        platt, linear, histogram, isotonic; identity and temperature return them as they are)."""
+        if self.method in ("identity", "temperature") or scores.numel() == 0:
             return scores
         s = scores.double()
+        if self.method in ("platt", "linear"):
+            a, b = self.params[classes.long()].to(s.device).unbind(1)
+            if self.method == "platt":
+                return torch.sigmoid(a * _logit(s) + b).to(scores)
+            return (a * s + b).clamp(0, 1).to(scores)
         if self.method == "histogram":
             bins = bin_index(s, self.num_bins)  # ((k-1)/B, k/B], as DetectionBinStats bins
             return self.bin_values[classes.long(), bins].to(scores)
@@ -248,9 +393,20 @@ class DetectionScoreCalibrator(nn.Module):
             out[rows] = _interp(s[rows], x[known], y[known])
         return out.to(scores)
 
+    def keep(self, scores: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Which detections pass their class's operating threshold (calibrated score above it)."""
+        if not self.has_thresholds:
+            raise RuntimeError(
+                "no operating thresholds in this calibrator: refit it with tools/fit_detection_calibration.py"
+            )
+        return scores.double() > self.thresholds.to(scores.device)[classes.long()]
+
     def extra_repr(self) -> str:
         state = ("T=%.4f" % self.temperature) if self.method == "temperature" else ""
-        return f"method={self.method}, num_classes={self.num_classes}, fitted={self.fitted} {state}"
+        return (
+            f"method={self.method}, target={self.target}, classwise={self.classwise}, "
+            f"num_classes={self.num_classes}, fitted={self.fitted}, thresholds={self.has_thresholds} {state}"
+        )
 
 
 def _interp(s, x, y):

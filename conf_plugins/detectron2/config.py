@@ -21,14 +21,27 @@ def add_ddn_config(cfg):
     _C.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS = False
     # Score calibration inside inference (our ROI heads), fitted on a held-out split by
     # tools/fit_detection_calibration.py and loaded from its checkpoint: "" (none),
-    # "temperature" (class logits / T before the score threshold and NMS), "histogram"
-    # (class-wise histogram binning of the scores) or "isotonic" (class-wise isotonic).
+    # "identity" (scores unchanged: operating thresholds only), "temperature" (class logits
+    # / T before the score threshold and NMS), "platt", "linear", "histogram", "isotonic"
+    # (maps of each detection's score after NMS; conf_plugins.calibration.score_calibrators).
     _C.MODEL.ROI_HEADS.SCORE_CALIBRATION = CN()
     _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD = ""
+    # What the calibrated score predicts: "hit" (a match at IOU) or "iou" (the IoU with the
+    # matched GT box, 0 when unmatched); one map per class (CLASSWISE) or one for all.
+    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.TARGET = "hit"
+    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.CLASSWISE = True
     _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.NUM_BINS = 10  # histogram: equal-width score bins
     _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.ISOTONIC_BINS = 1000  # isotonic: fine bins streamed
-    # A held-out detection is correct (the fitting target) if it matches GT at IoU >= this.
+    # A held-out detection is correct (the fitting target) if it matches GT at IoU >= this;
+    # also the TP IoU τ of the LRP that chooses the operating thresholds.
     _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.IOU = 0.5
+    # Operating thresholds: the fit chooses per class the LRP-optimal score threshold on the
+    # held-out split after calibration (candidates every 1 / THRESHOLD_BINS; a class with
+    # fewer than THRESHOLD_MIN_DETECTIONS held-out detections or no GT gets the pooled one);
+    # OPERATING_THRESHOLDS True applies them in inference (keep calibrated score > threshold).
+    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.OPERATING_THRESHOLDS = False
+    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.THRESHOLD_BINS = 200
+    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.THRESHOLD_MIN_DETECTIONS = 10
 
     _C.MODEL.DDN = CN()
     # Checkpoint of the trained dropout teacher (its box head + predictor are used).
@@ -162,7 +175,22 @@ def validate_score_calibration_config(cfg):
         _check(
             _is_int(sc[name]) and 1 <= sc[name] <= 100000, key + name, sc[name], "an integer in [1, 100000]"
         )
-    _check(_is_real(sc.IOU) and 0 < sc.IOU <= 1, key + "IOU", sc.IOU, "in (0, 1]")
+    _check(_is_real(sc.IOU) and 0 < sc.IOU < 1, key + "IOU", sc.IOU, "in (0, 1)")
+    from conf_plugins.calibration.score_calibrators import TARGETS
+
+    _check(sc.TARGET in TARGETS, key + "TARGET", sc.TARGET, f"one of {TARGETS}")
+    for name in ("CLASSWISE", "OPERATING_THRESHOLDS"):
+        _check(isinstance(sc[name], bool), key + name, sc[name], "True or False")
+    for name in ("THRESHOLD_BINS", "THRESHOLD_MIN_DETECTIONS"):
+        _check(
+            _is_int(sc[name]) and 1 <= sc[name] <= 100000, key + name, sc[name], "an integer in [1, 100000]"
+        )
+    if sc.OPERATING_THRESHOLDS and not sc.METHOD:
+        raise ValueError(
+            f"{key}OPERATING_THRESHOLDS needs the thresholds of a fitted calibrator: set {key}METHOD "
+            "(e.g. 'identity' for thresholds on the uncalibrated scores) and load the checkpoint of "
+            "tools/fit_detection_calibration.py"
+        )
     return sc
 
 

@@ -327,6 +327,11 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         out = tuple({m: [reduced(s) for s in by_t] for m, by_t in kind.items()} for kind in everything)
         return out if comm.is_main_process() else (None,) * 4
 
+    def lrp_stats(self) -> list:
+        """This process's :class:`LRPStats` per IoU threshold (None for t = 1), after
+        :meth:`evaluate` (e.g. to choose operating thresholds on a held-out split)."""
+        return list(self._lrp[""])
+
     def metric_fn(self, stats, bin_stats, tp_iou):
         """Summed per-image records (B, S) -> {metric: (B,)} (see detection_record_metrics)."""
         return detection_record_metrics(

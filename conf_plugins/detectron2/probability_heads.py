@@ -54,8 +54,10 @@ class ProbabilityROIHeads(FingerprintVerifiedOnce, StandardROIHeads):
     score calibrator when ``MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD`` names one (see
     :mod:`conf_plugins.calibration.score_calibrators`): temperature divides the class logits
     before the stock score threshold and NMS (``pred_class_probs`` are then the scaled
-    softmax); histogram / isotonic map each detection's score after them (``pred_class_probs``
-    stay the model's). Boxes are never changed. The calibrator lives in the checkpoint (from
+    softmax); platt / linear / histogram / isotonic map each detection's score after them
+    (``pred_class_probs`` stay the model's); with ``OPERATING_THRESHOLDS`` only detections
+    whose calibrated score is above their class's operating threshold are kept. Boxes are
+    never changed. The calibrator lives in the checkpoint (from
     ``tools/fit_detection_calibration.py``) with a fingerprint of these heads' weights and
     inference mode; a missing, stale or mismatched one is an error at the first inference
     (verified once per load / train-eval switch: :class:`FingerprintVerifiedOnce`).
@@ -69,14 +71,25 @@ class ProbabilityROIHeads(FingerprintVerifiedOnce, StandardROIHeads):
         score_calibration: str = "",
         calibration_bins: int = 10,
         isotonic_bins: int = 1000,
+        calibration_target: str = "hit",
+        calibration_classwise: bool = True,
+        operating_thresholds: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.output_class_probs = output_class_probs
+        self.operating_thresholds = operating_thresholds
         self.score_calibrator = None
         if score_calibration:
             self.attach_score_calibrator(
-                DetectionScoreCalibrator(score_calibration, self.num_classes, calibration_bins, isotonic_bins)
+                DetectionScoreCalibrator(
+                    score_calibration,
+                    self.num_classes,
+                    calibration_bins,
+                    isotonic_bins,
+                    calibration_target,
+                    calibration_classwise,
+                )
             )
 
     @classmethod
@@ -88,6 +101,9 @@ class ProbabilityROIHeads(FingerprintVerifiedOnce, StandardROIHeads):
             "score_calibration": sc.METHOD,
             "calibration_bins": sc.NUM_BINS,
             "isotonic_bins": sc.ISOTONIC_BINS,
+            "calibration_target": sc.TARGET,
+            "calibration_classwise": sc.CLASSWISE,
+            "operating_thresholds": sc.OPERATING_THRESHOLDS,
         }
 
     def attach_score_calibrator(self, calibrator: DetectionScoreCalibrator):
@@ -118,14 +134,18 @@ class ProbabilityROIHeads(FingerprintVerifiedOnce, StandardROIHeads):
         """The score calibrator (None without one), checked against the weights once per
         load / train-eval switch."""
         if self.score_calibrator is not None:
-            self.verify_fingerprint_once(
-                lambda: self.score_calibrator.verify(
-                    self.calibrated_weights(),
-                    self.inference_signature(),
-                    "MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD",
-                )
-            )
+            self.verify_fingerprint_once(self._verify_calibrator)
         return self.score_calibrator
+
+    def _verify_calibrator(self):
+        self.score_calibrator.verify(
+            self.calibrated_weights(), self.inference_signature(), "MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD"
+        )
+        if self.operating_thresholds and not self.score_calibrator.has_thresholds:
+            raise RuntimeError(
+                "MODEL.ROI_HEADS.SCORE_CALIBRATION.OPERATING_THRESHOLDS is True but the loaded "
+                "calibrator holds no thresholds: refit it with tools/fit_detection_calibration.py"
+            )
 
     def box_predictions(self, box_features, proposals):
         """(predictions for ``box_predictor.inference``, per-proposal fields) of pooled features."""
@@ -155,4 +175,6 @@ class ProbabilityROIHeads(FingerprintVerifiedOnce, StandardROIHeads):
         if calibrator is not None and calibrator.method != "temperature":
             for inst in instances:
                 inst.scores = calibrator.calibrate_scores(inst.scores, inst.pred_classes)
+        if calibrator is not None and self.operating_thresholds:
+            instances = [inst[calibrator.keep(inst.scores, inst.pred_classes)] for inst in instances]
         return instances

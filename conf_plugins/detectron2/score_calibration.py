@@ -1,16 +1,24 @@
-"""Fit a score calibrator of our ROI heads on a held-out split.
+"""Fit a score calibrator of our ROI heads, and its operating thresholds, on a held-out split.
 
 :class:`HeldOutDetections` is the calibration evaluator that, beside its metrics (the
 uncalibrated model on the held-out split), streams what a calibrator fits on: a uniform
-sample of (class logits, class, correct) for the temperature, per (class, score bin) counts
-for histogram binning and isotonic regression. :func:`fit_score_calibrator` runs the
+sample of (class logits or score, class, target) for temperature / Platt / linear, per
+(class, score bin) counts of hits and IoUs for histogram binning and isotonic regression,
+and the detections themselves for the thresholds. :func:`fit_score_calibrator` runs the
 model over the split with detectron2's ``inference_on_dataset``, fits, attaches and seals
-the calibrator in the model's ROI heads (``tools/fit_detection_calibration.py``).
+the calibrator in the model's ROI heads, then chooses the per-class LRP-optimal operating
+thresholds on the *calibrated* detections of the same split: the stored detections
+re-scored for maps applied after NMS, a second inference pass for temperature (which
+changes what survives the score threshold and NMS) (``tools/fit_detection_calibration.py``).
 """
 
+import logging
+import time
+
 import torch
-from detectron2.data import build_detection_test_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
+from detectron2.structures import Instances
 
 from conf_plugins.calibration.detection_stats import DetectionBinStats
 from conf_plugins.calibration.sampling import UniformSample
@@ -19,29 +27,36 @@ from conf_plugins.calibration.score_calibrators import DetectionScoreCalibrator
 from .evaluator import DetectionCalibrationEvaluator
 from .probability_heads import ProbabilityROIHeads
 
-MAX_TEMPERATURE_DETECTIONS = 1_000_000  # uniform sample of the held-out detections
+logger = logging.getLogger(__name__)
+MAX_SAMPLED_DETECTIONS = 1_000_000  # uniform sample of the held-out detections
 TINY = torch.finfo(torch.float32).tiny  # log(0) of an underflowed probability -> log(TINY)
 
 
 class HeldOutDetections(DetectionCalibrationEvaluator):
-    """Calibration metrics at ``iou`` plus the streamed fitting data of ``calibrator``.
-    Runs in one process (the fit is cheap beside the inference)."""
+    """Calibration metrics at ``iou`` plus the streamed fitting data of ``calibrator``, and
+    (``keep_outputs``) every image's detections. Runs in one process (the fit is cheap
+    beside the inference)."""
 
     def __init__(
-        self,
-        dataset_name,
-        calibrator: DetectionScoreCalibrator,
-        iou: float,
-        num_bins: int = 10,
-        seed: int = 0,
+        self, dataset_name, calibrator: DetectionScoreCalibrator, iou: float, seed=0, keep_outputs=False
     ):
-        self.calibrator, self._seed = calibrator, seed
-        super().__init__(dataset_name, (iou,), num_bins, distributed=False)
+        self.calibrator, self._seed, self._keep_outputs = calibrator, seed, keep_outputs
+        super().__init__(dataset_name, (iou,), distributed=False, bootstrap=0)
 
     def reset(self):
         super().reset()
-        self.sample = UniformSample(MAX_TEMPERATURE_DETECTIONS, self._seed)
+        self.sample = UniformSample(MAX_SAMPLED_DETECTIONS, self._seed)
         self.counts = DetectionBinStats(self.calibrator.num_classes, (self.calibrator.stats_bins(),))
+        self.outputs = []
+
+    def process(self, inputs, outputs):
+        super().process(inputs, outputs)
+        if self._keep_outputs:
+            for inp, out in zip(inputs, outputs):
+                inst = out["instances"].to("cpu")
+                kept = Instances(inst.image_size, pred_boxes=inst.pred_boxes, scores=inst.scores)
+                kept.pred_classes = inst.pred_classes
+                self.outputs.append(({"image_id": inp["image_id"]}, kept))
 
     def _accumulate(self, images, mode, matches):
         super()._accumulate(images, mode, matches)
@@ -49,19 +64,67 @@ class HeldOutDetections(DetectionCalibrationEvaluator):
             return
         kept = ~torch.cat([ignored[0] for _, ignored, _ in matches])
         correct = torch.cat([c[0] for c, _, _ in matches])[kept]
+        iou = torch.cat([m[0] for _, _, m in matches])[kept]
         classes = torch.cat([im["det_classes"] for im in images]).long()[kept]
-        if self.calibrator.method == "temperature":
+        scores = torch.cat([im["det_scores"] for im in images])[kept]
+        target = correct.double() if self.calibrator.target == "hit" else iou.double()
+        method = self.calibrator.method
+        if method == "temperature":
             probs = torch.cat([im["det_probs"] for im in images])[kept]
-            self.sample.add(probs.double().clamp_min(TINY).log(), classes, correct)
-        else:
-            scores = torch.cat([im["det_scores"] for im in images])[kept]
-            self.counts.update(scores, correct, classes)
+            self.sample.add(probs.double().clamp_min(TINY).log(), classes, target)
+        elif method in ("platt", "linear"):
+            self.sample.add(scores.double()[:, None], classes, target)
+        elif method in ("histogram", "isotonic"):
+            self.counts.update(scores, correct, classes, iou)
+
+
+def _fit(calibrator, collector, dataset_name) -> tuple:
+    """Fit ``calibrator`` on what ``collector`` streamed: (detections used, fitted summary)."""
+    method = calibrator.method
+    if method in ("temperature", "platt", "linear"):
+        if collector.sample.seen == 0:
+            raise ValueError(f"no detections on '{dataset_name}' to fit the {method} on")
+        classes, target = collector.sample.columns
+        if method == "temperature":
+            calibrator.fit_temperature(collector.sample.values, classes, target)
+            return collector.sample.seen, {"temperature": calibrator.temperature, "sampled": len(classes)}
+        calibrator.fit_sample(collector.sample.values[:, 0], classes, target)
+        return collector.sample.seen, {"params": calibrator.params.tolist(), "sampled": len(classes)}
+    if method == "identity":
+        return int(collector._stats[""][0].count), {}
+    if collector.counts.state[0].sum() == 0:
+        raise ValueError(f"no detections on '{dataset_name}' to fit the {method} on")
+    calibrator.fit_counts(collector.counts)
+    fitted = (
+        {"bin_values": calibrator.bin_values.tolist()}
+        if method == "histogram"
+        else {"knots_per_class": (~calibrator.knot_x.isnan()).sum(1).tolist()}
+    )
+    return int(collector.counts.state[0].sum()), fitted
+
+
+def _calibrated_lrp(cfg, model, calibrator, collector, dataset_name, iou, bins):
+    """The LRP statistics of the calibrated detections of the held-out split."""
+    evaluator = DetectionCalibrationEvaluator(
+        dataset_name, (iou,), distributed=False, bootstrap=0, lrp_bins=bins
+    )
+    if calibrator.method == "temperature":  # the scaled logits change the score threshold and NMS
+        inference_on_dataset(model, build_detection_test_loader(cfg, dataset_name), evaluator)
+    else:
+        evaluator.reset()
+        for inp, inst in collector.outputs:
+            rescored = Instances(inst.image_size, pred_boxes=inst.pred_boxes, pred_classes=inst.pred_classes)
+            rescored.scores = calibrator.calibrate_scores(inst.scores, inst.pred_classes)
+            evaluator.process([inp], [{"instances": rescored}])
+        evaluator.evaluate()
+    return evaluator.lrp_stats()[0]
 
 
 def fit_score_calibrator(cfg, model, dataset_name: str, method: str) -> dict:
     """Fit ``method`` on ``dataset_name`` for ``model`` (our ROI heads, uncalibrated, with
-    ``pred_class_probs``), attach and seal it. Returns a summary: the held-out detections
-    used, the fitted temperature / tables and the uncalibrated metrics on that split."""
+    ``pred_class_probs``), choose the operating thresholds, attach and seal it. Returns a
+    summary: the held-out detections used, what was fitted, the thresholds (and which
+    classes got the pooled one), the uncalibrated metrics on that split and the time taken."""
     heads = model.roi_heads
     if not isinstance(heads, ProbabilityROIHeads):
         raise ValueError(
@@ -72,35 +135,47 @@ def fit_score_calibrator(cfg, model, dataset_name: str, method: str) -> dict:
     if heads.score_calibrator is not None or not heads.output_class_probs:
         raise ValueError("fit on the uncalibrated model with MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS")
     sc = cfg.MODEL.ROI_HEADS.SCORE_CALIBRATION
-    calibrator = DetectionScoreCalibrator(method, heads.num_classes, sc.NUM_BINS, sc.ISOTONIC_BINS)
-    collector = HeldOutDetections(dataset_name, calibrator, sc.IOU)
+    calibrator = DetectionScoreCalibrator(
+        method, heads.num_classes, sc.NUM_BINS, sc.ISOTONIC_BINS, sc.TARGET, sc.CLASSWISE
+    )
+    collector = HeldOutDetections(dataset_name, calibrator, sc.IOU, keep_outputs=method != "temperature")
+    start = time.perf_counter()
     before = inference_on_dataset(model, build_detection_test_loader(cfg, dataset_name), collector)
-    if method == "temperature":
-        if collector.sample.seen == 0:
-            raise ValueError(f"no detections on '{dataset_name}' to fit the temperature on")
-        classes, correct = collector.sample.columns
-        calibrator.fit_temperature(collector.sample.values, classes, correct)
-        detections, fitted = (
-            collector.sample.seen,
-            {"temperature": calibrator.temperature, "sampled": len(classes)},
-        )
-    else:
-        if collector.counts.state[0].sum() == 0:
-            raise ValueError(f"no detections on '{dataset_name}' to fit the {method} on")
-        calibrator.fit_counts(collector.counts)
-        detections = int(collector.counts.state[0].sum())
-        fitted = (
-            {"bin_values": calibrator.bin_values.tolist()}
-            if method == "histogram"
-            else {"knots_per_class": (~calibrator.knot_x.isnan()).sum(1).tolist()}
-        )
+    inference_seconds = time.perf_counter() - start
+    detections, fitted = _fit(calibrator, collector, dataset_name)
     heads.attach_score_calibrator(calibrator)
+    heads.seal_score_calibrator()  # sealed for the second pass of temperature
+    lrp = _calibrated_lrp(cfg, model, calibrator, collector, dataset_name, sc.IOU, sc.THRESHOLD_BINS)
+    thresholds, pooled = lrp.operating_thresholds(sc.THRESHOLD_MIN_DETECTIONS)
+    calibrator.set_thresholds(thresholds)
     heads.seal_score_calibrator()
+    names = MetadataCatalog.get(dataset_name).get("thing_classes", None) or [
+        str(c) for c in range(heads.num_classes)
+    ]
+    if pooled.any():
+        logger.info(
+            "pooled operating threshold %.3f for %s (fewer than %d held-out detections or no GT)",
+            float(thresholds[pooled][0]),
+            [names[c] for c in pooled.nonzero()[:, 0].tolist()],
+            sc.THRESHOLD_MIN_DETECTIONS,
+        )
     return {
         "method": method,
+        "target": sc.TARGET,
+        "classwise": sc.CLASSWISE,
         "dataset": dataset_name,
         "iou": sc.IOU,
         "detections": detections,
         **fitted,
+        "thresholds": {
+            name: {"threshold": float(t), "pooled": bool(p)} for name, t, p in zip(names, thresholds, pooled)
+        },
+        "threshold_rule": (
+            f"LRP-optimal per class (τ = {sc.IOU}) on the calibrated held-out detections, candidates "
+            f"every 1/{sc.THRESHOLD_BINS}; the pooled optimum for a class with fewer than "
+            f"{sc.THRESHOLD_MIN_DETECTIONS} held-out detections or no GT"
+        ),
+        "calibrated_oLRP": lrp.compute()["oLRP"],
+        "seconds": {"inference": inference_seconds, "total": time.perf_counter() - start},
         "uncalibrated": before.get("calibration", {}),
     }

@@ -1,5 +1,7 @@
-"""Detection score calibrators: temperature against a brute-force NLL grid,
-isotonic against scikit-learn, histogram binning against a plain loop, the fingerprint."""
+"""Detection score calibrators: temperature against a brute-force NLL grid, isotonic against
+scikit-learn, Platt against scipy's optimiser, linear against numpy's least squares,
+histogram binning against a plain loop (hit and IoU targets, class-wise and pooled),
+operating thresholds, the fingerprint."""
 
 import math
 
@@ -13,6 +15,8 @@ from conf_plugins.calibration.score_calibrators import (
     DetectionScoreCalibrator,
     binary_temperature_nll,
     fit_binary_temperature,
+    fit_linear,
+    fit_platt,
     pool_adjacent_violators,
 )
 
@@ -129,7 +133,15 @@ def test_calibrators_refuse_mismatched_counts_and_empty_fits():
     with pytest.raises(ValueError, match="no held-out detections"):
         cal.fit_counts(DetectionBinStats(3, (10,)))
     with pytest.raises(ValueError, match="one of"):
-        DetectionScoreCalibrator("platt", 3)
+        DetectionScoreCalibrator("beta", 3)
+    with pytest.raises(ValueError, match="target must be one of"):
+        DetectionScoreCalibrator("platt", 3, target="giou")
+    with pytest.raises(ValueError, match="fit_counts fits histogram / isotonic"):
+        DetectionScoreCalibrator("platt", 3).fit_counts(DetectionBinStats(3, (1000,)))
+    with pytest.raises(ValueError, match="need >= 2 held-out detections"):
+        DetectionScoreCalibrator("linear", 3).fit_sample([0.5], [0], [1.0])
+    with pytest.raises(ValueError, match="target must be finite"):
+        DetectionScoreCalibrator("platt", 3).fit_sample([0.5, 0.6], [0, 1], [1.0, math.nan])
 
 
 def test_fingerprint_ties_the_calibrator_to_weights_mode_and_its_own_state():
@@ -150,3 +162,93 @@ def test_fingerprint_ties_the_calibrator_to_weights_mode_and_its_own_state():
         cal.verify(weights, "Heads")
     cal.load_state_dict(state)
     cal.verify(weights, "Heads")
+
+
+def scored_detections(n=3000, seed=1):
+    """Scores, classes, hits and IoUs of an overconfident detector (IoU 0 when missed)."""
+    g = np.random.default_rng(seed)
+    scores = g.uniform(0.05, 1.0, n)
+    classes = g.integers(0, 3, n)
+    hit = g.random(n) < scores**2 * (1 - 0.2 * classes)
+    iou = np.where(hit, g.uniform(0.5, 1.0, n), 0.0)
+    return scores, classes, hit, iou
+
+
+@pytest.mark.parametrize("target", ["hit", "iou"])
+def test_platt_is_the_minimum_of_the_cross_entropy(target):
+    from scipy.optimize import minimize
+
+    scores, _, hit, iou = scored_detections()
+    y = hit.astype(float) if target == "hit" else iou
+    z = np.log(scores / (1 - scores))
+
+    def loss(w):
+        logits = w[0] * z + w[1]
+        return float(np.mean(np.logaddexp(0, logits) - y * logits))
+
+    reference = minimize(loss, [1.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-14})
+    a, b = fit_platt(torch.tensor(scores), torch.tensor(y))
+    assert loss([a, b]) <= reference.fun + 1e-10
+    assert (a, b) == pytest.approx(tuple(reference.x), abs=1e-4)
+
+
+def test_platt_never_reverses_and_linear_is_nonnegative_least_squares():
+    scores, _, hit, iou = scored_detections()
+    m, c = fit_linear(torch.tensor(scores), torch.tensor(iou))
+    assert (m, c) == pytest.approx(tuple(np.polyfit(scores, iou, 1)), abs=1e-9)
+    falling = torch.tensor(1 - scores)  # a target that falls with the score
+    assert fit_linear(torch.tensor(scores), falling)[0] == 0.0
+    assert fit_linear(torch.tensor(scores), falling)[1] == pytest.approx(float(falling.mean()))
+    a, b = fit_platt(torch.tensor(scores), falling.clamp(0, 1))
+    assert a == 0.0 and b == pytest.approx(math.log(float(falling.mean()) / (1 - float(falling.mean()))))
+
+
+@pytest.mark.parametrize("method", ["platt", "linear", "histogram", "isotonic"])
+@pytest.mark.parametrize("classwise", [True, False])
+def test_every_post_nms_map_fits_either_target_class_wise_or_pooled(method, classwise):
+    scores, classes, hit, iou = scored_detections()
+    fitted = {}
+    for target in ("hit", "iou"):
+        cal = DetectionScoreCalibrator(method, 3, target=target, classwise=classwise)
+        y = hit if target == "hit" else iou
+        if method in ("platt", "linear"):
+            cal.fit_sample(torch.tensor(scores), torch.tensor(classes), torch.tensor(y, dtype=torch.float64))
+        else:
+            stats = DetectionBinStats(3, (cal.stats_bins(),))
+            stats.update(torch.tensor(scores), torch.tensor(hit), torch.tensor(classes), torch.tensor(iou))
+            cal.fit_counts(stats)
+        query = torch.full((3,), 0.85, dtype=torch.float64)
+        fitted[target] = cal.calibrate_scores(query, torch.arange(3))
+        if not classwise:  # one map for every class
+            assert torch.allclose(fitted[target], fitted[target][0].expand(3))
+        # the fitted map predicts its target near a score of 0.85
+        near = np.abs(scores - 0.85) < 0.05
+        pool = near if not classwise else near & (classes == 0)
+        assert float(fitted[target][0]) == pytest.approx(float(np.mean(y[pool])), abs=0.12)
+    assert (fitted["iou"] < fitted["hit"]).all()  # IoU of a hit is < 1: the IoU target is lower
+    if classwise:
+        assert fitted["hit"][0] > fitted["hit"][2]  # class 2 hits less often
+
+
+def test_operating_thresholds_are_checked_kept_and_sealed():
+    cal = DetectionScoreCalibrator("identity", 2)
+    assert not cal.has_thresholds
+    with pytest.raises(RuntimeError, match="no operating thresholds"):
+        cal.keep(torch.tensor([0.5]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="need 2 finite thresholds in"):
+        cal.set_thresholds([0.3, math.nan])
+    cal.set_thresholds([0.3, 0.6])
+    scores = torch.tensor([0.31, 0.3, 0.61, 0.6], dtype=torch.float64)  # float32 0.3 is > 0.3
+    kept = cal.keep(scores, torch.tensor([0, 0, 1, 1]))
+    assert kept.tolist() == [True, False, True, False]
+    weights = [("w", torch.ones(3))]
+    cal.seal(weights)
+    cal.verify(weights)
+    cal.thresholds[0] = 0.2  # edited after the fit: stale
+    with pytest.raises(RuntimeError, match="stale or mismatched"):
+        cal.verify(weights)
+    other = DetectionScoreCalibrator("identity", 2, target="iou")
+    other.load_state_dict(cal.state_dict())
+    other.thresholds[0] = 0.3
+    with pytest.raises(RuntimeError, match="stale or mismatched"):  # another target
+        other.verify(weights)

@@ -1,6 +1,7 @@
 """Score calibrators inside detectron2 inference: temperature equals a box
 predictor with scaled logits, the binned ones only remap scores, the fingerprint refuses
-stale calibrators, and tools/fit_detection_calibration.py fits one on a held-out split."""
+stale calibrators, and tools/fit_detection_calibration.py fits one on a held-out split, with
+its operating thresholds, applied by config."""
 
 import json
 import math
@@ -9,9 +10,12 @@ import os
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_test_loader
+from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 
 from conf_plugins.calibration.detection_stats import DetectionBinStats
+from conf_plugins.detectron2 import DetectionCalibrationEvaluator
 from tests.fixtures import ROOT, d2_batch, load_tool, tiny_d2_cfg
 
 from .test_probability_heads import run_box_inference
@@ -118,7 +122,7 @@ def test_calibrated_checkpoint_round_trips_and_stale_or_missing_calibrators_fail
 
 def test_config_rejects_unknown_methods():
     with pytest.raises(ValueError, match="SCORE_CALIBRATION.METHOD"):
-        build_model(calibrated_cfg("platt"))
+        build_model(calibrated_cfg("beta"))
 
 
 def test_fit_tool_fits_on_the_held_out_split_and_refuses_the_evaluated_one(tmp_path, monkeypatch):
@@ -191,6 +195,55 @@ def test_fit_tool_fits_on_the_held_out_split_and_refuses_the_evaluated_one(tmp_p
     assert fitted["score_calibration"]["temperature"] > 0
     assert "roi_heads.score_calibrator.fingerprint" in fitted["model"]
     assert fitted["model"]["roi_heads.score_calibrator.fingerprint"].any()
+
+    # operating thresholds: chosen with every method, applied by config
+    with pytest.raises(ValueError, match="the fit chooses the thresholds"):
+        tool.main(
+            ["--method", "identity", *args, "MODEL.ROI_HEADS.SCORE_CALIBRATION.OPERATING_THRESHOLDS", "True"]
+        )
+    identity = tool.main(["--method", "identity", *args])
+    evaluator = DetectionCalibrationEvaluator("conf_demo_det_calib", (0.5,), bootstrap=0, distributed=False)
+    inference_on_dataset(
+        model_with_weights(cfg, weights), build_detection_test_loader(cfg, "conf_demo_det_calib"), evaluator
+    )
+    reference, _ = evaluator.lrp_stats()[0].operating_thresholds(10)  # a real pass, not the stored outputs
+    assert [v["threshold"] for v in identity["thresholds"].values()] == pytest.approx(reference.tolist())
+    iou_args = [
+        *args,
+        "MODEL.ROI_HEADS.SCORE_CALIBRATION.TARGET",
+        "iou",
+        "MODEL.ROI_HEADS.SCORE_CALIBRATION.CLASSWISE",
+        "False",
+    ]
+    summary = tool.main(["--method", "platt", "--output", str(tmp_path / "platt" / "model.pth"), *iou_args])
+    params = torch.tensor(summary["params"])
+    assert torch.equal(params, params[:1].expand_as(params))  # class-agnostic: one map
+    deployed = cfg.clone()
+    deployed.defrost()
+    deployed.MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD = "platt"
+    deployed.MODEL.ROI_HEADS.SCORE_CALIBRATION.TARGET = "iou"
+    deployed.MODEL.ROI_HEADS.SCORE_CALIBRATION.CLASSWISE = False
+    all_detections, _, _ = run_box_inference(
+        model_with_weights(deployed, str(tmp_path / "platt" / "model.pth")), d2_batch(num_images=1)
+    )
+    deployed.MODEL.ROI_HEADS.SCORE_CALIBRATION.OPERATING_THRESHOLDS = True
+    model = model_with_weights(deployed, str(tmp_path / "platt" / "model.pth"))
+    kept, _, _ = run_box_inference(model, d2_batch(num_images=1))
+    thresholds = model.roi_heads.score_calibrator.thresholds
+    expected = all_detections[0].scores.double() > thresholds[all_detections[0].pred_classes]
+    assert len(kept[0]) == int(expected.sum())
+    assert torch.equal(kept[0].scores, all_detections[0].scores[expected])
+    deployed.MODEL.ROI_HEADS.SCORE_CALIBRATION.TARGET = "hit"  # not what was fitted
+    with pytest.raises(RuntimeError, match="stale or mismatched"):
+        run_box_inference(
+            model_with_weights(deployed, str(tmp_path / "platt" / "model.pth")), d2_batch(num_images=1)
+        )
+
+
+def model_with_weights(cfg, weights):
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(weights)
+    return model
 
 
 def test_fitting_needs_one_of_our_heads():
