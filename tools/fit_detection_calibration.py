@@ -14,7 +14,9 @@ fitted to ``SCORE_CALIBRATION.TARGET`` (``hit``: a match at ``SCORE_CALIBRATION.
 ``iou``: the IoU with the matched GT box), class-wise or not (``CLASSWISE``). The fit then
 chooses each class's LRP-optimal score threshold on the calibrated held-out detections
 (``THRESHOLD_BINS``, ``THRESHOLD_MIN_DETECTIONS``), applied with
-``SCORE_CALIBRATION.OPERATING_THRESHOLDS True``.
+``SCORE_CALIBRATION.OPERATING_THRESHOLDS True``. With ``MODEL.ROI_HEADS.BOX_CONFORMAL.SCORE``
+set it also fits conformal box intervals on the matched held-out detections (deployed with
+the same BOX_CONFORMAL settings).
 Writes a *new* checkpoint (default ``<weights>_<method>.pth``; never overwrites unless
 --force) holding the weights plus the fitted calibrator and the fingerprint of the weights
 it belongs to, and ``<output>.json`` (what was fitted, on what). Evaluate / deploy it with
@@ -76,17 +78,22 @@ def setup(args):
             "MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD is set: the calibrator is "
             "fitted on the uncalibrated model; leave it '' here"
         )
+    # box intervals are fitted here: the model is built without them, their settings kept
+    box_conformal = cfg.MODEL.ROI_HEADS.BOX_CONFORMAL.clone()
+    cfg.defrost()
+    cfg.MODEL.ROI_HEADS.BOX_CONFORMAL.SCORE = ""
+    cfg.freeze()
     if cfg.MODEL.ROI_HEADS.SCORE_CALIBRATION.OPERATING_THRESHOLDS:
         raise ValueError(
             "MODEL.ROI_HEADS.SCORE_CALIBRATION.OPERATING_THRESHOLDS is set: the fit chooses the "
             "thresholds; apply them when evaluating or deploying the calibrated checkpoint"
         )
-    return cfg
+    return cfg, box_conformal
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = setup(args)
+    cfg, box_conformal = setup(args)
     seen = {*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN}
     if args.dataset in seen and not args.allow_eval_split:
         raise ValueError(
@@ -104,7 +111,7 @@ def main(argv=None):
     model = CalibrationTrainer.build_model(cfg)
     checkpoint = DetectionCheckpointer(model).load(weights)  # the extra (non-model) keys
     model.eval()
-    summary = fit_score_calibrator(cfg, model, args.dataset, args.method)
+    summary = fit_score_calibrator(cfg, model, args.dataset, args.method, box_conformal)
     summary.update(weights=weights, checkpoint=out)
     checkpoint = {
         **{k: v for k, v in checkpoint.items() if k not in ("optimizer", "scheduler")},

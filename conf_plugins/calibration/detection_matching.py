@@ -60,7 +60,7 @@ def _class_masked_overlap(det_boxes, det_classes, gt_boxes, gt_classes, over_fir
     return overlap.masked_fill_(~same, -1.0)
 
 
-def match_detection_batch(images, iou_thresholds=(0.5,)):
+def match_detection_batch(images, iou_thresholds=(0.5,), return_gt_index: bool = False):
     """Greedy matching of a batch of images, every IoU threshold in one pass.
 
     Args:
@@ -72,7 +72,8 @@ def match_detection_batch(images, iou_thresholds=(0.5,)):
     Returns:
         a list with one ``(correct, ignored, iou)`` per image, each (len(iou_thresholds), D):
         ``correct`` / ``ignored`` bool (``ignored``: absorbed by a crowd region, never also
-        correct), ``iou`` float64, the IoU with the matched GT box (0 when unmatched).
+        correct), ``iou`` float64, the IoU with the matched GT box (0 when unmatched); with
+        ``return_gt_index`` a fourth, the index of the matched GT box (-1 when unmatched).
     """
     thresholds = torch.tensor([float(t) for t in iou_thresholds], dtype=torch.float64)
     for im in images:
@@ -98,6 +99,7 @@ def match_detection_batch(images, iou_thresholds=(0.5,)):
     )
     correct = torch.zeros(len(images), num_t, num_det, dtype=torch.bool)
     matched_iou = torch.zeros(len(images), num_t, num_det, dtype=torch.float64)
+    matched_gt = torch.full((len(images), num_t, num_det), -1, dtype=torch.int64)
     if num_det and num_gt:
         iou = _class_masked_overlap(
             det_boxes,
@@ -112,6 +114,7 @@ def match_detection_batch(images, iou_thresholds=(0.5,)):
             hit = best >= thresholds
             correct[:, :, rank] = hit
             matched_iou[:, :, rank] = best.where(hit, 0.0)
+            matched_gt[:, :, rank] = gt_index.where(hit, -1)
             taken.scatter_(
                 2, gt_index[..., None], (hit | taken.gather(2, gt_index[..., None])[..., 0])[..., None]
             )
@@ -139,9 +142,8 @@ def match_detection_batch(images, iou_thresholds=(0.5,)):
     for i, (order, size) in enumerate(zip(orders, sizes)):
         back = torch.empty_like(order)
         back[order] = torch.arange(size)  # from score order back to the input order
-        out.append(
-            (correct[i, :, :size][:, back], ignored[i, :, :size][:, back], matched_iou[i, :, :size][:, back])
-        )
+        parts = (correct, ignored, matched_iou) + ((matched_gt,) if return_gt_index else ())
+        out.append(tuple(part[i, :, :size][:, back] for part in parts))
     return out
 
 

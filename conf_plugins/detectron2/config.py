@@ -43,6 +43,18 @@ def add_ddn_config(cfg):
     _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.THRESHOLD_BINS = 200
     _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.THRESHOLD_MIN_DETECTIONS = 10
 
+    # Conformal box intervals (conf_plugins.calibration.conformal), fitted on matched held-out
+    # detections by tools/fit_detection_calibration.py: SCORE "" (none), "additive",
+    # "normalised" (by the predicted box's width / height) or "std" (by pred_box_std of
+    # MC-dropout heads); CORRECTION over the 4 coordinates "max_rank" or "bonferroni";
+    # miscoverage ALPHA; per class (CLASSWISE) or pooled. Inference adds pred_boxes_inner /
+    # pred_boxes_outer to every detection.
+    _C.MODEL.ROI_HEADS.BOX_CONFORMAL = CN()
+    _C.MODEL.ROI_HEADS.BOX_CONFORMAL.SCORE = ""
+    _C.MODEL.ROI_HEADS.BOX_CONFORMAL.CORRECTION = "max_rank"
+    _C.MODEL.ROI_HEADS.BOX_CONFORMAL.ALPHA = 0.1
+    _C.MODEL.ROI_HEADS.BOX_CONFORMAL.CLASSWISE = True
+
     _C.MODEL.DDN = CN()
     # Checkpoint of the trained dropout teacher (its box head + predictor are used).
     _C.MODEL.DDN.TEACHER_WEIGHTS = ""
@@ -192,6 +204,19 @@ def validate_score_calibration_config(cfg):
             "tools/fit_detection_calibration.py"
         )
     return sc
+
+
+def validate_box_conformal_config(cfg):
+    """Check ``MODEL.ROI_HEADS.BOX_CONFORMAL`` when the ROI heads are built."""
+    from conf_plugins.calibration.conformal import CORRECTIONS, SCORES
+
+    bc = cfg.MODEL.ROI_HEADS.BOX_CONFORMAL
+    key = "MODEL.ROI_HEADS.BOX_CONFORMAL."
+    _check(bc.SCORE in ("",) + SCORES, key + "SCORE", bc.SCORE, f"'' or one of {SCORES}")
+    _check(bc.CORRECTION in CORRECTIONS, key + "CORRECTION", bc.CORRECTION, f"one of {CORRECTIONS}")
+    _check(_is_real(bc.ALPHA) and 0 < bc.ALPHA < 1, key + "ALPHA", bc.ALPHA, "in (0, 1)")
+    _check(isinstance(bc.CLASSWISE, bool), key + "CLASSWISE", bc.CLASSWISE, "True or False")
+    return bc
 
 
 def validate_calibration_config(cfg):

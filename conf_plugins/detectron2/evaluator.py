@@ -19,6 +19,7 @@ from conf_plugins.calibration.bootstrap import (
     check_bootstrap_args,
     sparse_rows,
 )
+from conf_plugins.calibration.conformal import IntervalStats
 from conf_plugins.calibration.detection_matching import match_detection_batch
 from conf_plugins.calibration.detection_stats import DetectionBinStats, detection_record_metrics
 from conf_plugins.calibration.lrp import DEFAULT_LRP_BINS, LRPStats
@@ -178,6 +179,7 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
             m: [LRPStats(self._num_classes, self._lrp_bins, t) if t < 1 else None for t in thresholds]
             for m in ("", "top1/")
         }
+        self._intervals = [IntervalStats() for _ in thresholds]  # conformal box intervals
         self._num_images = 0
         self._pending = []
         self._has_probs = None
@@ -204,6 +206,9 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                 det_classes=instances.pred_classes,
                 image_size=instances.image_size,
             )
+            if instances.has("pred_boxes_outer"):
+                image["det_inner"] = instances.pred_boxes_inner.tensor
+                image["det_outer"] = instances.pred_boxes_outer.tensor
             if has_probs:
                 image["det_probs"] = instances.pred_class_probs
                 image["top1"] = instances.pred_classes == instances.pred_class_probs.argmax(dim=1)
@@ -231,7 +236,17 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         self._pending = []
 
     def _add_matched(self, images, mode):
-        self._accumulate(images, mode, match_detection_batch(images, self._iou_thresholds))
+        with_intervals = not mode and any("det_outer" in im for im in images)
+        matches = match_detection_batch(images, self._iou_thresholds, return_gt_index=with_intervals)
+        if with_intervals:
+            if not all("det_outer" in im for im in images):
+                raise ValueError("some detections carry box intervals (pred_boxes_outer) and others do not")
+            for im, (correct, _, _, gt_index) in zip(images, matches):
+                for k, stats in enumerate(self._intervals):
+                    hit = correct[k]
+                    stats.update(im["gt_boxes"][gt_index[k][hit]], im["det_inner"][hit], im["det_outer"][hit])
+            matches = [m[:3] for m in matches]
+        self._accumulate(images, mode, matches)
 
     def _accumulate(self, images, mode, matches):
         """Add matched images to the statistics of ``mode`` ("" or "top1/"); ``matches``:
@@ -311,7 +326,7 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         outliving ``destroy_process_group`` (such a group is torn down only at interpreter
         exit, where gloo can abort the process).
         """
-        everything = (self._stats, self._bin_stats, self._la_stats, self._lrp)
+        everything = (self._stats, self._bin_stats, self._la_stats, self._lrp, {"": self._intervals})
         if not self._distributed or comm.get_world_size() == 1:
             return everything
 
@@ -322,10 +337,12 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                 return CalibrationStats(s.num_fine_bins).merge(s).all_reduce()
             if isinstance(s, LRPStats):
                 return LRPStats(s.num_classes, s.num_bins, s.tp_iou).merge(s).all_reduce()
+            if isinstance(s, IntervalStats):
+                return IntervalStats().merge(s).all_reduce()
             return DetectionBinStats(s.num_groups, s.bins).merge(s).all_reduce()
 
         out = tuple({m: [reduced(s) for s in by_t] for m, by_t in kind.items()} for kind in everything)
-        return out if comm.is_main_process() else (None,) * 4
+        return out if comm.is_main_process() else (None,) * 5
 
     def lrp_stats(self) -> list:
         """This process's :class:`LRPStats` per IoU threshold (None for t = 1), after
@@ -397,7 +414,7 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
     def evaluate(self):
         self._match_pending()
         gathered = self._gathered_records()
-        all_stats, all_bin_stats, all_la_stats, all_lrp = self._reduced_stats()
+        all_stats, all_bin_stats, all_la_stats, all_lrp, all_intervals = self._reduced_stats()
         if all_stats is None:
             return {}
         image_ids, records = gathered if gathered is not None else (None, None)
@@ -436,6 +453,8 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                         f"{mode}D-ECE{key}": b.dece(),
                     }
                 )
+                if not mode and all_intervals[""][k].state[0] > 0:  # conformal box intervals
+                    results.update({f"{n}{key}": v for n, v in all_intervals[""][k].compute().items()})
                 if lrp is not None:
                     results.update({f"{mode}{name}{key}": v for name, v in lrp.compute().items()})
                     per_class = lrp.per_class()

@@ -10,13 +10,16 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.structures import Boxes
 
+from conf_plugins.calibration.conformal import BoxConformal
 from conf_plugins.calibration.fingerprint import FingerprintVerifiedOnce
 from conf_plugins.calibration.score_calibrators import DetectionScoreCalibrator
 
-from .config import validate_score_calibration_config
+from .config import validate_box_conformal_config, validate_score_calibration_config
 
 CALIBRATOR = "score_calibrator"  # the calibrator's submodule name (and state_dict prefix)
+BOX_CONFORMAL = "box_conformal"  # the box intervals' submodule name (and state_dict prefix)
 
 CLASS_BOX_FIELDS = ("pred_box_std",)  # per proposal and class: (R, K or 1, 4), picked by class
 
@@ -74,12 +77,16 @@ class ProbabilityROIHeads(FingerprintVerifiedOnce, StandardROIHeads):
         calibration_target: str = "hit",
         calibration_classwise: bool = True,
         operating_thresholds: bool = False,
+        box_conformal: dict = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.output_class_probs = output_class_probs
         self.operating_thresholds = operating_thresholds
         self.score_calibrator = None
+        self.box_conformal = None
+        if box_conformal:
+            self.attach_box_conformal(BoxConformal(self.num_classes, **box_conformal))
         if score_calibration:
             self.attach_score_calibrator(
                 DetectionScoreCalibrator(
@@ -95,7 +102,14 @@ class ProbabilityROIHeads(FingerprintVerifiedOnce, StandardROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape):
         sc = validate_score_calibration_config(cfg)
+        bc = validate_box_conformal_config(cfg)
+        box_conformal = (
+            dict(score=bc.SCORE, correction=bc.CORRECTION, alpha=bc.ALPHA, classwise=bc.CLASSWISE)
+            if bc.SCORE
+            else None
+        )
         return {
+            "box_conformal": box_conformal,
             **super().from_config(cfg, input_shape),
             "output_class_probs": cfg.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS,
             "score_calibration": sc.METHOD,
@@ -115,6 +129,20 @@ class ProbabilityROIHeads(FingerprintVerifiedOnce, StandardROIHeads):
         setattr(self, CALIBRATOR, calibrator)  # nn.Module moves it from None to a submodule
         self.forget_verified()
 
+    def attach_box_conformal(self, intervals: BoxConformal):
+        """Add conformal box intervals at inference (replacing any)."""
+        if intervals.num_classes != self.num_classes:
+            raise ValueError(
+                f"box intervals for {intervals.num_classes} classes, heads have {self.num_classes}"
+            )
+        setattr(self, BOX_CONFORMAL, intervals)
+        self.forget_verified()
+
+    def seal_box_conformal(self):
+        """Record the fingerprint of the current weights in the (just fitted) box intervals."""
+        self.box_conformal.seal(self.calibrated_weights(), self.inference_signature())
+        self.forget_verified()
+
     def seal_score_calibrator(self):
         """Record the fingerprint of the current weights in the (just fitted) calibrator."""
         self.score_calibrator.seal(self.calibrated_weights(), self.inference_signature())
@@ -123,8 +151,10 @@ class ProbabilityROIHeads(FingerprintVerifiedOnce, StandardROIHeads):
     def calibrated_weights(self):
         """(name, tensor) of the weights and buffers a score calibrator belongs to: all of
         these heads' except the calibrator's own (the box head and predictor decide the
-        scores; the features they see come with them through the checkpoint)."""
-        return [(n, t) for n, t in self.state_dict().items() if not n.startswith(CALIBRATOR + ".")]
+        scores; the features they see come with them through the checkpoint); the fitted
+        calibrator and box intervals themselves left out."""
+        fitted = (CALIBRATOR + ".", BOX_CONFORMAL + ".")
+        return [(n, t) for n, t in self.state_dict().items() if not n.startswith(fitted)]
 
     def inference_signature(self) -> str:
         """What, beside the weights, a calibrated score depends on (the inference mode)."""
@@ -133,11 +163,15 @@ class ProbabilityROIHeads(FingerprintVerifiedOnce, StandardROIHeads):
     def verified_calibrator(self):
         """The score calibrator (None without one), checked against the weights once per
         load / train-eval switch."""
-        if self.score_calibrator is not None:
-            self.verify_fingerprint_once(self._verify_calibrator)
+        if self.score_calibrator is not None or self.box_conformal is not None:
+            self.verify_fingerprint_once(self._verify_fitted)
         return self.score_calibrator
 
-    def _verify_calibrator(self):
+    def _verify_fitted(self):
+        if self.box_conformal is not None:
+            self.box_conformal.verify(self.calibrated_weights(), self.inference_signature())
+        if self.score_calibrator is None:
+            return
         self.score_calibrator.verify(
             self.calibrated_weights(), self.inference_signature(), "MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD"
         )
@@ -177,4 +211,17 @@ class ProbabilityROIHeads(FingerprintVerifiedOnce, StandardROIHeads):
                 inst.scores = calibrator.calibrate_scores(inst.scores, inst.pred_classes)
         if calibrator is not None and self.operating_thresholds:
             instances = [inst[calibrator.keep(inst.scores, inst.pred_classes)] for inst in instances]
+        if self.box_conformal is not None:
+            for inst in instances:
+                self.add_box_intervals(inst)
         return instances
+
+    def add_box_intervals(self, inst):
+        """``pred_boxes_inner`` / ``pred_boxes_outer``: the conformal interval boxes."""
+        std = inst.pred_box_std if self.box_conformal.score == "std" and inst.has("pred_box_std") else None
+        if self.box_conformal.score == "std" and std is None:
+            raise RuntimeError("BOX_CONFORMAL.SCORE 'std' needs pred_box_std: use MCDropoutROIHeads")
+        boxes = inst.pred_boxes.tensor
+        inner, outer = self.box_conformal.intervals(boxes.detach(), inst.pred_classes, std)
+        inst.pred_boxes_inner = Boxes(inner.to(boxes))
+        inst.pred_boxes_outer = Boxes(outer.to(boxes))

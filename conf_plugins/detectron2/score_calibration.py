@@ -20,6 +20,8 @@ from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
 from detectron2.structures import Instances
 
+from conf_plugins.calibration.conformal import BoxConformal
+from conf_plugins.calibration.detection_matching import match_detection_batch
 from conf_plugins.calibration.detection_stats import DetectionBinStats
 from conf_plugins.calibration.sampling import UniformSample
 from conf_plugins.calibration.score_calibrators import DetectionScoreCalibrator
@@ -33,14 +35,22 @@ TINY = torch.finfo(torch.float32).tiny  # log(0) of an underflowed probability -
 
 
 class HeldOutDetections(DetectionCalibrationEvaluator):
-    """Calibration metrics at ``iou`` plus the streamed fitting data of ``calibrator``, and
-    (``keep_outputs``) every image's detections. Runs in one process (the fit is cheap
-    beside the inference)."""
+    """Calibration metrics at ``iou`` plus the streamed fitting data of ``calibrator``,
+    (``keep_outputs``) every image's detections and (``box_pairs``) the matched (predicted
+    box, GT box, class, pred_box_std) pairs of the box intervals. Runs in one process (the
+    fit is cheap beside the inference)."""
 
     def __init__(
-        self, dataset_name, calibrator: DetectionScoreCalibrator, iou: float, seed=0, keep_outputs=False
+        self,
+        dataset_name,
+        calibrator: DetectionScoreCalibrator,
+        iou: float,
+        seed=0,
+        keep_outputs=False,
+        box_pairs=False,
     ):
         self.calibrator, self._seed, self._keep_outputs = calibrator, seed, keep_outputs
+        self._box_pairs = box_pairs
         super().__init__(dataset_name, (iou,), distributed=False, bootstrap=0)
 
     def reset(self):
@@ -48,8 +58,14 @@ class HeldOutDetections(DetectionCalibrationEvaluator):
         self.sample = UniformSample(MAX_SAMPLED_DETECTIONS, self._seed)
         self.counts = DetectionBinStats(self.calibrator.num_classes, (self.calibrator.stats_bins(),))
         self.outputs = []
+        self.pairs = []  # (pred boxes, GT boxes, classes, box std or None) per matched batch
+        self._box_std = {}
 
     def process(self, inputs, outputs):
+        if self._box_pairs:
+            for inp, out in zip(inputs, outputs):
+                inst = out["instances"]
+                self._box_std[inp["image_id"]] = inst.pred_box_std.cpu() if inst.has("pred_box_std") else None
         super().process(inputs, outputs)
         if self._keep_outputs:
             for inp, out in zip(inputs, outputs):
@@ -57,6 +73,31 @@ class HeldOutDetections(DetectionCalibrationEvaluator):
                 kept = Instances(inst.image_size, pred_boxes=inst.pred_boxes, scores=inst.scores)
                 kept.pred_classes = inst.pred_classes
                 self.outputs.append(({"image_id": inp["image_id"]}, kept))
+
+    def _add_matched(self, images, mode):
+        if not self._box_pairs or mode:
+            return super()._add_matched(images, mode)
+        matches = match_detection_batch(images, self._iou_thresholds, return_gt_index=True)
+        self._accumulate(images, mode, [m[:3] for m in matches])
+        for im, (correct, _, _, gt_index) in zip(images, matches):
+            hit = correct[0]
+            std = self._box_std.pop(im["image_id"], None)
+            self.pairs.append(
+                (
+                    im["det_boxes"][hit].double(),
+                    im["gt_boxes"][gt_index[0][hit]].double(),
+                    im["det_classes"][hit].long(),
+                    None if std is None else std[hit].double(),
+                )
+            )
+
+    def matched_pairs(self) -> tuple:
+        """(pred (N, 4), GT (N, 4), classes (N,), box std (N, 4) or None) of every match."""
+        if not self.pairs:
+            return torch.zeros(0, 4), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), None
+        pred, gt, classes, std = zip(*self.pairs)
+        std = None if any(s is None for s in std) else torch.cat(std)
+        return torch.cat(pred), torch.cat(gt), torch.cat(classes), std
 
     def _accumulate(self, images, mode, matches):
         super()._accumulate(images, mode, matches)
@@ -120,11 +161,13 @@ def _calibrated_lrp(cfg, model, calibrator, collector, dataset_name, iou, bins):
     return evaluator.lrp_stats()[0]
 
 
-def fit_score_calibrator(cfg, model, dataset_name: str, method: str) -> dict:
+def fit_score_calibrator(cfg, model, dataset_name: str, method: str, box_conformal=None) -> dict:
     """Fit ``method`` on ``dataset_name`` for ``model`` (our ROI heads, uncalibrated, with
-    ``pred_class_probs``), choose the operating thresholds, attach and seal it. Returns a
-    summary: the held-out detections used, what was fitted, the thresholds (and which
-    classes got the pooled one), the uncalibrated metrics on that split and the time taken."""
+    ``pred_class_probs``), choose the operating thresholds, attach and seal it; with
+    ``box_conformal`` (a ``MODEL.ROI_HEADS.BOX_CONFORMAL`` node whose SCORE is set; the
+    model built without it) also the conformal box intervals on the matched detections.
+    Returns a summary: the held-out detections used, what was fitted, the thresholds (and
+    which classes got the pooled one), the uncalibrated metrics on that split, the time."""
     heads = model.roi_heads
     if not isinstance(heads, ProbabilityROIHeads):
         raise ValueError(
@@ -138,7 +181,24 @@ def fit_score_calibrator(cfg, model, dataset_name: str, method: str) -> dict:
     calibrator = DetectionScoreCalibrator(
         method, heads.num_classes, sc.NUM_BINS, sc.ISOTONIC_BINS, sc.TARGET, sc.CLASSWISE
     )
-    collector = HeldOutDetections(dataset_name, calibrator, sc.IOU, keep_outputs=method != "temperature")
+    if heads.box_conformal is not None:
+        raise ValueError("fit on the model without box intervals (BOX_CONFORMAL.SCORE '')")
+    intervals = None
+    if box_conformal is not None and box_conformal.SCORE:
+        intervals = BoxConformal(
+            heads.num_classes,
+            box_conformal.SCORE,
+            box_conformal.CORRECTION,
+            box_conformal.ALPHA,
+            box_conformal.CLASSWISE,
+        )
+    collector = HeldOutDetections(
+        dataset_name,
+        calibrator,
+        sc.IOU,
+        keep_outputs=method != "temperature",
+        box_pairs=intervals is not None,
+    )
     start = time.perf_counter()
     before = inference_on_dataset(model, build_detection_test_loader(cfg, dataset_name), collector)
     inference_seconds = time.perf_counter() - start
@@ -147,11 +207,28 @@ def fit_score_calibrator(cfg, model, dataset_name: str, method: str) -> dict:
     heads.seal_score_calibrator()  # sealed for the second pass of temperature
     lrp = _calibrated_lrp(cfg, model, calibrator, collector, dataset_name, sc.IOU, sc.THRESHOLD_BINS)
     thresholds, pooled = lrp.operating_thresholds(sc.THRESHOLD_MIN_DETECTIONS)
-    calibrator.set_thresholds(thresholds)
-    heads.seal_score_calibrator()
     names = MetadataCatalog.get(dataset_name).get("thing_classes", None) or [
         str(c) for c in range(heads.num_classes)
     ]
+    calibrator.set_thresholds(thresholds)
+    heads.seal_score_calibrator()
+    fitted_intervals = {}
+    if intervals is not None:
+        pred, gt, classes, std = collector.matched_pairs()
+        intervals.fit(pred, gt, classes, std)
+        heads.attach_box_conformal(intervals)
+        heads.seal_box_conformal()
+        fitted_intervals = {
+            "box_conformal": {
+                "score": intervals.score,
+                "correction": intervals.correction,
+                "alpha": intervals.alpha,
+                "classwise": intervals.classwise,
+                "matched_pairs": int(pred.shape[0]),
+                "pooled_classes": [names[c] for c in intervals.pooled.nonzero()[:, 0].tolist()],
+                "quantiles": intervals.quantiles[: heads.num_classes].tolist(),
+            }
+        }
     if pooled.any():
         logger.info(
             "pooled operating threshold %.3f for %s (fewer than %d held-out detections or no GT)",
@@ -176,6 +253,7 @@ def fit_score_calibrator(cfg, model, dataset_name: str, method: str) -> dict:
             f"{sc.THRESHOLD_MIN_DETECTIONS} held-out detections or no GT"
         ),
         "calibrated_oLRP": lrp.compute()["oLRP"],
+        **fitted_intervals,
         "seconds": {"inference": inference_seconds, "total": time.perf_counter() - start},
         "uncalibrated": before.get("calibration", {}),
     }

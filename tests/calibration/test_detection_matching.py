@@ -65,8 +65,9 @@ def greedy_reference(det_boxes, det_scores, det_classes, gt_boxes, gt_classes, t
     """The rule written plainly, one detection at a time (the reference of the vectorised matcher)."""
     correct = torch.zeros(len(thresholds), det_boxes.shape[0], dtype=torch.bool)
     matched_iou = torch.zeros(correct.shape, dtype=torch.float64)
+    matched_gt = torch.full(correct.shape, -1, dtype=torch.int64)
     if det_boxes.shape[0] == 0 or gt_boxes.shape[0] == 0:
-        return correct, matched_iou
+        return correct, matched_iou, matched_gt
     iou = box_iou(det_boxes.double(), gt_boxes.double())
     iou[det_classes[:, None] != gt_classes[None, :]] = -1.0
     order = torch.argsort(det_scores, descending=True, stable=True).tolist()
@@ -77,8 +78,9 @@ def greedy_reference(det_boxes, det_scores, det_classes, gt_boxes, gt_classes, t
             if best_iou >= threshold:
                 correct[k, d] = True
                 matched_iou[k, d] = best_iou
+                matched_gt[k, d] = g
                 available[:, g] = -1.0
-    return correct, matched_iou
+    return correct, matched_iou, matched_gt
 
 
 def random_image(g, num_det, num_gt, num_classes=3):
@@ -114,8 +116,9 @@ def test_batch_matching_equals_the_per_detection_rule_on_random_images():
             )
             for _ in range(7)
         ]
-        for im, (correct, ignored, iou) in zip(images, match_detection_batch(images, thresholds)):
-            expected, expected_iou = greedy_reference(
+        matched = match_detection_batch(images, thresholds, return_gt_index=True)
+        for im, (correct, ignored, iou, gt_index) in zip(images, matched):
+            expected, expected_iou, expected_gt = greedy_reference(
                 im["det_boxes"],
                 im["det_scores"],
                 im["det_classes"],
@@ -125,6 +128,7 @@ def test_batch_matching_equals_the_per_detection_rule_on_random_images():
             )
             assert torch.equal(correct, expected), trial
             assert torch.equal(iou, expected_iou), trial
+            assert torch.equal(gt_index, expected_gt), trial
             assert not ignored.any()  # no crowd regions given
 
 

@@ -244,3 +244,35 @@ def test_lrp_laace_and_lrp_optimal_thresholds(demo_val, tmp_path):
     assert by_index[0]["detections"] == counts[0] + 6 and by_index[0]["gt"] == counts[0]
     for c in (1, 2):
         assert by_index[c]["threshold"] == (0.0 if counts[c] else None)
+
+
+def test_box_interval_coverage_of_matched_gt_boxes(demo_val):
+    """Oracle detections (boxes = GT) with intervals ±2 px, except in the first image, where
+    the interval misses the GT by lying 3-5 px to the right: coverage = the other images'
+    share of the matched boxes; width 4 px; area = outer − inner."""
+    inputs, outputs = oracle_outputs(demo_val)
+    for i, out in enumerate(outputs):
+        boxes = out["instances"].pred_boxes.tensor
+        shift = torch.tensor([4.0, 0.0, 4.0, 0.0]) if i == 0 else torch.zeros(4)
+        out["instances"].pred_boxes_inner = Boxes(boxes + torch.tensor([2.0, 2.0, -2.0, -2.0]) + shift)
+        out["instances"].pred_boxes_outer = Boxes(boxes + torch.tensor([-2.0, -2.0, 2.0, 2.0]) + shift)
+    evaluator = DetectionCalibrationEvaluator(demo_val, iou_thresholds=(0.5,), bootstrap=0)
+    evaluator.reset()
+    evaluator.process(inputs, outputs)
+    results = evaluator.evaluate()["calibration"]
+    first = len(DatasetCatalog.get(demo_val)[0]["annotations"])
+    num_gt = sum(len(r["annotations"]) for r in DatasetCatalog.get(demo_val))
+    assert results["box_matched@IoU0.5"] == num_gt  # the false boxes match nothing
+    assert results["box_coverage@IoU0.5"] == pytest.approx((num_gt - first) / num_gt)
+    assert results["box_interval_width@IoU0.5"] == pytest.approx(4.0)
+    outer = [(b[2] - b[0] + 4) * (b[3] - b[1] + 4) for b in _gt_xyxy(demo_val)]
+    inner = [max(b[2] - b[0] - 4, 0) * max(b[3] - b[1] - 4, 0) for b in _gt_xyxy(demo_val)]
+    assert results["box_interval_area@IoU0.5"] == pytest.approx((sum(outer) - sum(inner)) / num_gt)
+
+
+def _gt_xyxy(dataset_name):
+    return [
+        BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+        for r in DatasetCatalog.get(dataset_name)
+        for a in r["annotations"]
+    ]

@@ -143,7 +143,7 @@ def test_fit_tool_fits_on_the_held_out_split_and_refuses_the_evaluated_one(tmp_p
         "0.0",
     ]
     weights = str(tmp_path / "model.pth")
-    cfg = tool.setup(
+    cfg, _ = tool.setup(
         tool.parse_args(
             ["--config-file", config, "--method", "temperature", "--dataset", "conf_demo_det_calib", *tiny]
         )
@@ -154,7 +154,7 @@ def test_fit_tool_fits_on_the_held_out_split_and_refuses_the_evaluated_one(tmp_p
     # engine.setup checks the held-out split alone: a training set not on disk is no error
     assert tool.setup(
         tool.parse_args(["--method", "temperature", *args, "DATASETS.TRAIN", "('absent_train',)"])
-    ).DATASETS.TRAIN == ("absent_train",)
+    )[0].DATASETS.TRAIN == ("absent_train",)
     with pytest.raises(ValueError, match="'absent' is not registered: .* --coco absent JSON"):
         tool.main(["--method", "temperature", *args[:2], "--dataset", "absent", *tiny])
     with pytest.raises(ValueError, match="SCORE_CALIBRATION.METHOD is set"):
@@ -233,6 +233,40 @@ def test_fit_tool_fits_on_the_held_out_split_and_refuses_the_evaluated_one(tmp_p
     expected = all_detections[0].scores.double() > thresholds[all_detections[0].pred_classes]
     assert len(kept[0]) == int(expected.sum())
     assert torch.equal(kept[0].scores, all_detections[0].scores[expected])
+    # conformal box intervals fitted beside the calibrator, deployed with the same settings
+    conformal = [
+        "MODEL.ROI_HEADS.BOX_CONFORMAL.SCORE",
+        "normalised",
+        "MODEL.ROI_HEADS.BOX_CONFORMAL.ALPHA",
+        "0.9",
+        "MODEL.ROI_HEADS.SCORE_CALIBRATION.IOU",
+        "0.1",  # an untrained model: matches at a low IoU
+    ]
+    out = str(tmp_path / "conformal" / "model.pth")
+    summary = tool.main(["--method", "identity", "--output", out, *args, *conformal])
+    assert summary["box_conformal"]["matched_pairs"] > 0
+    deployed.MODEL.ROI_HEADS.BOX_CONFORMAL.SCORE = "normalised"
+    deployed.MODEL.ROI_HEADS.BOX_CONFORMAL.ALPHA = 0.9
+    with pytest.raises(RuntimeError, match="hold no fitted ones"):  # the platt checkpoint has none
+        run_box_inference(
+            model_with_weights(deployed, str(tmp_path / "platt" / "model.pth")), d2_batch(num_images=1)
+        )
+    deployed.MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD = "identity"
+    deployed.MODEL.ROI_HEADS.SCORE_CALIBRATION.TARGET = "hit"
+    deployed.MODEL.ROI_HEADS.SCORE_CALIBRATION.CLASSWISE = True
+    model = model_with_weights(deployed, out)
+    (inst,), _, _ = run_box_inference(model, d2_batch(num_images=1))
+    inner, outer = model.roi_heads.box_conformal.intervals(inst.pred_boxes.tensor, inst.pred_classes)
+    assert len(inst) and torch.allclose(inst.pred_boxes_outer.tensor.double(), outer, atol=1e-3)
+    assert torch.allclose(inst.pred_boxes_inner.tensor.double(), inner, atol=1e-3)
+    deployed.MODEL.ROI_HEADS.BOX_CONFORMAL.ALPHA = 0.8
+    with pytest.raises(RuntimeError, match="BOX_CONFORMAL settings"):
+        run_box_inference(model_with_weights(deployed, out), d2_batch(num_images=1))
+    deployed.MODEL.ROI_HEADS.BOX_CONFORMAL.ALPHA = 0.9
+    deployed.MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD = "platt"
+    deployed.MODEL.ROI_HEADS.SCORE_CALIBRATION.TARGET = "iou"
+    deployed.MODEL.ROI_HEADS.SCORE_CALIBRATION.CLASSWISE = False
+    deployed.MODEL.ROI_HEADS.BOX_CONFORMAL.SCORE = ""
     deployed.MODEL.ROI_HEADS.SCORE_CALIBRATION.TARGET = "hit"  # not what was fitted
     with pytest.raises(RuntimeError, match="stale or mismatched"):
         run_box_inference(
