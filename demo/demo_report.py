@@ -664,6 +664,9 @@ def write_report(out, record, tiny=False, command=None, seed_roots=None):
     lines += detection_figures(out, figures)
     lines += segmentation_section(out, figures, numbers)
     lines += comparisons_section(out, numbers)
+    from protocol_report import protocol_section  # it reads this module's helpers
+
+    lines += protocol_section(out, numbers)
     lines += seeds_section(seed_roots, numbers)
     lines += shift_section(out, figures, numbers)
     lines += heatmap_section(out, figures)

@@ -250,6 +250,7 @@ def detection_stages(out, tiny):
                 [f"det_fit_{model}_{method}"],
             ),
         ]
+    stages += protocol_stages(det, teacher, ddn, t_cfg, d_cfg, extra, tiny)
     # calibration under corruption: the Baseline, its isotonic calibration and DDN
     shift = tool("shift_benchmark.py")
     calibrated = teacher.replace(".pth", "_isotonic.pth")
@@ -284,6 +285,125 @@ def detection_stages(out, tiny):
                 [needs],
             )
         )
+    return stages
+
+
+PROTOCOL_METHODS = ("temperature", "platt", "linear", "histogram", "isotonic")
+MC10 = ["MODEL.ROI_HEADS.NAME", "MCDropoutROIHeads", "MODEL.MC_DROPOUT.NUM_SAMPLES", "10"]
+
+
+def box_intervals(score, correction):
+    return [
+        "MODEL.ROI_HEADS.BOX_CONFORMAL.SCORE",
+        score,
+        "MODEL.ROI_HEADS.BOX_CONFORMAL.CORRECTION",
+        correction,
+    ]
+
+
+# a tiny run's model has hardly a true positive: thresholds at 0 (nothing dropped), one box
+# interval at α = 0.9 on matches at IoU 0.1; the calibrators are covered by the tests
+TINY_PROTOCOL = ["MODEL.ROI_HEADS.SCORE_CALIBRATION.THRESHOLD_BINS", "1"]
+TINY_BOX = ["MODEL.ROI_HEADS.BOX_CONFORMAL.ALPHA", "0.9", "MODEL.ROI_HEADS.SCORE_CALIBRATION.IOU", "0.1"]
+
+
+def protocol_variants(model, tiny=False):
+    """(name, method, target, extra options) of one model in the protocol table."""
+    variants = [("identity", "identity", "hit", [])]
+    if tiny:
+        return variants + (
+            [
+                (
+                    "identity_additive_max_rank",
+                    "identity",
+                    "hit",
+                    box_intervals("additive", "max_rank") + TINY_BOX,
+                )
+            ]
+            if model == "baseline"
+            else []
+        )
+    if model in ("baseline", "ddn"):
+        variants += [(f"{m}_{t}", m, t, []) for m in PROTOCOL_METHODS for t in ("hit", "iou")]
+    scores = {"baseline": ("additive", "normalised"), "mc10": ("std",)}.get(model, ())
+    variants += [
+        (f"identity_{s}_{c}", "identity", "hit", box_intervals(s, c))
+        for s in scores
+        for c in ("bonferroni", "max_rank")
+    ]
+    return variants
+
+
+def protocol_stages(det, teacher, ddn, t_cfg, d_cfg, extra, tiny=False):
+    """The protocol of Kuzucu et al. (ECCV 2024) on the demo (seed 0 only): per model
+    (Baseline, MC-10, DDN and the same fine-tuning without the teacher) and calibrator x
+    target, fit on calib with per-class LRP-optimal operating thresholds (and conformal box
+    intervals, α = 0.1), evaluate on val at those thresholds; outputs under det/protocol."""
+    train, fit = tool("train_net.py"), tool("fit_detection_calibration.py")
+    cfg = lambda c: ["--config-file", os.path.join(ROOT, c[0])]  # noqa: E731
+    control = f"{det}/control/model_final.pth"
+    stages = [
+        Stage(  # λ = 0: the DDN fine-tuning without its teacher (the control of the DDN study)
+            "det_protocol_control",
+            train
+            + cfg(d_cfg)
+            + [
+                "MODEL.WEIGHTS",
+                teacher,
+                "MODEL.DDN.TEACHER_WEIGHTS",
+                teacher,
+                "MODEL.DDN.DISTILL_WEIGHT",
+                "0.0",
+            ]
+            + ["OUTPUT_DIR", f"{det}/control"]
+            + extra,
+            d_cfg,
+            ["det_teacher"],
+            output=control,
+        )
+    ]
+    models = (
+        ("baseline", teacher, t_cfg, [], "det_teacher"),
+        ("mc10", teacher, t_cfg, MC10, "det_teacher"),
+        ("ddn", ddn, d_cfg, [], "det_ddn"),
+        ("control", control, d_cfg, [], "det_protocol_control"),
+    )
+    for model, weights, c, opts, needs in models:
+        for variant, method, target, box in protocol_variants(model, tiny):
+            name = f"{model}_{variant}"
+            folder = f"{det}/protocol/{name}"
+            settings = ["MODEL.ROI_HEADS.SCORE_CALIBRATION.TARGET", target, *opts, *box]
+            settings += TINY_PROTOCOL if tiny else []
+            stages += [
+                Stage(
+                    f"det_protocol_fit_{name}",
+                    fit
+                    + cfg(c)
+                    + [
+                        "--method",
+                        method,
+                        "--dataset",
+                        "conf_demo_det_calib",
+                        "--output",
+                        f"{folder}/model.pth",
+                    ]
+                    + ["--force", "MODEL.WEIGHTS", weights, *settings, *extra],
+                    c,
+                    [needs],
+                    output=f"{folder}/model.pth",
+                ),
+                Stage(
+                    f"det_protocol_{name}",
+                    train
+                    + cfg(c)
+                    + ["--eval-only", "MODEL.WEIGHTS", f"{folder}/model.pth", "OUTPUT_DIR", folder]
+                    + ["MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD", method, *settings]
+                    + ["MODEL.ROI_HEADS.SCORE_CALIBRATION.OPERATING_THRESHOLDS", "True"]
+                    + ["TEST.CALIBRATION.IOU_THRESHOLDS", "(0.5,)", *extra],
+                    c,
+                    [f"det_protocol_fit_{name}"],
+                ),
+            ]
     return stages
 
 
@@ -413,12 +533,13 @@ def seed_root(out, seed):
 
 def with_seed(stages, out, seed):
     """The stages of another training seed: renamed ``<stage>@seed<s>``, trainings told the
-    seed (detectron2 ``SEED``, mmengine ``randomness.seed``), the shift grid left to seed 0."""
+    seed (detectron2 ``SEED``, mmengine ``randomness.seed``), the shift grid and the
+    detection protocol left to seed 0."""
     if seed == 0:
         return stages
     out_stages = []
     for stage in stages:
-        if "_shift_" in stage.name:
+        if "_shift_" in stage.name or "_protocol_" in stage.name:
             continue
         cmd = list(stage.cmd)
         if any(c.endswith(("train_net.py", "fit_detection_calibration.py")) for c in cmd):

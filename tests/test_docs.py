@@ -3,7 +3,7 @@
 * Every bash block of README.md and docs/*.md runs **through bash, literally**, inside the
   activated environment (``source .venv/bin/activate``, as the README says once at the top),
   from a folder laid out like the repository root after ``make demo`` — on tiny data: the
-  only changes are appended iteration overrides (those of ``demo/run_demo.py --tiny``) and the
+  only changes are appended overrides (those of ``demo/run_demo.py --tiny``) and the
   checkpoint name of a 4-iteration run (``iter_4`` for ``iter_600``). ``make`` lines name
   existing targets (``make test`` is this suite; ``make demo`` is the tiny demo below).
 * Blocks preceded by ``<!-- full-scale: ... -->`` need COCO / Cityscapes / 8 GPUs: their
@@ -58,7 +58,12 @@ def tiny(line):
     run_demo = load_tool("run_demo")
     line = line.replace("iter_600", "iter_4")
     if re.match(r"python tools/(train_net|fit_detection_calibration)\.py", line):
-        return line + " " + shlex.join(run_demo.TINY_DET)
+        extra = list(run_demo.TINY_DET)  # and, as the tiny demo's protocol: thresholds at 0,
+        if "fit_detection_calibration" in line:  # box intervals that a 4-iteration model can fit
+            extra += run_demo.TINY_PROTOCOL
+        if "BOX_CONFORMAL.SCORE" in line:
+            extra += run_demo.TINY_BOX
+        return line + " " + shlex.join(extra)
     if line.startswith("python tools/seg_train.py"):
         snapshot = run_demo.TINY_SNAPSHOT if "mtl" in line else []
         return line + " --cfg-options " + shlex.join([*run_demo.TINY_SEG, *snapshot])

@@ -120,6 +120,8 @@ def test_tiny_pipeline_report(tiny_demo):
         ("gaussian_noise", 5),
     }
     assert "## Paired comparisons" in report and "## Calibration under corruption" in report
+    assert "## Detection at the operating point" in report  # the protocol table, seed 0 only
+    assert "| DDN without teacher (control) | identity |" in report
 
     second = run_tiny_demo(tmp_path)
     assert second.count("up to date, skipped") == second.count("[demo] ") - 1

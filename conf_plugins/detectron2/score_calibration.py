@@ -7,9 +7,10 @@ sample of (class logits or score, class, target) for temperature / Platt / linea
 and the detections themselves for the thresholds. :func:`fit_score_calibrator` runs the
 model over the split with detectron2's ``inference_on_dataset``, fits, attaches and seals
 the calibrator in the model's ROI heads, then chooses the per-class LRP-optimal operating
-thresholds on the *calibrated* detections of the same split: the stored detections
-re-scored for maps applied after NMS, a second inference pass for temperature (which
-changes what survives the score threshold and NMS) (``tools/fit_detection_calibration.py``).
+thresholds on the *calibrated* detections of the same split (the stored detections
+re-scored for maps applied after NMS, a second inference pass for temperature, which changes
+what survives the score threshold and NMS) and reports the held-out metrics of the detections
+kept at them, for choices made on that split (``tools/fit_detection_calibration.py``).
 """
 
 import logging
@@ -17,7 +18,7 @@ import time
 
 import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader
-from detectron2.evaluation import inference_on_dataset
+from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
 from detectron2.structures import Instances
 
 from conf_plugins.calibration.conformal import BoxConformal
@@ -144,21 +145,50 @@ def _fit(calibrator, collector, dataset_name) -> tuple:
     return int(collector.counts.state[0].sum()), fitted
 
 
-def _calibrated_lrp(cfg, model, calibrator, collector, dataset_name, iou, bins):
-    """The LRP statistics of the calibrated detections of the held-out split."""
+class _Outputs(DatasetEvaluator):
+    """Keeps every image's detections (boxes, scores, classes), nothing else."""
+
+    def reset(self):
+        self.outputs = []
+
+    def process(self, inputs, outputs):
+        for inp, out in zip(inputs, outputs):
+            inst = out["instances"].to("cpu")
+            kept = Instances(inst.image_size, pred_boxes=inst.pred_boxes, scores=inst.scores)
+            kept.pred_classes = inst.pred_classes
+            self.outputs.append(({"image_id": inp["image_id"]}, kept))
+
+    def evaluate(self):
+        return {}
+
+
+def _calibrated_outputs(cfg, model, calibrator, collector, dataset_name) -> list:
+    """(input, detections) of every held-out image as the calibrated model outputs them: the
+    stored detections re-scored for maps after NMS, a second pass for temperature (its
+    scaled logits change what survives the score threshold and NMS)."""
+    if calibrator.method == "temperature":
+        outputs = _Outputs()
+        inference_on_dataset(model, build_detection_test_loader(cfg, dataset_name), outputs)
+        return outputs.outputs
+    rescored = []
+    for inp, inst in collector.outputs:
+        out = Instances(inst.image_size, pred_boxes=inst.pred_boxes, pred_classes=inst.pred_classes)
+        out.scores = calibrator.calibrate_scores(inst.scores, inst.pred_classes)
+        rescored.append((inp, out))
+    return rescored
+
+
+def _evaluated(outputs, dataset_name, iou, bins, keep=None) -> DetectionCalibrationEvaluator:
+    """An evaluator (IoU ``iou``, no bootstrap) that has evaluated ``outputs`` (only the
+    detections ``keep(instances)`` selects, when given)."""
     evaluator = DetectionCalibrationEvaluator(
-        dataset_name, (iou,), distributed=False, bootstrap=0, lrp_bins=bins
+        dataset_name, (iou,), distributed=False, allow_empty=keep is not None, bootstrap=0, lrp_bins=bins
     )
-    if calibrator.method == "temperature":  # the scaled logits change the score threshold and NMS
-        inference_on_dataset(model, build_detection_test_loader(cfg, dataset_name), evaluator)
-    else:
-        evaluator.reset()
-        for inp, inst in collector.outputs:
-            rescored = Instances(inst.image_size, pred_boxes=inst.pred_boxes, pred_classes=inst.pred_classes)
-            rescored.scores = calibrator.calibrate_scores(inst.scores, inst.pred_classes)
-            evaluator.process([inp], [{"instances": rescored}])
-        evaluator.evaluate()
-    return evaluator.lrp_stats()[0]
+    evaluator.reset()
+    for inp, inst in outputs:
+        evaluator.process([inp], [{"instances": inst if keep is None else inst[keep(inst)]}])
+    evaluator.results = evaluator.evaluate()
+    return evaluator
 
 
 def fit_score_calibrator(cfg, model, dataset_name: str, method: str, box_conformal=None) -> dict:
@@ -205,13 +235,21 @@ def fit_score_calibrator(cfg, model, dataset_name: str, method: str, box_conform
     detections, fitted = _fit(calibrator, collector, dataset_name)
     heads.attach_score_calibrator(calibrator)
     heads.seal_score_calibrator()  # sealed for the second pass of temperature
-    lrp = _calibrated_lrp(cfg, model, calibrator, collector, dataset_name, sc.IOU, sc.THRESHOLD_BINS)
+    calibrated = _calibrated_outputs(cfg, model, calibrator, collector, dataset_name)
+    lrp = _evaluated(calibrated, dataset_name, sc.IOU, sc.THRESHOLD_BINS).lrp_stats()[0]
     thresholds, pooled = lrp.operating_thresholds(sc.THRESHOLD_MIN_DETECTIONS)
     names = MetadataCatalog.get(dataset_name).get("thing_classes", None) or [
         str(c) for c in range(heads.num_classes)
     ]
     calibrator.set_thresholds(thresholds)
     heads.seal_score_calibrator()
+    at_thresholds = _evaluated(
+        calibrated,
+        dataset_name,
+        sc.IOU,
+        sc.THRESHOLD_BINS,
+        lambda i: calibrator.keep(i.scores, i.pred_classes),
+    ).results.get("calibration", {})
     fitted_intervals = {}
     if intervals is not None:
         pred, gt, classes, std = collector.matched_pairs()
@@ -253,6 +291,7 @@ def fit_score_calibrator(cfg, model, dataset_name: str, method: str, box_conform
             f"{sc.THRESHOLD_MIN_DETECTIONS} held-out detections or no GT"
         ),
         "calibrated_oLRP": lrp.compute()["oLRP"],
+        "held_out_at_thresholds": at_thresholds,
         **fitted_intervals,
         "seconds": {"inference": inference_seconds, "total": time.perf_counter() - start},
         "uncalibrated": before.get("calibration", {}),

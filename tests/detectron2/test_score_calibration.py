@@ -208,6 +208,9 @@ def test_fit_tool_fits_on_the_held_out_split_and_refuses_the_evaluated_one(tmp_p
     )
     reference, _ = evaluator.lrp_stats()[0].operating_thresholds(10)  # a real pass, not the stored outputs
     assert [v["threshold"] for v in identity["thresholds"].values()] == pytest.approx(reference.tolist())
+    at_thresholds = identity["held_out_at_thresholds"]  # calib metrics of the kept detections
+    assert at_thresholds["count@IoU0.5"] <= identity["uncalibrated"]["count@IoU0.5"]
+    assert {"LRP@IoU0.5", "LaECE@IoU0.5", "LaACE@IoU0.5"} <= set(at_thresholds)
     iou_args = [
         *args,
         "MODEL.ROI_HEADS.SCORE_CALIBRATION.TARGET",
