@@ -102,8 +102,30 @@ def protocol_section(out, numbers):
             + f" | {_fmt(row['detections'], 0)} |"
         )
     numbers["protocol"] = {"rows": table}
-    lines += [""] + _choice_lines(runs, numbers) + _conformal_lines(runs, numbers)
+    lines += (
+        [""] + _cost_lines(runs, numbers) + _choice_lines(runs, numbers) + _conformal_lines(runs, numbers)
+    )
     return lines
+
+
+def _cost_lines(runs, numbers):
+    """What fitting calibrator + thresholds (+ box intervals) cost against one evaluation
+    (inference + evaluator) of the held-out split, from the fits' own timings."""
+    ratios = {
+        f"{m}_{v}": r["fit"]["seconds"]["total"] / r["fit"]["seconds"]["inference"]
+        for (m, v), r in runs.items()
+        if r["fit"].get("seconds", {}).get("inference")
+    }
+    if not ratios:
+        return []
+    numbers["protocol"]["fit_cost_ratio"] = ratios
+    worst = max(ratios, key=ratios.get)
+    return [
+        f"Fit cost (calibrator + thresholds + any box intervals) against one evaluation of calib: "
+        f"median {sorted(ratios.values())[len(ratios) // 2]:.2f}×, worst {ratios[worst]:.2f}× "
+        f"(`{worst}`; goal ≤ 2×).",
+        "",
+    ]
 
 
 def _choice_lines(runs, numbers):

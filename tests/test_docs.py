@@ -53,6 +53,14 @@ def command_lines(code):
     return lines
 
 
+# a LazyConfig's key=value overrides of the same tiny run
+TINY_LAZY = (
+    "train.max_iter=4",
+    "dataloader.train.total_batch_size=2",
+    "model.roi_heads.box_predictor.test_score_thresh=0.0",
+)
+
+
 def tiny(line):
     """A documented command with the tiny run's iteration overrides appended."""
     run_demo = load_tool("run_demo")
@@ -64,6 +72,8 @@ def tiny(line):
         if "BOX_CONFORMAL.SCORE" in line:
             extra += run_demo.TINY_BOX
         return line + " " + shlex.join(extra)
+    if line.startswith("python tools/lazy_train_net.py"):
+        return line + " " + " ".join(TINY_LAZY)
     if line.startswith("python tools/seg_train.py"):
         snapshot = run_demo.TINY_SNAPSHOT if "mtl" in line else []
         return line + " --cfg-options " + shlex.join([*run_demo.TINY_SEG, *snapshot])

@@ -163,3 +163,29 @@ def main(args):
     results = run(args)
     shutdown_process_group()
     return results
+
+
+def launch_main(main_fn, args):
+    """detectron2's ``launch`` of ``main_fn(args)``, each process through ``run_main``: a
+    user's mistake is an ``error:`` line (per process), not a traceback. With one process
+    ``launch`` runs it in this one; with more, a process that ended so ends the launch too."""
+    import functools
+    import sys
+
+    from detectron2.engine import launch
+    from torch.multiprocessing import ProcessExitedException
+
+    from conf_plugins.cli import EXIT_STATUS, run_main
+
+    try:
+        return launch(
+            functools.partial(run_main, main_fn),
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except ProcessExitedException as exited:  # its reason is already on stderr
+        print(f"error: {exited}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_STATUS) from None
