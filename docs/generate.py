@@ -156,6 +156,163 @@ def segmentation_findings(report):
     return out
 
 
+def _comparison(report, domain, a, b, metric):
+    for c in report.get("comparisons", []):
+        if (c["domain"], c["A"], c["B"], c["metric"]) == (domain, a, b, metric):
+            return c
+    return None
+
+
+def _per_seed(report, domain, method, metric):
+    for row in (report.get("seeds") or {}).get("rows", []):
+        if (row["domain"], row["method"]) == (domain, method):
+            return row["values"].get(metric)
+    return None
+
+
+def _claim(report, label, domain, a, b, metric, seed_domain, seed_metric, lower_is_better):
+    """One sentence: the paired verdict of A − B (seed 0) and in how many seeds A is better."""
+    c = _comparison(report, domain, a, b, metric)
+    if c is None:
+        return None
+    lo, hi = c["interval"]
+    text = f"{label}: {a} − {b} {metric} {c['difference']:+.4f} [{fmt(lo)}, {fmt(hi)}], {c['verdict']}"
+    va, vb = _per_seed(report, seed_domain, a, seed_metric), _per_seed(report, seed_domain, b, seed_metric)
+    survives = c["verdict"] == "A better"
+    if va and vb and len(va) == len(vb) and len(va) > 1:
+        better = sum((x < y) if lower_is_better else (x > y) for x, y in zip(va, vb))
+        text += f"; {a} better in {better} of {len(va)} training seeds ({seed_metric})"
+        survives = survives and better == len(va)
+    return f"* {text}. **{'Survives' if survives else 'Does not survive'}.**"
+
+
+def studies_section(report):
+    """The two studies' choices against the demo's paired intervals and its seeds."""
+    claims = [
+        _claim(
+            report,
+            "DDN study (its choice, λ = 0.1 and M = 5, lowered calib MSCE@0.5 against the Baseline)",
+            "detection, IoU 0.5",
+            "DDN",
+            "Baseline",
+            "MSCE",
+            "detection",
+            "MSCE@IoU0.5",
+            True,
+        ),
+        _claim(
+            report,
+            "Success study (its choice, the live branch with 100-bin Bayes binning, as the MTL "
+            "probability of success; the free baseline is the same network's max softmax)",
+            "segmentation, in-domain",
+            "MTL",
+            "MTL max-softmax",
+            "AUROC",
+            "in-domain",
+            "calib/AUROC",
+            False,
+        ),
+        _claim(
+            report,
+            "Success study, calibration: the MTL probability of success against the temperature-scaled STL",
+            "segmentation, in-domain",
+            "MTL",
+            "STL-scaled",
+            "ECE",
+            "in-domain",
+            "calib/ECE",
+            True,
+        ),
+    ]
+    claims = [c for c in claims if c]
+    if not claims:
+        return []
+    return [
+        "",
+        "## The studies' choices, re-checked",
+        "",
+        "Each study ([DDN](../experiments/ddn_study/README.md), "
+        "[success prediction](../experiments/success_ablation/README.md)) chose on calib from "
+        "one training seed without intervals. The choice survives only when its paired interval "
+        "on val (seed 0) says it is better and it is better in every training seed:",
+        "",
+        *claims,
+    ]
+
+
+def protocol_section(report):
+    """The detection protocol table of the demo report (when the run had it)."""
+    protocol = report.get("protocol")
+    if not protocol:
+        return []
+    lines = [
+        "",
+        "## Detection at the operating point",
+        "",
+        "The protocol of Kuzucu et al. (ECCV 2024): each calibrator fitted on calib, each class's "
+        "LRP-optimal threshold chosen on the calibrated calib detections, val evaluated at those "
+        "thresholds (LaECE / LaACE with the IoU as target, LRP at τ = 0.5; "
+        "[calibrators](calibrators.md)).",
+        "",
+    ]
+    rows = [
+        [
+            r["model"],
+            r["calibrator"],
+            r["target"],
+            fmt(r.get("calib_LaECE")),
+            fmt(r.get("AP"), 2),
+            *[fmt(r.get(m)) for m in ("LRP", "LaECE", "LaACE", "D-ECE", "ECE")],
+            fmt(r.get("detections"), 0),
+        ]
+        for r in protocol.get("rows", [])
+    ]
+    lines += table(
+        [
+            "model",
+            "calibrator",
+            "target",
+            "calib LaECE",
+            "AP",
+            "LRP",
+            "LaECE",
+            "LaACE",
+            "D-ECE",
+            "ECE",
+            "detections",
+        ],
+        rows,
+    )
+    choice = protocol.get("choice")
+    if choice:
+        lines += [
+            "",
+            f"Chosen on calib: `{choice['chosen']}`; on val against the uncalibrated Baseline: "
+            f"LaECE {100 * choice['LaECE_cut']:+.1f} % cut, LRP {choice['LRP_change_points']:+.2f} "
+            f"points, AP {choice['AP_change_points']:+.2f} points (goal ≥ 70 % cut, LRP and AP no "
+            f"worse than 0.5 points: {'met' if choice['goal_met'] else 'not met'}).",
+        ]
+    conformal = protocol.get("conformal", [])
+    if conformal:
+        lines += ["", "Conformal box intervals at α = 0.1 (val coverage of the matched GT boxes):", ""]
+        lines += table(
+            ["model", "score", "correction", "val matched", "coverage", "binomial 95 % range", "width (px)"],
+            [
+                [
+                    r["model"],
+                    r["score"],
+                    r["correction"],
+                    r["val_matched"],
+                    fmt(r["coverage"], 3),
+                    f"[{fmt(r['binomial_range'][0], 3)}, {fmt(r['binomial_range'][1], 3)}]",
+                    fmt(r["width"], 1),
+                ]
+                for r in conformal
+            ],
+        )
+    return lines
+
+
 def results_page(report):
     lines = ["# Results", "", GENERATED.format(source="docs/data/demo_report.json"), ""]
     if report is None:
@@ -174,9 +331,9 @@ def results_page(report):
     lines += [
         "The demo's data is generated (see [get started](get_started.md#the-main-job-make-demo)); "
         "calibrators are fitted and choices made on the held-out calib split, everything "
-        "below is measured on val. Metrics: [definitions](metrics.md). One training seed; "
-        "where the report carries 95 % bootstrap intervals over images they follow each value "
-        "in brackets.",
+        "below is measured on val. Metrics: [definitions](metrics.md). The tables are training "
+        "seed 0; where the report carries 95 % bootstrap intervals over images they follow each "
+        "value in brackets; the spread over training seeds has its own table.",
         "",
         "## Detection (Faster R-CNN R18-FPN, IoU 0.5)",
         "",
@@ -262,6 +419,8 @@ def results_page(report):
                         ]
                     )
         lines += table(["domain", "method", "metric", "mean ± std", "per seed"], rows)
+    lines += studies_section(report)
+    lines += protocol_section(report)
     shift = report.get("shift", {})
     if shift:
         lines += [
@@ -295,21 +454,7 @@ def results_page(report):
                     )
             if out:
                 lines += table(["method", "severity", *metrics], out) + [""]
-    lines += [
-        "",
-        "## Reproducibility",
-        "",
-        "What is fixed: the generated data (seeded), the calib / val splits, the seeds of "
-        "training (`SEED`, `randomness.seed`), of the bootstrap and of the corruptions. What is "
-        "not: floating-point results of CPU kernels differ between machines (vector width, "
-        "oneDNN / MKL code paths, thread count), and small models trained from scratch amplify "
-        "such differences (how much, for these demo models, is not measured yet: one seed, one machine). "
-        "So read the numbers on this page as one run on the "
-        "machine in the stamp: compare methods within this run, with the paired intervals "
-        "above, not absolute values across machines. The bootstrap intervals cover the "
-        "sampling of images, not training randomness; one training seed.",
-        "",
-    ]
+    lines += ["", "## Reproducibility", "", reproducibility(report), ""]
     stages = report.get("stages", {})
     if stages:
         lines += ["## Commands", "", "Each stage of the run, as executed:", ""]
@@ -318,6 +463,35 @@ def results_page(report):
             for name, info in stages.items()
         ]
     return "\n".join(lines) + "\n"
+
+
+def reproducibility(report) -> str:
+    """What is fixed, what varies, and how much training seeds move the numbers here."""
+    text = (
+        "What is fixed: the generated data (seeded), the calib / val splits, the seeds of "
+        "training (`SEED`, `randomness.seed`), of the bootstrap and of the corruptions; on one "
+        "machine with the same thread count a run repeats to the last digit. What is not: "
+        "floating-point results of CPU kernels differ between machines (vector width, oneDNN / "
+        "MKL code paths, thread count), and small models trained from scratch amplify such "
+        "differences, so the same seed lands elsewhere on another machine. "
+    )
+    ap = _per_seed(report, "detection", "Baseline", "AP")
+    miou = _per_seed(report, "in-domain", "STL", "mIoU")
+    spreads = []
+    for name, values in (("the Baseline's mAP", ap), ("the STL's in-domain mIoU", miou)):
+        finite = [v for v in values or [] if v is not None and not math.isnan(v)]
+        if len(finite) > 1:
+            spreads.append(f"{name} spans {fmt(min(finite), 2)}–{fmt(max(finite), 2)}")
+    if spreads:
+        text += (
+            f"How much training randomness alone moves them, on this machine over "
+            f"{len(ap or miou)} training seeds: {'; '.join(spreads)} (table above). "
+        )
+    return text + (
+        "So compare methods within one run, with the paired intervals and across seeds, not "
+        "absolute values across machines. The bootstrap intervals cover the sampling of images, "
+        "not training randomness."
+    )
 
 
 def headline(report):
