@@ -31,6 +31,7 @@ HIGHER_IS_BETTER = (
     "recall",
     "F0.5",
     "failure_detection",
+    "coverage_at_risk",
     "AP",
     "mIoU",
 )
@@ -57,7 +58,7 @@ LOWER_IS_BETTER = (
     "D-ECE",
     "adaptive_ECE",
     "AUGRC",
-    "risk",
+    "risk_at_coverage",
 )
 
 # differences this small are floating-point rounding of equal statistics, not a difference

@@ -47,3 +47,52 @@ def aurc(right: np.ndarray, wrong: np.ndarray) -> np.ndarray:
     harmonic = digamma(torch.from_numpy(before + n + 1)) - digamma(torch.from_numpy(before + 1))
     total = (wrong + (wrong_before - r * before) * harmonic.numpy()).sum(-1)
     return _safe_divide(total, n.sum(-1))
+
+
+def augrc(right: np.ndarray, wrong: np.ndarray) -> np.ndarray:
+    """Area under the generalized risk-coverage curve (Traub et al., NeurIPS 2024): the mean
+    over coverages k/N of P(wrong and accepted) = (wrong among the top k)/N, expected over
+    orders within ties: a group of n (w wrong) after W wrong adds n·W + w(n + 1)/2."""
+    n = right + wrong
+    wrong_before = np.cumsum(wrong, -1) - wrong
+    total = n.sum(-1)
+    summed = (n * wrong_before + wrong * (n + 1) / 2).sum(-1)
+    return _safe_divide(summed, total * total)
+
+
+def risk_at_coverage(right: np.ndarray, wrong: np.ndarray, coverage: float) -> np.ndarray:
+    """Selective risk (share wrong) of the ⌈coverage · N⌉ most confident predictions, the
+    group where that count falls taken by its expected share of wrong ones."""
+    n = right + wrong
+    total = n.sum(-1, keepdims=True)
+    k = np.maximum(np.ceil(coverage * total - 1e-9), 1.0)
+    before = np.cumsum(n, -1) - n
+    taken = np.clip(k - before, 0, n)  # how much of each group lies within the top k
+    share = np.where(n > 0, wrong / np.where(n > 0, n, 1), 0.0)
+    return _safe_divide((taken * share).sum(-1), k[..., 0])
+
+
+def coverage_at_risk(right: np.ndarray, wrong: np.ndarray, risk: float) -> np.ndarray:
+    """The largest coverage k/N (k a whole number of predictions) whose selective risk,
+    expected over orders within ties as :func:`risk_at_coverage`, is at most ``risk``; 0
+    when no coverage is."""
+    n = right + wrong
+    total = n.sum(-1)
+    before = np.cumsum(n, -1) - n
+    wrong_before = np.cumsum(wrong, -1) - wrong
+    q = np.where(n > 0, wrong / np.where(n > 0, n, 1), 0.0)
+    # within a group, risk(k) = (W + (k - C) q) / k <= r  <=>  k (q - r) <= q C - W
+    bound = q * before - wrong_before
+    slope = q - risk
+    with np.errstate(invalid="ignore", divide="ignore"):
+        limit = np.where(slope > 0, bound / np.where(slope > 0, slope, 1), np.inf)
+        lower = np.where(slope < 0, bound / np.where(slope < 0, slope, -1), -np.inf)
+    feasible_all = (slope <= 0) & ((slope < 0) | (bound >= 0))  # from the group's start on
+    top = before + n
+    best = np.where(
+        slope > 0,
+        np.where(np.floor(limit + 1e-9) > before, np.minimum(top, np.floor(limit + 1e-9)), -np.inf),
+        np.where(feasible_all & (np.maximum(lower, before) <= top), top, -np.inf),
+    )
+    best = np.where(n > 0, best, -np.inf).max(-1)
+    return _safe_divide(np.maximum(best, 0.0), total)

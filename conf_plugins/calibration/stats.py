@@ -46,13 +46,15 @@ import torch
 from .binning import bin_index
 from .bootstrap import as_records_matrix, column_sums, project_columns, sparse_rows
 from .checks import as_count, as_tensor, as_threshold, validated_pairs
-from .ranking import aurc, auroc, average_precision
+from .ranking import augrc, aurc, auroc, average_precision, coverage_at_risk, risk_at_coverage
 from .reduce import sum_over_ranks
 
 DEFAULT_FINE_BINS = 6000
 LOG_EPS = float(np.finfo(np.float64).eps)
 FORMAT_VERSION = 1
 F_BETA = 0.5  # success-prediction paper §3.3: precision weighted double
+DEFAULT_COVERAGE = 0.8  # risk_at_coverage: the selective risk at 80 % coverage
+DEFAULT_RISK = 0.05  # coverage_at_risk: the largest coverage with selective risk <= 5 %
 DEFAULT_NUM_BINS = 10  # coarse bins of ECE / MSCE / MCE everywhere (DDN paper §III: M = 10)
 _CHUNK = 1 << 18  # samples per pass: bounds temporaries (~8 MB) and keeps them in cache
 # the keys of CalibrationStats.compute (plus "mean_entropy" when entropies were given)
@@ -67,6 +69,10 @@ METRIC_NAMES = (
     "AUPR_In",
     "AUPR_Out",
     "AURC",
+    "AUGRC",
+    "risk_at_coverage",
+    "coverage_at_risk",
+    "adaptive_ECE",
     "accuracy",
     "precision",
     "recall",
@@ -422,16 +428,37 @@ class CalibrationStats:
         return self._state.reshape(-1).clone()
 
 
-def ranking_metrics_of_counts(counts: np.ndarray) -> dict:
-    """AUROC, AUPR_In, AUPR_Out, AURC of ``counts`` (B, 2, K): per fine bin the number of
-    wrong (row 0) and correct (row 1) predictions, in ascending confidence."""
+def ranking_metrics_of_counts(counts: np.ndarray, coverage=DEFAULT_COVERAGE, risk=DEFAULT_RISK) -> dict:
+    """AUROC, AUPR_In, AUPR_Out, AURC, AUGRC, risk at ``coverage`` and coverage at ``risk``
+    of ``counts`` (B, 2, K): per fine bin the number of wrong (row 0) and correct (row 1)
+    predictions, in ascending confidence."""
     wrong, right = counts[:, 0], counts[:, 1]
+    descending = right[:, ::-1], wrong[:, ::-1]
     return {
-        "AUROC": auroc(right[:, ::-1], wrong[:, ::-1]),
-        "AUPR_In": average_precision(right[:, ::-1], wrong[:, ::-1]),
+        "AUROC": auroc(*descending),
+        "AUPR_In": average_precision(*descending),
         "AUPR_Out": average_precision(wrong, right),
-        "AURC": aurc(right[:, ::-1], wrong[:, ::-1]),
+        "AURC": aurc(*descending),
+        "AUGRC": augrc(*descending),
+        "risk_at_coverage": risk_at_coverage(*descending, coverage),
+        "coverage_at_risk": coverage_at_risk(*descending, risk),
     }
+
+
+def adaptive_ece(counts: np.ndarray, fine_conf: np.ndarray, num_bins: int) -> np.ndarray:
+    """ECE over ``num_bins`` equal-mass bins (Nixon et al., CVPR-W 2019): fine bin j (in
+    ascending confidence) joins adaptive bin ⌊num_bins · (predictions below it) / N⌋, so
+    each holds about N / num_bins predictions, up to the fine bins (a fine bin is never
+    split). ``counts`` (B, 2, K), ``fine_conf`` (B, K) Σ confidence per fine bin."""
+    n = counts.sum(1)
+    total = n.sum(-1, keepdims=True)
+    before = np.cumsum(n, -1) - n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        index = np.minimum(np.floor(num_bins * before / np.where(total > 0, total, 1)), num_bins - 1)
+    index = index.astype(np.int64) + num_bins * np.arange(n.shape[0])[:, None]
+    gap = np.zeros(n.shape[0] * num_bins)
+    np.add.at(gap, index.reshape(-1), (counts[:, 1] - fine_conf).reshape(-1))
+    return _ratio(np.abs(gap.reshape(n.shape[0], num_bins)).sum(-1), total[:, 0])
 
 
 def _coarse_onehot(fine_index, num_fine_bins: int, num_bins: int) -> np.ndarray:
@@ -456,16 +483,17 @@ def metrics_of_states(
     if fine_index is None:
         fine_index, num_fine_bins = np.arange(K), K
     coarse = state @ _coarse_onehot(fine_index, num_fine_bins, num_bins)
-    return metrics_of_summaries(state[:, 0], coarse, k, fine_index)
+    return metrics_of_summaries(state[:, 0], coarse, k, fine_index, state[:, 1].sum(1))
 
 
-def metrics_of_summaries(counts: np.ndarray, coarse: np.ndarray, k: int, fine_index) -> dict:
+def metrics_of_summaries(counts: np.ndarray, coarse: np.ndarray, k: int, fine_index, fine_conf=None) -> dict:
     """The one implementation of the formulas of :meth:`CalibrationStats.compute`, from the
     two summaries they need: ``counts`` ``(B, 2, K)``, the wrong / correct counts of the fine
     bins ``fine_index`` (ascending; ranking metrics and the threshold ``k``, a fine edge), and
     ``coarse`` ``(B, stats, 2, num_bins)``, every statistic summed per coarse bin (ECE family,
     NLL, Brier, means). Both are linear in the samples: a bootstrap resamples them, not the
-    whole state (:class:`StatsRecordMetrics`)."""
+    whole state (:class:`StatsRecordMetrics`). ``fine_conf`` (B, K), Σ confidence per fine
+    bin, adds the equal-mass ``adaptive_ECE`` (over as many bins as ``coarse`` has)."""
     wrong, right = counts[:, 0], counts[:, 1]
     n_total, n_right = wrong.sum(-1) + right.sum(-1), right.sum(-1)
     s = {name: coarse[:, i] for i, name in enumerate(_STATS)}  # (B, 2, bins)
@@ -485,6 +513,8 @@ def metrics_of_summaries(counts: np.ndarray, coarse: np.ndarray, k: int, fine_in
             "Brier": (s["sum_conf_sq"].sum((-2, -1)) - 2 * s["sum_conf"][:, 1].sum(-1) + n_right) / n_total,
             **ranking_metrics_of_counts(counts),
         }
+        if fine_conf is not None:
+            out["adaptive_ECE"] = adaptive_ece(counts, fine_conf, coarse.shape[-1])
         above = np.asarray(fine_index) >= k
         tp, fp = right[:, above].sum(-1), wrong[:, above].sum(-1)
         fn, tn = right[:, ~above].sum(-1), wrong[:, ~above].sum(-1)
@@ -539,19 +569,22 @@ class StatsRecordMetrics:
         stat, correct, fine = column // (2 * K), column // K % 2, column % K
         counts = torch.where((stat == 0) & occupied[fine], correct * num_occupied + position[fine], -1)
         coarse = (stat * 2 + correct) * nb + fine // (K // nb)
+        fine_conf = torch.where((stat == 1) & occupied[fine], position[fine], -1)  # both rows
         fine_index = np.flatnonzero(occupied.numpy())
 
         def metrics_of_sums(sums):
-            count_sums, coarse_sums = (np.asarray(p, dtype=np.float64) for p in sums)
+            count_sums, coarse_sums, conf_sums = (np.asarray(p, dtype=np.float64) for p in sums)
             B = count_sums.shape[0]
             return metrics_of_summaries(
                 count_sums.reshape(B, 2, num_occupied),
                 coarse_sums.reshape(B, len(_STATS), 2, nb),
                 self.k,
                 fine_index,
+                conf_sums,
             )
 
-        return [(counts, 2 * num_occupied), (coarse, len(_STATS) * 2 * nb)], metrics_of_sums
+        columns = [(counts, 2 * num_occupied), (coarse, len(_STATS) * 2 * nb), (fine_conf, num_occupied)]
+        return columns, metrics_of_sums
 
     def __call__(self, records) -> dict:
         records = as_records_matrix(records)
