@@ -96,3 +96,15 @@ def coverage_at_risk(right: np.ndarray, wrong: np.ndarray, risk: float) -> np.nd
     )
     best = np.where(n > 0, best, -np.inf).max(-1)
     return _safe_divide(np.maximum(best, 0.0), total)
+
+
+def image_level_aurc(confidence: np.ndarray, risk: np.ndarray, weights: np.ndarray = None) -> np.ndarray:
+    """AURC over images (ValUES, Kahl et al., ICLR 2024, image-level aggregation): each
+    image one prediction with its aggregated ``confidence`` (I,) and ``risk`` (I,) in [0, 1]
+    (e.g. its mean pixel confidence and pixel error rate), ranked by confidence; ``weights``
+    (B, I) are how often each image counts (bootstrap resamples), default once: (B,) values."""
+    confidence, risk = np.asarray(confidence, np.float64), np.asarray(risk, np.float64)
+    weights = np.ones((1, confidence.size)) if weights is None else np.asarray(weights, np.float64)
+    order = np.argsort(-confidence, kind="stable")
+    w = weights[:, order]
+    return aurc(w * (1 - risk[order]), w * risk[order])

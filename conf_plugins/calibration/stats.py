@@ -422,6 +422,11 @@ class CalibrationStats:
         values = torch.cat([t.to(torch.float64) for t in terms])
         return sparse_rows(rows, cols, values, (num_groups, S), coalesce=False)
 
+    def totals(self) -> tuple:
+        """(wrong, correct, Σ confidence) over every sample, as floats."""
+        wrong, right = self._state[0].sum(1).tolist()
+        return wrong, right, float(self._state[1].sum())
+
     def as_record(self) -> torch.Tensor:
         """The statistics as one flat float64 vector (a row of a per-image record matrix for
         :mod:`~conf_plugins.calibration.bootstrap`); :func:`metrics_of_records` inverts it."""

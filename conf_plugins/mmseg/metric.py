@@ -14,9 +14,13 @@ from conf_plugins.calibration.bootstrap import (
     DEFAULT_RESAMPLES,
     bootstrap_intervals,
     check_bootstrap_args,
+    percentile_interval,
+    resample_counts,
 )
+from conf_plugins.calibration.detection_stats import DetectionBinStats, DetectionRecordMetrics
 from conf_plugins.calibration.pixel_confidence import pixel_confidence
 from conf_plugins.calibration.plots import plot_reliability
+from conf_plugins.calibration.ranking import image_level_aurc
 from conf_plugins.calibration.stats import DEFAULT_NUM_BINS, StatsRecordMetrics
 
 
@@ -34,8 +38,12 @@ class SegCalibrationMetric(BaseMetric):
     out. The confidence is the max softmax of ``seg_logits`` (divided by ``temperature``:
     the STL-scaled baseline), or any per-pixel map a model puts in its ``SegDataSample``,
     e.g. ``pred_confidence`` (probability of success) or ``success_score``. Reports ECE,
-    MSCE, MCE, NLL, Brier, success-vs-failure AUROC / AUPR-In / AUPR-Out, AURC, and the
-    success paper's Acc / Precision / F0.5 at ``threshold`` (§3.3).
+    MSCE, MCE, NLL, Brier, adaptive ECE, success-vs-failure AUROC / AUPR-In / AUPR-Out,
+    AURC, AUGRC, risk at coverage / coverage at risk, the success paper's Acc / Precision /
+    F0.5 at ``threshold`` (§3.3); ``classwise_ECE`` (mean over predicted classes of the ECE
+    of their pixels) when the dataset's classes are known (always under mmseg's runner); and
+    ``image_AURC``, the AURC over images ranked by their mean confidence against their pixel
+    error rate (ValUES' image-level aggregation).
 
     Each sample adds one small record, its :class:`CalibrationStats` (O(bins), whatever the
     resolution), so mmengine's gathering across processes — which drops the padded
@@ -180,10 +188,16 @@ class SegCalibrationMetric(BaseMetric):
                     f"confidence {tuple(confidence.shape)}"
                 )
             stats = CalibrationStats(self.num_fine_bins)
-            stats.update(confidence, pred == label, mask=label != self.ignore_index)
-            self.results.append(
-                {"image": os.path.basename(str(sample.get("img_path", ""))), "stats": stats.state_dict()}
-            )
+            valid = label != self.ignore_index
+            stats.update(confidence, pred == label, mask=valid)
+            result = {"image": os.path.basename(str(sample.get("img_path", ""))), "stats": stats.state_dict()}
+            num_classes = self.num_classes()
+            if num_classes:  # class-wise ECE: per predicted class, coarse bins
+                classwise = DetectionBinStats(num_classes, (self.num_bins,))
+                kept = valid & (pred >= 0) & (pred < num_classes)
+                classwise.update(confidence[kept].clamp(0, 1), (pred == label)[kept], pred[kept])
+                result["classwise"] = classwise.state.clone()
+            self.results.append(result)
 
     def compute_metrics(self, results):
         total = CalibrationStats(self.num_fine_bins)
@@ -194,7 +208,14 @@ class SegCalibrationMetric(BaseMetric):
             raise ValueError("no labelled pixels to evaluate: every pixel is ignore_index")
         metrics = total.compute(num_bins=self.num_bins, threshold=self.threshold)
         records = torch.stack([part.as_record() for part in parts])
-        metrics.update(self.intervals(records))
+        classwise = None
+        if all("classwise" in r for r in results):
+            classwise = torch.stack([r["classwise"].reshape(-1) for r in results])
+            merged = DetectionBinStats(self.num_classes(), (self.num_bins,))
+            merged.state = classwise.sum(0).view_as(merged.state)
+            metrics["classwise_ECE"] = merged.classwise_ece()
+        metrics.update(self.image_metrics(parts))
+        metrics.update(self.intervals(records if classwise is None else torch.cat([records, classwise], 1)))
         name, self._auto = self._auto or self.confidence, None  # 'auto' resolves anew per run
         if self.output_dir:
             os.makedirs(self.output_dir, exist_ok=True)
@@ -217,21 +238,49 @@ class SegCalibrationMetric(BaseMetric):
             )
         return metrics
 
-    def metric_fn(self):
-        """Summed per-image records ``(B, S)`` -> ``{metric: (B,) array}`` (for bootstraps)."""
-        return StatsRecordMetrics(self.num_fine_bins, self.num_bins, self.threshold)
+    def num_classes(self):
+        """The dataset's number of classes, None when unknown (no ``dataset_meta``)."""
+        classes = (self.dataset_meta or {}).get("classes")
+        return len(classes) if classes else None
+
+    def metric_fn(self, classwise: bool = False):
+        """Summed per-image records ``(B, S)`` -> ``{metric: (B,) array}`` (for bootstraps);
+        ``classwise``: the records end with the class-wise ECE's statistics."""
+        stats = StatsRecordMetrics(self.num_fine_bins, self.num_bins, self.threshold)
+        if not classwise:
+            return stats
+        bins = DetectionBinStats(self.num_classes(), (self.num_bins,))
+        return DetectionRecordMetrics([(stats, None), (bins, ("classwise_ECE",))])
+
+    def image_metrics(self, parts) -> dict:
+        """``image_AURC`` (and its bootstrap interval): images ranked by mean confidence,
+        their risk the share of their labelled pixels predicted wrong."""
+        totals = torch.tensor([p.totals() for p in parts], dtype=torch.float64)  # wrong, right, Σ conf
+        labelled = totals[:, 0] + totals[:, 1]
+        keep = labelled > 0
+        if int(keep.sum()) == 0:
+            return {}
+        confidence = (totals[keep, 2] / labelled[keep]).numpy()
+        risk = (totals[keep, 0] / labelled[keep]).numpy()
+        out = {"image_AURC": float(image_level_aurc(confidence, risk)[0])}
+        if self.bootstrap and int(keep.sum()) >= 2:
+            weights = resample_counts(int(keep.sum()), self.bootstrap, self.bootstrap_seed).numpy()
+            lo, hi = percentile_interval(image_level_aurc(confidence, risk, weights), self.bootstrap_level)
+            out.update({"image_AURC_ci_lo": lo, "image_AURC_ci_hi": hi})
+        return out
 
     def intervals(self, records) -> dict:
         """``<metric>_ci_lo`` / ``_ci_hi``: percentile-bootstrap intervals over the images (nan
         with fewer than two images, where resampling says nothing)."""
         if not self.bootstrap:
             return {}
+        metric_fn = self.metric_fn(classwise=records.shape[1] > StatsRecordMetrics(self.num_fine_bins).size)
         if records.shape[0] < 2:
             print_log("SegCalibrationMetric: one image, no bootstrap interval", logger="current")
-            names = self.metric_fn()(records)
+            names = metric_fn(records)
             return {f"{n}_ci_{side}": math.nan for n in names for side in ("lo", "hi")}
         intervals = bootstrap_intervals(
-            records, self.metric_fn(), self.bootstrap, self.bootstrap_level, self.bootstrap_seed
+            records, metric_fn, self.bootstrap, self.bootstrap_level, self.bootstrap_seed
         )
         return {
             f"{name}_ci_{side}": value

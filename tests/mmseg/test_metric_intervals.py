@@ -53,3 +53,37 @@ def test_no_bootstrap_and_bad_settings(samples):
         SegCalibrationMetric(bootstrap=1)
     with pytest.raises(ValueError, match=r"level must lie in \(0, 1\)"):
         SegCalibrationMetric(bootstrap_level=1.5)
+
+
+def test_classwise_ece_and_image_level_aurc(samples):
+    """Class-wise ECE = the mean over predicted classes of the ECE of their labelled pixels;
+    image-level AURC ranks images by mean confidence against their pixel error rate; both
+    with intervals that bracket them."""
+    from conf_plugins.calibration.ranking import image_level_aurc
+
+    metric = SegCalibrationMetric(bootstrap=100)
+    metric.dataset_meta = {"classes": tuple(f"c{i}" for i in range(4))}
+    metric.process({}, samples)
+    metrics = metric.compute_metrics(metric.results)
+    conf, correct, pred, per_image = [], [], [], []
+    for s in samples:
+        logits = s["seg_logits"]["data"].float()
+        p, label = s["pred_sem_seg"]["data"].squeeze(0), s["gt_sem_seg"]["data"].squeeze(0)
+        valid = label != 255
+        c = torch.softmax(logits, 0).amax(0)
+        conf.append(c[valid]), correct.append((p == label)[valid]), pred.append(p[valid])
+        per_image.append((float(c[valid].mean()), float((p != label)[valid].double().mean())))
+    conf, correct, pred = torch.cat(conf).double(), torch.cat(correct), torch.cat(pred)
+    eces = []
+    for k in pred.unique().tolist():
+        rows = pred == k
+        stats = CalibrationStats().update(conf[rows], correct[rows])
+        eces.append(stats.compute(num_bins=10)["ECE"])
+    assert metrics["classwise_ECE"] == pytest.approx(float(np.mean(eces)), rel=1e-6)
+    assert metrics["classwise_ECE_ci_lo"] <= metrics["classwise_ECE"] <= metrics["classwise_ECE_ci_hi"]
+    # image-level AURC: mean over k of the mean error of the k most confident images
+    order = sorted(per_image, key=lambda t: -t[0])
+    plain = np.mean([np.mean([r for _, r in order[: k + 1]]) for k in range(len(order))])
+    assert metrics["image_AURC"] == pytest.approx(plain, rel=1e-6)
+    assert image_level_aurc([0.9, 0.1], [0.0, 1.0], np.array([[2.0, 0.0]]))[0] == 0.0  # weights: copies
+    assert metrics["image_AURC_ci_lo"] <= metrics["image_AURC"] <= metrics["image_AURC_ci_hi"]
