@@ -296,15 +296,23 @@ def detection_record_metrics(
     localisation_bins: int = None,
     lrp_bins: int = None,
     tp_iou: float = None,
+    coverage: float = None,
+    risk: float = None,
 ) -> DetectionRecordMetrics:
     """The metric function of :class:`~conf_plugins.detectron2.evaluator.DetectionCalibrationEvaluator`
     records: the ECE family and ranking metrics, class-wise ECE and D-ECE over ``bins``,
     LaECE / LaACE over ``localisation_bins`` confidence bins and LRP / oLRP with τ =
     ``tp_iou`` (records written without the last two keep LaECE of ``bins``)."""
     from .lrp import LRPStats
-    from .stats import DEFAULT_FINE_BINS, StatsRecordMetrics
+    from .stats import DEFAULT_COVERAGE, DEFAULT_FINE_BINS, DEFAULT_RISK, StatsRecordMetrics
 
-    components = [(StatsRecordMetrics(num_fine_bins or DEFAULT_FINE_BINS, num_bins), None)]
+    stats = StatsRecordMetrics(
+        num_fine_bins or DEFAULT_FINE_BINS,
+        num_bins,
+        coverage=DEFAULT_COVERAGE if coverage is None else coverage,
+        risk=DEFAULT_RISK if risk is None else risk,
+    )
+    components = [(stats, None)]
     if localisation_bins is None:
         return DetectionRecordMetrics(components + [(DetectionBinStats(num_groups, bins), None)])
     components += [

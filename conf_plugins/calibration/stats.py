@@ -347,7 +347,13 @@ class CalibrationStats:
             for name, value in ranking_metrics_of_counts(counts).items()
         }
 
-    def compute(self, num_bins: int = DEFAULT_NUM_BINS, threshold: float = 0.5) -> dict:
+    def compute(
+        self,
+        num_bins: int = DEFAULT_NUM_BINS,
+        threshold: float = 0.5,
+        coverage: float = DEFAULT_COVERAGE,
+        risk: float = DEFAULT_RISK,
+    ) -> dict:
         """All metrics as ``{name: float}``.
 
         * ``ECE`` = Σ_k |D_k|/N · |freq(D_k) − conf(D_k)| (DDN eq. 13–14, L1 form of eq. 15);
@@ -363,7 +369,10 @@ class CalibrationStats:
           score −c) as in the gradient-metrics paper §2; AUPR is average precision
           Σ (R_n − R_{n−1}) P_n (scikit-learn's ``average_precision_score``).
         * ``AURC``: area under the risk–coverage curve, (1/N) Σ_i risk(top i), ties in
-          expectation over their order.
+          expectation over their order; ``AUGRC`` the same with the generalized risk (Traub
+          et al. 2024); ``risk_at_coverage`` the risk of the top ⌈``coverage``·N⌉,
+          ``coverage_at_risk`` the largest coverage with risk <= ``risk``; ``adaptive_ECE``
+          over ``num_bins`` equal-mass bins.
         * At ``threshold`` (success-prediction paper §3.3, confident = c > threshold):
           ``accuracy`` = (tp+tn)/N, ``precision`` = tp/(tp+fp), ``recall`` = tp/(tp+fn),
           ``F0.5`` = (1+β²)tp / ((1+β²)tp + β²fn + fp), β = 0.5. These four say little
@@ -383,7 +392,9 @@ class CalibrationStats:
                 "(empty input, or everything masked out)"
             )
         num_bins = self._coarse_bins(num_bins)
-        out = metrics_of_states(self._state.numpy()[None], num_bins, self._edge_index(threshold))
+        out = metrics_of_states(
+            self._state.numpy()[None], num_bins, self._edge_index(threshold), coverage=coverage, risk=risk
+        )
         # undefined values are math.nan itself (equal dicts compare equal, as before)
         out = {name: math.nan if np.isnan(value[0]) else float(value[0]) for name, value in out.items()}
         if self._entropy[1] > 0:
@@ -475,7 +486,13 @@ def _coarse_onehot(fine_index, num_fine_bins: int, num_bins: int) -> np.ndarray:
 
 
 def metrics_of_states(
-    state: np.ndarray, num_bins: int, k: int, fine_index=None, num_fine_bins: int = None
+    state: np.ndarray,
+    num_bins: int,
+    k: int,
+    fine_index=None,
+    num_fine_bins: int = None,
+    coverage: float = DEFAULT_COVERAGE,
+    risk: float = DEFAULT_RISK,
 ) -> dict:
     """Every metric of :meth:`CalibrationStats.compute` (but ``mean_entropy``) for a batch of
     states ``(B, stats, 2, K)`` (e.g. bootstrap resamples): ``{name: (B,) array}``; ``k`` is
@@ -488,10 +505,18 @@ def metrics_of_states(
     if fine_index is None:
         fine_index, num_fine_bins = np.arange(K), K
     coarse = state @ _coarse_onehot(fine_index, num_fine_bins, num_bins)
-    return metrics_of_summaries(state[:, 0], coarse, k, fine_index, state[:, 1].sum(1))
+    return metrics_of_summaries(state[:, 0], coarse, k, fine_index, state[:, 1].sum(1), coverage, risk)
 
 
-def metrics_of_summaries(counts: np.ndarray, coarse: np.ndarray, k: int, fine_index, fine_conf=None) -> dict:
+def metrics_of_summaries(
+    counts: np.ndarray,
+    coarse: np.ndarray,
+    k: int,
+    fine_index,
+    fine_conf=None,
+    coverage: float = DEFAULT_COVERAGE,
+    risk: float = DEFAULT_RISK,
+) -> dict:
     """The one implementation of the formulas of :meth:`CalibrationStats.compute`, from the
     two summaries they need: ``counts`` ``(B, 2, K)``, the wrong / correct counts of the fine
     bins ``fine_index`` (ascending; ranking metrics and the threshold ``k``, a fine edge), and
@@ -516,7 +541,7 @@ def metrics_of_summaries(counts: np.ndarray, coarse: np.ndarray, k: int, fine_in
             / n_total,
             "NLL_DDN": s["sum_neg_log_conf"].sum((-2, -1)) / n_total,
             "Brier": (s["sum_conf_sq"].sum((-2, -1)) - 2 * s["sum_conf"][:, 1].sum(-1) + n_right) / n_total,
-            **ranking_metrics_of_counts(counts),
+            **ranking_metrics_of_counts(counts, check_level(coverage, "coverage"), check_level(risk, "risk")),
         }
         if fine_conf is not None:
             out["adaptive_ECE"] = adaptive_ece(counts, fine_conf, coarse.shape[-1])
@@ -548,11 +573,17 @@ class StatsRecordMetrics:
     of the S = 10 x fine-bins columns: at COCO scale a few thousand columns, not 60 000."""
 
     def __init__(
-        self, num_fine_bins: int = DEFAULT_FINE_BINS, num_bins: int = DEFAULT_NUM_BINS, threshold=0.5
+        self,
+        num_fine_bins: int = DEFAULT_FINE_BINS,
+        num_bins: int = DEFAULT_NUM_BINS,
+        threshold=0.5,
+        coverage: float = DEFAULT_COVERAGE,
+        risk: float = DEFAULT_RISK,
     ):
         stats = CalibrationStats(num_fine_bins)
         self.num_bins, _ = stats.check_metric_args(num_bins, threshold)
         self.num_fine_bins, self.k = num_fine_bins, stats._edge_index(threshold)
+        self.coverage, self.risk = check_level(coverage, "coverage"), check_level(risk, "risk")
         self.size = self.record_size = len(_STATS) * 2 * num_fine_bins
 
     def summaries(self, totals: torch.Tensor) -> tuple:
@@ -586,6 +617,8 @@ class StatsRecordMetrics:
                 self.k,
                 fine_index,
                 conf_sums,
+                self.coverage,
+                self.risk,
             )
 
         columns = [(counts, 2 * num_occupied), (coarse, len(_STATS) * 2 * nb), (fine_conf, num_occupied)]
@@ -603,6 +636,13 @@ def metrics_of_records(
     """The metrics of summed :meth:`CalibrationStats.as_record` rows ``(B, S)`` (what
     :mod:`~conf_plugins.calibration.bootstrap` resamples)."""
     return StatsRecordMetrics(num_fine_bins, num_bins, threshold)(records)
+
+
+def check_level(value, name: str) -> float:
+    """A coverage or risk level in (0, 1], else ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{name} must lie in (0, 1], got {value!r}")
+    return float(value)
 
 
 def _ratio(num, den):

@@ -86,6 +86,9 @@ def add_ddn_config(cfg):
     # LaECE / LaACE (IoU target) confidence bins (25: the code of Kuzucu et al., ECCV 2024),
     # and the score bins of the LRP curves (LRP-optimal thresholds every 1 / LRP_BINS).
     _C.TEST.CALIBRATION.LOCALISATION_BINS = 25
+    # selective prediction: risk_at_coverage at this coverage, coverage_at_risk at this risk
+    _C.TEST.CALIBRATION.SELECTIVE_COVERAGE = 0.8
+    _C.TEST.CALIBRATION.SELECTIVE_RISK = 0.05
     _C.TEST.CALIBRATION.LRP_BINS = 200
 
     # An image corruption applied by every test loader before the stock resize (COCO-C
@@ -244,6 +247,13 @@ def validate_calibration_config(cfg):
         calib.BOOTSTRAP,
         "0 (no intervals) or an integer >= 2",
     )
+    for name in ("SELECTIVE_COVERAGE", "SELECTIVE_RISK"):
+        _check(
+            _is_real(calib[name]) and 0 < calib[name] <= 1,
+            f"TEST.CALIBRATION.{name}",
+            calib[name],
+            "in (0, 1]",
+        )
     for name in ("LOCALISATION_BINS", "LRP_BINS"):
         _check(
             _is_int(calib[name]) and 1 <= calib[name] <= 100000,

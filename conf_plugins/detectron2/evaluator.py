@@ -25,7 +25,7 @@ from conf_plugins.calibration.detection_stats import DetectionBinStats, detectio
 from conf_plugins.calibration.lrp import DEFAULT_LRP_BINS, LRPStats
 from conf_plugins.calibration.lrp import METRIC_NAMES as LRP_METRIC_NAMES
 from conf_plugins.calibration.plots import plot_position_map, plot_reliability
-from conf_plugins.calibration.stats import METRIC_NAMES
+from conf_plugins.calibration.stats import DEFAULT_COVERAGE, DEFAULT_RISK, METRIC_NAMES, check_level
 
 from .config import validate_calibration_config
 
@@ -87,8 +87,11 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         bootstrap_seed: int = 0,
         localisation_bins: int = DEFAULT_LOCALISATION_BINS,
         lrp_bins: int = DEFAULT_LRP_BINS,
+        coverage: float = DEFAULT_COVERAGE,
+        risk: float = DEFAULT_RISK,
     ):
         self._dataset_name = dataset_name
+        self._coverage, self._risk = check_level(coverage, "coverage"), check_level(risk, "risk")
         self._localisation_bins, self._lrp_bins = int(localisation_bins), int(lrp_bins)
         if self._localisation_bins < 1 or self._lrp_bins < 1:
             raise ValueError(
@@ -124,6 +127,8 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
             bootstrap_seed=cfg.TEST.CALIBRATION.BOOTSTRAP_SEED,
             localisation_bins=cfg.TEST.CALIBRATION.LOCALISATION_BINS,
             lrp_bins=cfg.TEST.CALIBRATION.LRP_BINS,
+            coverage=cfg.TEST.CALIBRATION.SELECTIVE_COVERAGE,
+            risk=cfg.TEST.CALIBRATION.SELECTIVE_RISK,
         )
 
     @staticmethod
@@ -359,6 +364,8 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
             self._localisation_bins,
             self._lrp_bins if tp_iou < 1 else None,
             tp_iou,
+            self._coverage,
+            self._risk,
         )
 
     def _gathered_records(self):
@@ -442,7 +449,7 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                 continue  # no pred_class_probs: no top-1 mode
             for k, (t, s, b) in enumerate(zip(self._iou_thresholds, all_stats[mode], all_bin_stats[mode])):
                 key = f"@IoU{t:g}"
-                for name, value in s.compute(num_bins=self._num_bins).items():
+                for name, value in s.compute(self._num_bins, 0.5, self._coverage, self._risk).items():
                     results[f"{mode}{name}{key}"] = value
                 la, lrp = all_la_stats[mode][k], all_lrp[mode][k]
                 results.update(
@@ -480,7 +487,7 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                         if lrp is not None
                         else EXTRA_METRIC_NAMES[: -len(LRP_METRIC_NAMES)]
                     )
-                    for name in [*s.compute(num_bins=self._num_bins), *extra]:
+                    for name in [*s.compute(self._num_bins, 0.5, self._coverage, self._risk), *extra]:
                         results[f"{mode}{name}{key}_ci_lo"] = results[f"{mode}{name}{key}_ci_hi"] = math.nan
                 if folder:
                     os.makedirs(folder, exist_ok=True)

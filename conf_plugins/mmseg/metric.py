@@ -21,7 +21,13 @@ from conf_plugins.calibration.detection_stats import DetectionBinStats, Detectio
 from conf_plugins.calibration.pixel_confidence import pixel_confidence
 from conf_plugins.calibration.plots import plot_reliability
 from conf_plugins.calibration.ranking import image_level_aurc
-from conf_plugins.calibration.stats import DEFAULT_NUM_BINS, StatsRecordMetrics
+from conf_plugins.calibration.stats import (
+    DEFAULT_COVERAGE,
+    DEFAULT_NUM_BINS,
+    DEFAULT_RISK,
+    StatsRecordMetrics,
+    check_level,
+)
 
 
 def auto_confidence(sample) -> str:
@@ -69,6 +75,10 @@ class SegCalibrationMetric(BaseMetric):
         bootstrap_level (float): the intervals' level. Default 0.95.
         bootstrap_seed (int): seed of the resampling (the same intervals on every machine and
             number of processes). Default 0.
+        coverage (float): ``risk_at_coverage`` is the risk of this share of the most
+            confident pixels. Default 0.8.
+        risk (float): ``coverage_at_risk`` is the largest share with at most this risk.
+            Default 0.05.
     """
 
     default_prefix = "calib"
@@ -87,8 +97,11 @@ class SegCalibrationMetric(BaseMetric):
         bootstrap: int = DEFAULT_RESAMPLES,
         bootstrap_level: float = DEFAULT_LEVEL,
         bootstrap_seed: int = 0,
+        coverage: float = DEFAULT_COVERAGE,
+        risk: float = DEFAULT_RISK,
     ):
         super().__init__(collect_device=collect_device, prefix=prefix)
+        self.coverage, self.risk = check_level(coverage, "coverage"), check_level(risk, "risk")
         if not isinstance(confidence, str) or not confidence:
             raise ValueError(
                 f"confidence must be 'max_softmax' or the name of a per-pixel field, got {confidence!r}"
@@ -206,7 +219,7 @@ class SegCalibrationMetric(BaseMetric):
             total.merge(part)
         if total.count == 0:
             raise ValueError("no labelled pixels to evaluate: every pixel is ignore_index")
-        metrics = total.compute(num_bins=self.num_bins, threshold=self.threshold)
+        metrics = total.compute(self.num_bins, self.threshold, self.coverage, self.risk)
         records = torch.stack([part.as_record() for part in parts])
         classwise = None
         if all("classwise" in r for r in results):
@@ -246,7 +259,9 @@ class SegCalibrationMetric(BaseMetric):
     def metric_fn(self, classwise: bool = False):
         """Summed per-image records ``(B, S)`` -> ``{metric: (B,) array}`` (for bootstraps);
         ``classwise``: the records end with the class-wise ECE's statistics."""
-        stats = StatsRecordMetrics(self.num_fine_bins, self.num_bins, self.threshold)
+        stats = StatsRecordMetrics(
+            self.num_fine_bins, self.num_bins, self.threshold, self.coverage, self.risk
+        )
         if not classwise:
             return stats
         bins = DetectionBinStats(self.num_classes(), (self.num_bins,))

@@ -81,3 +81,18 @@ def test_adaptive_ece_is_the_ece_of_equal_mass_bins():
     assert got == pytest.approx(expected, abs=1e-9)
     sizes = np.bincount(bins, minlength=10)
     assert sizes.min() > 50 and sizes.max() < 150  # about N / 10 each
+
+
+def test_levels_are_configurable_and_checked():
+    g = np.random.default_rng(2)
+    conf = g.random(500)
+    correct = g.random(500) < conf
+    stats = CalibrationStats().update(torch.tensor(conf), torch.tensor(correct))
+    risk, _ = plain_curve(conf, correct)
+    got = stats.compute(coverage=0.5, risk=0.2)
+    assert got["risk_at_coverage"] == pytest.approx(risk[249], abs=2e-3)  # fine-bin ties
+    assert got["risk_at_coverage"] < stats.compute()["risk_at_coverage"]  # 50 % is safer than 80 %
+    assert got["coverage_at_risk"] > stats.compute()["coverage_at_risk"]  # 20 % allows more than 5 %
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(ValueError, match=r"coverage must lie in \(0, 1\]"):
+            stats.compute(coverage=bad)
