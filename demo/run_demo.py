@@ -51,7 +51,7 @@ TINY_SEG = [
     "train_cfg.val_interval=1000",
 ]
 TINY_SNAPSHOT = ["custom_hooks.0.snapshot_iter=2", "default_hooks.checkpoint.interval=2"]
-TINY_SEG_DATA = {"train": 4, "calib": 2, "val": 2, "val_shifted": 2}
+TINY_SEG_DATA = {"train": 4, "calib": 9, "val": 2, "val_shifted": 2}  # calib: risk control at 0.1
 SEG_DATA_SIZES = {"train": 80, "calib": 20, "val": 24, "val_shifted": 24}
 
 

@@ -5,7 +5,13 @@
   true success (success paper §3.2), stored in a *new* checkpoint next to the given one
   (``<name>_bayes.pth`` or ``--output``; never overwrites unless --force);
 * any other model: temperature scaling of the seg logits (the STL-scaled baseline), written
-  to ``<work-dir>/temperature.json``.
+  to ``<work-dir>/temperature.json``;
+* with ``--risk-control ALPHA``, instead: the confidence threshold of risk-controlled
+  selective segmentation (conformal risk control: the expected share of a test image's
+  labelled pixels that are kept and wrong is at most ALPHA; ``conf_plugins.calibration.
+  risk_control``), for the confidence the model outputs (``'auto'``: the probability of
+  success of a fitted success model, else max softmax), written to
+  ``<work-dir>/risk_control.json``; evaluate with ``SegCalibrationMetric(risk_threshold=...)``.
 
 The data is the config's ``calib_dataloader`` (any dataset type and layout; another
 dataloader key with ``--dataloader``). The tool refuses to fit on the data that the config
@@ -61,6 +67,12 @@ def parse_args(argv=None):
         "<checkpoint>_bayes.pth next to the checkpoint); its folder is created",
     )
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    parser.add_argument(
+        "--risk-control",
+        type=float,
+        metavar="ALPHA",
+        help="fit the threshold of risk-controlled selective segmentation at level ALPHA instead",
+    )
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
     return parser.parse_args(argv)
 
@@ -137,6 +149,24 @@ def fit_temperature(model, dataloader, ignore_index, seed=0):
     return TemperatureScaler().fit(sample.values, labels), len(labels)
 
 
+def fit_risk_control(model, dataloader, ignore_index, alpha, num_fine_bins=1500):
+    """Per-image statistics of the confidence ``SegCalibrationMetric(confidence='auto')``
+    evaluates, then conformal risk control at ``alpha`` (:func:`fit_risk_threshold`)."""
+    from conf_plugins.calibration import CalibrationStats
+    from conf_plugins.calibration.risk_control import check_alpha, fit_risk_threshold
+    from conf_plugins.mmseg import SegCalibrationMetric
+
+    check_alpha(alpha)  # before the inference
+    metric, records = SegCalibrationMetric(confidence="auto", num_fine_bins=num_fine_bins), []
+    for sample, label in predictions(model, dataloader):
+        confidence, _ = metric.confidence_map(sample.to_dict())
+        correct = sample.pred_sem_seg.data.squeeze(0) == label
+        stats = CalibrationStats(num_fine_bins).update(confidence, correct, mask=label != ignore_index)
+        records.append(stats.as_record())
+    fitted = fit_risk_threshold(torch.stack(records), num_fine_bins, alpha)
+    return {**fitted, "confidence": metric._auto, "num_fine_bins": num_fine_bins}
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)  # default scope current: MODELS.build
@@ -148,6 +178,25 @@ def main(argv=None):
     model.eval()
     ignore_index = model.decode_head.ignore_index
     fitted_on = dict(dataloader=args.dataloader, data=json.loads(data_identity(loader_cfg)))
+    if args.risk_control is not None:
+        if args.output:
+            raise ValueError(
+                "--output names a Bayes-binning checkpoint; --risk-control writes risk_control.json"
+            )
+        work_dir = args.work_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+        os.makedirs(work_dir, exist_ok=True)
+        out = os.path.join(work_dir, "risk_control.json")
+        refuse_overwrite(out, args.force)
+        fitted = fit_risk_control(model, build_dataloader(loader_cfg), ignore_index, args.risk_control)
+        result = {"method": "conformal_risk_control", "checkpoint": args.checkpoint, **fitted_on, **fitted}
+
+        def dump_risk(tmp):
+            with open(tmp, "w") as f:
+                json.dump(result, f, indent=1)
+
+        write_atomically(out, dump_risk)
+        print(json.dumps(result))
+        return result
     if isinstance(model, SuccessEncoderDecoder):
         out = args.output or f"{os.path.splitext(args.checkpoint)[0]}_bayes.pth"
         refuse_overwrite(out, args.force)

@@ -21,6 +21,7 @@ from conf_plugins.calibration.detection_stats import DetectionBinStats, Detectio
 from conf_plugins.calibration.pixel_confidence import pixel_confidence
 from conf_plugins.calibration.plots import plot_reliability
 from conf_plugins.calibration.ranking import image_level_aurc
+from conf_plugins.calibration.risk_control import abstention, selective_losses, threshold_index
 from conf_plugins.calibration.stats import (
     DEFAULT_COVERAGE,
     DEFAULT_NUM_BINS,
@@ -79,6 +80,11 @@ class SegCalibrationMetric(BaseMetric):
             confident pixels. Default 0.8.
         risk (float): ``coverage_at_risk`` is the largest share with at most this risk.
             Default 0.05.
+        risk_threshold (float | None): the threshold of risk-controlled selective
+            segmentation (``tools/fit_calibration.py --risk-control``): adds
+            ``selective_risk`` (mean over images of the share of labelled pixels kept and
+            wrong, what the threshold controls) and ``abstention`` (mean share abstained),
+            with bootstrap intervals.
     """
 
     default_prefix = "calib"
@@ -99,8 +105,12 @@ class SegCalibrationMetric(BaseMetric):
         bootstrap_seed: int = 0,
         coverage: float = DEFAULT_COVERAGE,
         risk: float = DEFAULT_RISK,
+        risk_threshold: float = None,
     ):
         super().__init__(collect_device=collect_device, prefix=prefix)
+        if risk_threshold is not None:
+            threshold_index(risk_threshold, num_fine_bins)  # a fine edge, checked when built
+        self.risk_threshold = risk_threshold
         self.coverage, self.risk = check_level(coverage, "coverage"), check_level(risk, "risk")
         if not isinstance(confidence, str) or not confidence:
             raise ValueError(
@@ -228,6 +238,8 @@ class SegCalibrationMetric(BaseMetric):
             merged.state = classwise.sum(0).view_as(merged.state)
             metrics["classwise_ECE"] = merged.classwise_ece()
         metrics.update(self.image_metrics(parts))
+        if self.risk_threshold is not None:
+            metrics.update(self.selective(records))
         metrics.update(self.intervals(records if classwise is None else torch.cat([records, classwise], 1)))
         name, self._auto = self._auto or self.confidence, None  # 'auto' resolves anew per run
         if self.output_dir:
@@ -266,6 +278,23 @@ class SegCalibrationMetric(BaseMetric):
             return stats
         bins = DetectionBinStats(self.num_classes(), (self.num_bins,))
         return DetectionRecordMetrics([(stats, None), (bins, ("classwise_ECE",))])
+
+    def selective(self, records) -> dict:
+        """``selective_risk`` / ``abstention`` at ``risk_threshold``, each a mean over images
+        (bootstrap: the same means with resampled image weights)."""
+        losses, _ = selective_losses(records, self.num_fine_bins)
+        j = threshold_index(self.risk_threshold, self.num_fine_bins)
+        per_image = {
+            "selective_risk": losses[:, j],
+            "abstention": abstention(records, self.num_fine_bins, self.risk_threshold),
+        }
+        out = {name: float(values.mean()) for name, values in per_image.items()}
+        if self.bootstrap and records.shape[0] >= 2:
+            weights = resample_counts(records.shape[0], self.bootstrap, self.bootstrap_seed).numpy()
+            for name, values in per_image.items():
+                lo, hi = percentile_interval(weights @ values / weights.sum(1), self.bootstrap_level)
+                out.update({f"{name}_ci_lo": lo, f"{name}_ci_hi": hi})
+        return out
 
     def image_metrics(self, parts) -> dict:
         """``image_AURC`` (and its bootstrap interval): images ranked by mean confidence,

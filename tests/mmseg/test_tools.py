@@ -165,6 +165,25 @@ def test_temperature_scaling_for_the_stl_baseline(workdir):
     assert fitted["temperature"] > 0 and fitted["pixels"] > 0
     assert fitted["dataloader"] == "calib_dataloader"
     assert fitted["data"]["data_prefix"]["img_path"] == "leftImg8bit/calib"
+    # risk-controlled selective segmentation: the threshold fitted on calib, evaluated on val
+    run(workdir, "fit_calibration.py", STL, f"{out}/iter_2.pth", "--risk-control", "0.5")
+    risk = json.load(open(f"{out}/risk_control.json"))
+    assert risk["confidence"] == "max_softmax" and risk["images"] == 2 and risk["alpha"] == 0.5
+    assert risk["calib_risk"] <= 0.5 and 0 <= risk["threshold"] <= 1
+    result = run(
+        workdir,
+        "seg_test.py",
+        STL,
+        f"{out}/iter_2.pth",
+        "--out",
+        f"{out}/risk_test.json",
+        "--cfg-options",
+        f"test_evaluator.1.risk_threshold={risk['threshold']}",
+    )
+    tested = json.load(open(f"{out}/risk_test.json"))
+    assert 0 <= tested["calib/selective_risk"] <= 1 and 0 <= tested["calib/abstention"] <= 1, result.stdout[
+        -500:
+    ]
 
 
 def split_options(loader, split):
