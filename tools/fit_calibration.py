@@ -2,8 +2,10 @@
 """Fit post-hoc calibration of an mmseg model on held-out labelled data.
 
 * a success model (``SuccessEncoderDecoder``): Bayes binning of the success score against
-  true success (success paper §3.2), stored in a *new* checkpoint next to the given one
-  (``<name>_bayes.pth`` or ``--output``; never overwrites unless --force);
+  true success (success paper §3.2) or, with ``pos_map='fusion'``, a logistic regression on
+  the log-odds of the success score and of the max softmax, stored in a *new* checkpoint
+  next to the given one (``<name>_bayes.pth`` / ``<name>_fusion.pth`` or ``--output``;
+  never overwrites unless --force);
 * any other model: temperature scaling of the seg logits (the STL-scaled baseline), written
   to ``<work-dir>/temperature.json``;
 * with ``--risk-control ALPHA``, instead: the confidence threshold of risk-controlled
@@ -28,7 +30,7 @@ import os
 
 import torch
 from mmengine.config import DictAction
-from mmengine.runner import Runner, load_checkpoint
+from mmengine.runner import CheckpointLoader, Runner, load_state_dict
 from mmseg.registry import MODELS
 
 import conf_plugins.mmseg  # noqa: F401  (registers components, safe checkpoint loading)
@@ -136,6 +138,27 @@ def fit_bayes(model, dataloader, ignore_index):
     return calibrator
 
 
+def fit_fusion(model, dataloader, ignore_index, seed=0):
+    """Fusion coefficients (a, b, c) from a uniform sample of labelled pixels: logistic
+    regression of success on (logit success score, logit max softmax, 1)."""
+    from conf_plugins.calibration.logistic import fit_logistic, logit
+
+    sample = UniformSample(MAX_TEMPERATURE_PIXELS, seed)
+    for prediction, label in predictions(model, dataloader):
+        keep = label != ignore_index
+        score = prediction.success_score.data.squeeze(0)[keep]
+        max_softmax = prediction.seg_logits.data.float().softmax(dim=0).amax(dim=0)[keep]
+        correct = (prediction.pred_sem_seg.data.squeeze(0) == label)[keep]
+        sample.add(torch.stack([logit(score), logit(max_softmax)], dim=1), correct.double())
+    if sample.seen == 0:
+        raise ValueError(
+            f"no labelled pixels to fit on: every pixel of the split is ignore_index={ignore_index}"
+        )
+    (correct,) = sample.columns
+    features = torch.cat([sample.values, torch.ones(len(correct), 1, dtype=torch.float64)], dim=1)
+    return fit_logistic(features, correct), len(correct)
+
+
 def fit_temperature(model, dataloader, ignore_index, seed=0):
     sample = UniformSample(MAX_TEMPERATURE_PIXELS, seed)
     for prediction, label in predictions(model, dataloader):
@@ -167,6 +190,18 @@ def fit_risk_control(model, dataloader, ignore_index, alpha, num_fine_bins=1500)
     return {**fitted, "confidence": metric._auto, "num_fine_bins": num_fine_bins}
 
 
+def load_for_fit(model, path):
+    """The checkpoint at ``path`` loaded strictly into ``model``, except that a model that
+    maps with fusion may come from a checkpoint without (unfitted) fusion buffers."""
+    checkpoint = CheckpointLoader.load_checkpoint(path, map_location="cpu")
+    state = checkpoint.get("state_dict", checkpoint)
+    if isinstance(model, SuccessEncoderDecoder) and model.pos_map == "fusion":
+        for name in ("fusion_coef", "fusion_fingerprint"):
+            state.setdefault(name, getattr(model, name).clone())
+    load_state_dict(model, state, strict=True)
+    return checkpoint
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)  # default scope current: MODELS.build
@@ -174,7 +209,7 @@ def main(argv=None):
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     loader_cfg = held_out_dataloader(cfg, args.dataloader, args.allow_eval_split)
     model = MODELS.build(cfg.model)
-    checkpoint = load_checkpoint(model, args.checkpoint, map_location="cpu", strict=True)
+    checkpoint = load_for_fit(model, args.checkpoint)
     model.eval()
     ignore_index = model.decode_head.ignore_index
     fitted_on = dict(dataloader=args.dataloader, data=json.loads(data_identity(loader_cfg)))
@@ -197,7 +232,17 @@ def main(argv=None):
         write_atomically(out, dump_risk)
         print(json.dumps(result))
         return result
-    if isinstance(model, SuccessEncoderDecoder):
+    if isinstance(model, SuccessEncoderDecoder) and model.pos_map == "fusion":
+        out = args.output or f"{os.path.splitext(args.checkpoint)[0]}_fusion.pth"
+        refuse_overwrite(out, args.force)
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # before the fit
+        coef, pixels = fit_fusion(model, build_dataloader(loader_cfg), ignore_index)
+        model.set_fusion(coef)
+        checkpoint["state_dict"] = model.state_dict()
+        checkpoint.setdefault("meta", {})["fusion"] = dict(fitted_on, pixels=pixels)
+        write_atomically(out, lambda tmp: torch.save(checkpoint, tmp))
+        result = {"method": "fusion", "checkpoint": out, **fitted_on, "pixels": pixels, "coef": coef.tolist()}
+    elif isinstance(model, SuccessEncoderDecoder):
         out = args.output or f"{os.path.splitext(args.checkpoint)[0]}_bayes.pth"
         refuse_overwrite(out, args.force)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # before the fit

@@ -48,13 +48,12 @@ from torch import nn
 from .binning import bin_index
 from .detection_stats import DetectionBinStats
 from .fingerprint import weights_fingerprint
+from .logistic import LOGIT_EPS, fit_logistic, logit
 from .temperature import T_MAX, T_MIN
 
 METHODS = ("identity", "temperature", "platt", "linear", "histogram", "isotonic")
 TARGETS = ("hit", "iou")
 SAMPLED_METHODS = ("temperature", "platt", "linear")  # fitted on a sample, not on counts
-LOGIT_EPS = 1e-6  # scores clipped to [eps, 1 - eps] before logit (Platt)
-_NEWTON_STEPS = 100
 
 
 def _check_fit_inputs(logits, classes, correct):
@@ -114,41 +113,15 @@ def fit_binary_temperature(logits, classes, correct, grid: int = 121, tol: float
     return math.exp(-best)
 
 
-def _logit(s: torch.Tensor) -> torch.Tensor:
-    s = s.double().clamp(LOGIT_EPS, 1 - LOGIT_EPS)
-    return s.log() - (-s).log1p()
-
-
 def fit_platt(scores, targets) -> tuple:
     """(a, b) of sigmoid(a · logit(s) + b) minimising the mean binary cross-entropy against
-    ``targets`` in [0, 1] (Newton's method with step halving; convex); a >= 0."""
-    z, y = _logit(torch.as_tensor(scores)), torch.as_tensor(targets).double()
+    ``targets`` in [0, 1] (:func:`~conf_plugins.calibration.logistic.fit_logistic`); a >= 0
+    (a fit with a < 0 falls back to the constant a = 0, b = logit(mean target))."""
+    z, y = logit(torch.as_tensor(scores)), torch.as_tensor(targets).double()
     mean = float(y.mean().clamp(LOGIT_EPS, 1 - LOGIT_EPS))
-    fallback = (0.0, math.log(mean / (1 - mean)))
-    X = torch.stack([z, torch.ones_like(z)], dim=1)
-
-    def loss(w):
-        logits = X @ w
-        return float((torch.nn.functional.softplus(logits) - y * logits).mean())
-
-    w = torch.tensor([1.0, 0.0], dtype=torch.float64)
-    current = loss(w)
-    for _ in range(_NEWTON_STEPS):
-        p = torch.sigmoid(X @ w)
-        grad = X.T @ (p - y) / len(y)
-        hess = (X * (p * (1 - p))[:, None]).T @ X / len(y) + 1e-9 * torch.eye(2, dtype=torch.float64)
-        step = torch.linalg.solve(hess, grad)
-        scale = 1.0
-        while scale > 1e-6 and loss(w - scale * step) > current:
-            scale /= 2
-        if scale <= 1e-6:
-            break
-        w = (w - scale * step).clamp(-1e3, 1e3)
-        previous, current = current, loss(w)
-        if previous - current < 1e-12:
-            break
+    w = fit_logistic(torch.stack([z, torch.ones_like(z)], dim=1), y, init=torch.tensor([1.0, 0.0]))
     a, b = float(w[0]), float(w[1])
-    return (a, b) if a >= 0 and math.isfinite(a + b) else fallback
+    return (a, b) if a >= 0 and math.isfinite(a + b) else (0.0, math.log(mean / (1 - mean)))
 
 
 def fit_linear(scores, targets) -> tuple:
@@ -380,7 +353,7 @@ class DetectionScoreCalibrator(nn.Module):
         if self.method in ("platt", "linear"):
             a, b = self.params[classes.long()].to(s.device).unbind(1)
             if self.method == "platt":
-                return torch.sigmoid(a * _logit(s) + b).to(scores)
+                return torch.sigmoid(a * logit(s) + b).to(scores)
             return (a * s + b).clamp(0, 1).to(scores)
         if self.method == "histogram":
             bins = bin_index(s, self.num_bins)  # ((k-1)/B, k/B], as DetectionBinStats bins

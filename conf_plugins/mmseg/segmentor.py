@@ -8,6 +8,7 @@ from mmseg.registry import MODELS
 from conf_plugins.calibration import BayesBinningCalibrator
 from conf_plugins.calibration.bayes_binning import FORMAT_VERSION
 from conf_plugins.calibration.fingerprint import FingerprintVerifiedOnce, weights_fingerprint
+from conf_plugins.calibration.logistic import logit
 
 from .success_head import SuccessBranchMixin
 
@@ -18,8 +19,12 @@ class SuccessEncoderDecoder(FingerprintVerifiedOnce, EncoderDecoder):
     carries the success branch's output:
 
     * ``success_score``: softmax probability of success s, shape (1, H, W);
-    * ``pred_confidence``: probability of success P(S|s) by Bayes binning (success paper
-      §3.2), once fitted (``tools/fit_calibration.py``); absent before.
+    * ``pred_confidence``: the probability of success, once fitted
+      (``tools/fit_calibration.py``; absent before): with ``pos_map='bayes'`` P(S|s) by
+      Bayes binning of the success score (success paper §3.2); with ``pos_map='fusion'``
+      sigmoid(a·logit(s) + b·logit(m) + c), a logistic regression on the log-odds of the
+      success score s and of the same network's max softmax m (what the success study
+      found to beat the max softmax in domain), held as the buffer ``fusion_coef``.
 
     The head appends the success log-odds as an extra channel, so the stock whole / slide
     inference and ``postprocess_result`` (padding, flip, resize) treat it exactly like the
@@ -32,10 +37,18 @@ class SuccessEncoderDecoder(FingerprintVerifiedOnce, EncoderDecoder):
 
     Args (beyond EncoderDecoder's):
         bayes_num_bins (int): M equal bins of s for Bayes binning. Default 10.
+        pos_map (str): ``'bayes'`` (default) or ``'fusion'``: which map turns the branch's
+            output into ``pred_confidence``.
     """
 
-    def __init__(self, *args, bayes_num_bins: int = 10, **kwargs):
+    POS_MAPS = ("bayes", "fusion")
+    CALIBRATION_BUFFERS = ("bayes_counts", "bayes_fingerprint", "fusion_coef", "fusion_fingerprint")
+
+    def __init__(self, *args, bayes_num_bins: int = 10, pos_map: str = "bayes", **kwargs):
         super().__init__(*args, **kwargs)
+        if pos_map not in self.POS_MAPS:
+            raise ValueError(f"pos_map must be one of {self.POS_MAPS}, got {pos_map!r}")
+        self.pos_map = pos_map
         if not isinstance(self.decode_head, SuccessBranchMixin):
             raise TypeError(
                 "SuccessEncoderDecoder needs a success decode head (FCNSuccessHead,"
@@ -47,21 +60,28 @@ class SuccessEncoderDecoder(FingerprintVerifiedOnce, EncoderDecoder):
         # rows: failure counts, success counts
         self.register_buffer("bayes_counts", torch.zeros(2, bayes_num_bins, dtype=torch.float64))
         self.register_buffer("bayes_fingerprint", torch.zeros(32, dtype=torch.uint8))
+        if pos_map == "fusion":  # only then: checkpoints of Bayes-binning models keep their keys
+            self.register_buffer("fusion_coef", torch.zeros(3, dtype=torch.float64))
+            self.register_buffer("fusion_fingerprint", torch.zeros(32, dtype=torch.uint8))
 
     @property
     def calibrated(self) -> bool:
+        if self.pos_map == "fusion":
+            return bool(self.fusion_fingerprint.any())
         return bool(self.bayes_counts.sum() > 0)
 
     def weights_fingerprint(self) -> torch.Tensor:
         """SHA-256 (32 uint8) of every weight and buffer except the calibration's own."""
         return weights_fingerprint(
-            (name, t)
-            for name, t in self.state_dict().items()
-            if name not in ("bayes_counts", "bayes_fingerprint")
+            (name, t) for name, t in self.state_dict().items() if name not in self.CALIBRATION_BUFFERS
         )
 
     def calibrator(self) -> BayesBinningCalibrator:
         """The fitted Bayes-binning calibrator held in this model's buffers."""
+        if self.pos_map != "bayes":
+            raise ValueError(
+                f"this model maps its success score with pos_map='{self.pos_map}', not Bayes binning"
+            )
         if not self.calibrated:
             raise RuntimeError("Bayes binning is not fitted: run tools/fit_calibration.py")
         self.verify_fingerprint_once(self._verify_fingerprint)
@@ -75,15 +95,18 @@ class SuccessEncoderDecoder(FingerprintVerifiedOnce, EncoderDecoder):
         )
 
     def _verify_fingerprint(self):
-        if not torch.equal(self.weights_fingerprint(), self.bayes_fingerprint.cpu()):
+        sealed = self.fusion_fingerprint if self.pos_map == "fusion" else self.bayes_fingerprint
+        if not torch.equal(self.weights_fingerprint(), sealed.cpu()):
             raise RuntimeError(
-                "the Bayes-binning calibration in this model was fitted for "
+                f"the {self.pos_map} calibration in this model was fitted for "
                 "other weights (stale calibration, e.g. after fine-tuning): "
                 "refit it with tools/fit_calibration.py"
             )
 
     def set_calibrator(self, calibrator: BayesBinningCalibrator):
         """Store a fitted calibrator (and the fingerprint of the current success weights)."""
+        if self.pos_map != "bayes":
+            raise ValueError(f"set_calibrator stores Bayes binning; this model has pos_map='{self.pos_map}'")
         if calibrator.num_bins != self.bayes_num_bins:
             raise ValueError(
                 f"calibrator has {calibrator.num_bins} bins, the model {self.bayes_num_bins} (bayes_num_bins)"
@@ -93,9 +116,28 @@ class SuccessEncoderDecoder(FingerprintVerifiedOnce, EncoderDecoder):
         self.bayes_fingerprint.copy_(self.weights_fingerprint())
         self.forget_verified()
 
+    def set_fusion(self, coef):
+        """Store fitted fusion coefficients (a, b, c) and the fingerprint of the weights."""
+        if self.pos_map != "fusion":
+            raise ValueError("set_fusion needs pos_map='fusion'")
+        coef = torch.as_tensor(coef, dtype=torch.float64).reshape(-1)
+        if coef.numel() != 3 or not torch.isfinite(coef).all():
+            raise ValueError(f"fusion coefficients must be 3 finite numbers, got {coef.tolist()}")
+        self.fusion_coef.copy_(coef)
+        self.fusion_fingerprint.copy_(self.weights_fingerprint())
+        self.forget_verified()
+
+    def fusion_probability(self, score: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        """sigmoid(a·logit(s) + b·logit(max softmax) + c) per pixel, (1, H, W)."""
+        self.verify_fingerprint_once(self._verify_fingerprint)
+        a, b, c = self.fusion_coef.to(seg.device).tolist()
+        max_softmax = seg.float().softmax(dim=0).amax(dim=0, keepdim=True)
+        return torch.sigmoid(a * logit(score) + b * logit(max_softmax) + c).to(score.dtype)
+
     def postprocess_result(self, seg_logits, data_samples=None):
         data_samples = super().postprocess_result(seg_logits, data_samples)
-        calibrator = self.calibrator() if self.calibrated else None
+        fusion = self.pos_map == "fusion" and self.calibrated
+        calibrator = self.calibrator() if self.calibrated and not fusion else None
         for sample in data_samples:
             packed = sample.seg_logits.data
             seg, success_logit = packed[:-1], packed[-1:]
@@ -107,5 +149,7 @@ class SuccessEncoderDecoder(FingerprintVerifiedOnce, EncoderDecoder):
             }
             if calibrator is not None:
                 fields["pred_confidence"] = PixelData(data=calibrator.predict(score))
+            elif fusion:
+                fields["pred_confidence"] = PixelData(data=self.fusion_probability(score, seg))
             sample.set_data(fields)
         return data_samples

@@ -252,3 +252,17 @@ def test_operating_thresholds_are_checked_kept_and_sealed():
     other.thresholds[0] = 0.3
     with pytest.raises(RuntimeError, match="stale or mismatched"):  # another target
         other.verify(weights)
+
+
+def test_logistic_regression_equals_scikit_learn_without_penalty():
+    from sklearn.linear_model import LogisticRegression
+
+    from conf_plugins.calibration.logistic import fit_logistic
+
+    g = np.random.default_rng(3)
+    X = g.normal(size=(2000, 2))
+    y = g.random(2000) < 1 / (1 + np.exp(-(1.5 * X[:, 0] - 0.7 * X[:, 1] + 0.3)))
+    ours = fit_logistic(torch.tensor(np.c_[X, np.ones(2000)]), torch.tensor(y, dtype=torch.float64))
+    reference = LogisticRegression(penalty=None, tol=1e-10, max_iter=1000).fit(X, y)
+    assert ours[:2].numpy() == pytest.approx(reference.coef_[0], abs=1e-5)
+    assert float(ours[2]) == pytest.approx(float(reference.intercept_[0]), abs=1e-5)

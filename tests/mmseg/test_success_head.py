@@ -200,3 +200,32 @@ def test_success_branch_options_are_validated():
     cfg.decode_head.success_inputs = ("margin",)
     with pytest.raises(ValueError, match="success_inputs"):
         MODELS.build(cfg)
+
+
+def test_fusion_probability_of_success_is_held_and_guarded():
+    """pos_map='fusion': pred_confidence = sigmoid(a·logit(s) + b·logit(max softmax) + c)
+    from the buffers, through the stock inference; stale weights are an error."""
+    model = MODELS.build(success_model_cfg(pos_map="fusion")).eval()
+    with torch.no_grad():
+        assert "pred_confidence" not in model.test_step(mmseg_batch(num_images=1))[0]  # not fitted yet
+    model.set_fusion([0.7, 1.3, -0.2])
+    with torch.no_grad():
+        (sample,) = model.test_step(mmseg_batch(num_images=1))
+    score, logits = sample.success_score.data.double(), sample.seg_logits.data.double()
+    max_softmax = logits.softmax(0).amax(0, keepdim=True)
+    lo = lambda p: torch.log(p.clamp(1e-6, 1 - 1e-6) / (1 - p.clamp(1e-6, 1 - 1e-6)))  # noqa: E731
+    expected = torch.sigmoid(0.7 * lo(score) + 1.3 * lo(max_softmax) - 0.2)
+    assert torch.allclose(sample.pred_confidence.data.double(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="not Bayes binning"):
+        model.calibrator()
+    with pytest.raises(ValueError, match="3 finite numbers"):
+        model.set_fusion([1.0, float("nan"), 0.0])
+    with torch.no_grad():
+        model.decode_head.conv_seg.weight.add_(0.1)  # fine-tuned after the fit
+        model.forget_verified()
+        with pytest.raises(
+            RuntimeError, match="fusion calibration in this model was fitted for other weights"
+        ):
+            model.test_step(mmseg_batch(num_images=1))
+    with pytest.raises(ValueError, match="pos_map must be one of"):
+        MODELS.build(success_model_cfg(pos_map="platt"))

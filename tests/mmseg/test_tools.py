@@ -151,6 +151,23 @@ def test_bayes_binning_then_test_in_and_off_domain(workdir):
         metrics = json.load(open(metrics_file))
         assert {"mIoU", "calib/ECE", "calib/AUROC", "calib/F0.5"} <= set(metrics)
         assert 0 <= metrics["calib/ECE"] <= 1
+    # the fusion probability of success: fitted into its own checkpoint, tested with the same map
+    fusion = ["--cfg-options", "model.pos_map=fusion"]
+    fused = json.loads(
+        run(workdir, "fit_calibration.py", MTL, f"{out}/iter_2.pth", *fusion).stdout.splitlines()[-1]
+    )
+    assert fused["checkpoint"].endswith("iter_2_fusion.pth") and len(fused["coef"]) == 3
+    run(
+        workdir,
+        "seg_test.py",
+        MTL,
+        fused["checkpoint"],
+        "--out",
+        str(workdir / "fusion.json"),
+        *fusion,
+        "test_evaluator.1.confidence=pred_confidence",
+    )
+    assert 0 <= json.load(open(workdir / "fusion.json"))["calib/ECE"] <= 1
     drawn = sorted((workdir / "show").rglob("*.png"))  # SegVisualizationHook + our visualizer
     assert len(drawn) == 3  # one per val image: image | prediction | errors | confidence
     height, width = np.asarray(Image.open(drawn[0])).shape[:2]
