@@ -289,7 +289,14 @@ def detection_stages(out, tiny):
 
 
 PROTOCOL_METHODS = ("temperature", "platt", "linear", "histogram", "isotonic")
-MC10 = ["MODEL.ROI_HEADS.NAME", "MCDropoutROIHeads", "MODEL.MC_DROPOUT.NUM_SAMPLES", "10"]
+MC10 = [
+    "MODEL.ROI_HEADS.NAME",
+    "MCDropoutROIHeads",
+    "MODEL.MC_DROPOUT.NUM_SAMPLES",
+    "10",
+    "MODEL.MC_DROPOUT.OUTPUT_UNCERTAINTY",
+    "True",  # pred_box_std: the 'std' box intervals
+]
 
 
 def box_intervals(score, correction):

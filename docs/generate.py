@@ -179,7 +179,7 @@ def _claim(report, label, domain, a, b, metric, seed_domain, seed_metric, lower_
     text = f"{label}: {a} − {b} {metric} {c['difference']:+.4f} [{fmt(lo)}, {fmt(hi)}], {c['verdict']}"
     va, vb = _per_seed(report, seed_domain, a, seed_metric), _per_seed(report, seed_domain, b, seed_metric)
     survives = c["verdict"] == "A better"
-    if va and vb and len(va) == len(vb) and len(va) > 1:
+    if va and vb and len(va) == len(vb) and len(va) > 1 and None not in va + vb:
         better = sum((x < y) if lower_is_better else (x > y) for x, y in zip(va, vb))
         text += f"; {a} better in {better} of {len(va)} training seeds ({seed_metric})"
         survives = survives and better == len(va)

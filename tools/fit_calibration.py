@@ -11,9 +11,10 @@
 * with ``--risk-control ALPHA``, instead: the confidence threshold of risk-controlled
   selective segmentation (conformal risk control: the expected share of a test image's
   labelled pixels that are kept and wrong is at most ALPHA; ``conf_plugins.calibration.
-  risk_control``), for the confidence the model outputs (``'auto'``: the probability of
-  success of a fitted success model, else max softmax), written to
-  ``<work-dir>/risk_control.json``; evaluate with ``SegCalibrationMetric(risk_threshold=...)``.
+  risk_control``), for the confidence ``SegCalibrationMetric(confidence='auto')`` picks (the
+  probability of success of a fitted success model, the raw success score of an unfitted
+  one, else max softmax), written to
+  ``<work-dir>/risk_control.json``; evaluate with ``SegCalibrationMetric(risk_control=<that file>)``.
 
 The data is the config's ``calib_dataloader`` (any dataset type and layout; another
 dataloader key with ``--dataloader``). The tool refuses to fit on the data that the config
@@ -187,7 +188,7 @@ def fit_risk_control(model, dataloader, ignore_index, alpha, num_fine_bins=1500)
         stats = CalibrationStats(num_fine_bins).update(confidence, correct, mask=label != ignore_index)
         records.append(stats.as_record())
     fitted = fit_risk_threshold(torch.stack(records), num_fine_bins, alpha)
-    return {**fitted, "confidence": metric._auto, "num_fine_bins": num_fine_bins}
+    return {**fitted, "confidence": metric._auto, "temperature": 1.0, "num_fine_bins": num_fine_bins}
 
 
 def load_for_fit(model, path):

@@ -59,6 +59,8 @@ LOWER_IS_BETTER = (
     "adaptive_ECE",
     "AUGRC",
     "risk_at_coverage",
+    "image_AURC",
+    "selective_risk",
 )
 
 # differences this small are floating-point rounding of equal statistics, not a difference

@@ -70,8 +70,8 @@ def box_scales(pred_boxes: torch.Tensor, score: str, box_std: torch.Tensor = Non
     if score == "std":
         if box_std is None:
             raise ValueError(
-                "the 'std' score needs each box's pred_box_std: use MC-dropout ROI heads "
-                "(MODEL.ROI_HEADS.NAME MCDropoutROIHeads)"
+                "the 'std' score needs each box's pred_box_std: MC-dropout ROI heads "
+                "(MODEL.ROI_HEADS.NAME MCDropoutROIHeads) with MODEL.MC_DROPOUT.OUTPUT_UNCERTAINTY True"
             )
         std = torch.as_tensor(box_std).double().reshape(-1, NUM_COORDINATES)
         return torch.where(std > 0, std, torch.ones_like(std))
@@ -179,7 +179,7 @@ class BoxConformal(nn.Module):
 
     def intervals(self, pred_boxes, classes, box_std=None) -> tuple:
         """(inner, outer) boxes of detections of ``classes``."""
-        q = self.quantiles[torch.as_tensor(classes).long().cpu()]
+        q = self.quantiles.cpu()[torch.as_tensor(classes).long().cpu()]  # buffers may sit on a GPU
         std = None if box_std is None else torch.as_tensor(box_std).detach().cpu()
         return interval_boxes(torch.as_tensor(pred_boxes).detach().cpu(), q, self.score, std)
 

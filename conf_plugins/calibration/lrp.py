@@ -19,7 +19,9 @@ excluded; detections on them are ignored as in the matching). Greedy matching in
 order makes a detection's TP status independent of the threshold, so the curve over
 thresholds is a reverse cumulative sum. Candidate thresholds are the bin edges t_j = j / K
 (K = ``num_bins``): threshold t_j keeps the bins ((k−1)/K, k/K] above it, i.e. the scores
-> t_j (0 itself counts as kept at t_0); among equal minima the lowest threshold is taken.
+> t_j (0 itself counts as kept at t_0); among equal minima the highest threshold is taken
+(the same detections are kept inside a plateau; a class whose LRP is 1 at every threshold,
+no true positive, then keeps none of its false positives).
 """
 
 import math
@@ -216,11 +218,12 @@ def lrp_curves(state: np.ndarray, num_gt: np.ndarray, tp_iou: float) -> dict:
 
 
 def _optimum(curves: dict) -> dict:
-    """Per (B, C): the LRP-optimal threshold index (lowest among equal minima; nan without
+    """Per (B, C): the LRP-optimal threshold index (highest among equal minima; nan without
     ground truth) and the curves' values there."""
     lrp = curves["lrp"]
     has_gt = curves["num_gt"] > 0
-    j = np.argmin(np.where(np.isnan(lrp), np.inf, lrp), axis=-1)  # first minimum
+    flipped = np.where(np.isnan(lrp), np.inf, lrp)[..., ::-1]
+    j = lrp.shape[-1] - 1 - np.argmin(flipped, axis=-1)  # the last minimum
     pick = lambda a: np.take_along_axis(a, j[..., None], -1)[..., 0]  # noqa: E731
     out = {name: np.where(has_gt, pick(curves[name]), np.nan) for name in ("lrp", "loc", "fp", "fn")}
     out["threshold"] = np.where(has_gt, j.astype(np.float64), np.nan)

@@ -31,16 +31,17 @@ def check_alpha(alpha) -> float:
     return float(alpha)
 
 
+def _dense(records) -> torch.Tensor:
+    records = torch.as_tensor(records)
+    return (records.to_dense() if records.is_sparse else records).double()
+
+
 def selective_losses(records, num_fine_bins: int) -> tuple:
-    """(losses (n, K + 1), labelled (n,)) of n per-image :meth:`CalibrationStats.as_record`
-    rows: ``losses[i, j]`` is L_i at threshold j / K (keep confidence > j / K; j = K keeps
-    nothing). Images without labelled pixels are refused (their loss is undefined)."""
-    records = (
-        torch.as_tensor(records).to_dense()
-        if torch.as_tensor(records).is_sparse
-        else torch.as_tensor(records)
-    )
-    records = records.double()
+    """(losses (m, K + 1), labelled (m,)) of the m images with labelled pixels among n
+    per-image :meth:`CalibrationStats.as_record` rows: ``losses[i, j]`` is L_i at threshold
+    j / K (keep confidence > j / K; j = K keeps nothing). Images without a labelled pixel
+    (every pixel ``ignore_index``) have no risk and are left out; none at all is an error."""
+    records = _dense(records)
     expected = len(_STATS) * 2 * num_fine_bins
     if records.dim() != 2 or records.shape[1] != expected:
         raise ValueError(
@@ -48,9 +49,9 @@ def selective_losses(records, num_fine_bins: int) -> tuple:
         )
     counts = records[:, : 2 * num_fine_bins].reshape(-1, 2, num_fine_bins)
     labelled = counts.sum((1, 2))
-    if (labelled <= 0).any():
-        empty = int((labelled <= 0).sum())
-        raise ValueError(f"{empty} image(s) without labelled pixels: their selective risk is undefined")
+    counts, labelled = counts[labelled > 0], labelled[labelled > 0]
+    if labelled.numel() == 0:
+        raise ValueError("no image has a labelled pixel: the selective risk is undefined")
     wrong = counts[:, 0]
     # kept above edge j: the fine bins j .. K-1 (0-based); j = K keeps nothing
     kept_wrong = torch.cat(
@@ -87,6 +88,7 @@ def fit_risk_threshold(records, num_fine_bins: int, alpha: float) -> dict:
         "threshold": j / num_fine_bins,
         "alpha": check_alpha(alpha),
         "images": int(losses.shape[0]),
+        "unlabelled_images": int(_dense(records).shape[0] - losses.shape[0]),
         "calib_risk": float(losses[:, j].mean()),
         "calib_abstention": float(abstention(records, num_fine_bins, j / num_fine_bins).mean()),
     }
@@ -100,13 +102,10 @@ def threshold_index(threshold: float, num_fine_bins: int) -> int:
 
 
 def abstention(records, num_fine_bins: int, threshold: float) -> np.ndarray:
-    """(n,) share of each image's labelled pixels at or below ``threshold`` (abstained)."""
-    records = (
-        torch.as_tensor(records).to_dense()
-        if torch.as_tensor(records).is_sparse
-        else torch.as_tensor(records)
-    )
-    counts = records.double()[:, : 2 * num_fine_bins].reshape(-1, 2, num_fine_bins).sum(1)
+    """(m,) share of each labelled image's labelled pixels at or below ``threshold``
+    (abstained), the images of :func:`selective_losses`."""
+    counts = _dense(records)[:, : 2 * num_fine_bins].reshape(-1, 2, num_fine_bins).sum(1)
+    counts = counts[counts.sum(1) > 0]
     j = threshold_index(threshold, num_fine_bins)
     return (counts[:, :j].sum(1) / counts.sum(1)).numpy()
 

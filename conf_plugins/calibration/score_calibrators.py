@@ -54,6 +54,7 @@ from .temperature import T_MAX, T_MIN
 METHODS = ("identity", "temperature", "platt", "linear", "histogram", "isotonic")
 TARGETS = ("hit", "iou")
 SAMPLED_METHODS = ("temperature", "platt", "linear")  # fitted on a sample, not on counts
+MIN_CLASS_DETECTIONS = 10  # fewer held-out detections of a class: Platt / linear use the pooled fit
 
 
 def _check_fit_inputs(logits, classes, correct):
@@ -225,10 +226,13 @@ class DetectionScoreCalibrator(nn.Module):
         return self
 
     @torch.no_grad()
-    def fit_sample(self, scores, classes, target) -> "DetectionScoreCalibrator":
+    def fit_sample(
+        self, scores, classes, target, min_detections: int = MIN_CLASS_DETECTIONS
+    ) -> "DetectionScoreCalibrator":
         """Platt / linear from held-out detections: ``scores`` (N,), ``classes`` (N,),
-        ``target`` (N,) in [0, 1]; per class (class-wise; a class with fewer than 2
-        detections gets the pooled fit) or pooled."""
+        ``target`` (N,) in [0, 1]; per class (class-wise) or pooled. A class with fewer than
+        ``min_detections`` detections, or whose target does not vary (all hits, all misses),
+        gets the pooled fit: a map fitted on a handful of detections is a step function."""
         if self.method not in ("platt", "linear"):
             raise ValueError(f"fit_sample fits platt / linear, not {self.method}")
         scores = torch.as_tensor(scores).double().reshape(-1)
@@ -247,7 +251,7 @@ class DetectionScoreCalibrator(nn.Module):
         if self.classwise:
             for c in range(self.num_classes):
                 rows = classes == c
-                if int(rows.sum()) >= 2:
+                if int(rows.sum()) >= min_detections and float(target[rows].std()) > 0:
                     self.params[c] = torch.tensor(fit(scores[rows], target[rows]), dtype=torch.float64)
         return self
 
@@ -372,7 +376,8 @@ class DetectionScoreCalibrator(nn.Module):
             raise RuntimeError(
                 "no operating thresholds in this calibrator: refit it with tools/fit_detection_calibration.py"
             )
-        return scores.double() > self.thresholds.to(scores.device)[classes.long()]
+        thresholds = self.thresholds.to(scores.device)[classes.long()]
+        return (scores.double() > thresholds) | (thresholds == 0)  # threshold 0 keeps a score of 0
 
     def extra_repr(self) -> str:
         state = ("T=%.4f" % self.temperature) if self.method == "temperature" else ""

@@ -55,7 +55,8 @@ def evaluate(cfg, model) -> dict:
 
 def train(cfg, resume: bool = False) -> dict:
     """``train.max_iter`` iterations of ``SimpleTrainer`` (optimizer, scheduler, periodic
-    checkpoints, evaluation every ``train.eval_period``), then the final evaluation."""
+    checkpoints, evaluation every ``train.eval_period`` and after the last iteration, by
+    detectron2's ``EvalHook``); returns the last evaluation."""
     model = instantiate(cfg.model).to(cfg.train.device)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -63,12 +64,18 @@ def train(cfg, resume: bool = False) -> dict:
     trainer = SimpleTrainer(model, instantiate(cfg.dataloader.train), optimizer)
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     main_process = comm.is_main_process()
+    results = {}
+
+    def evaluate_into_results():  # EvalHook runs it every eval_period and after the last iteration
+        results.update(evaluate(cfg, model))
+        return results
+
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
-            hooks.EvalHook(cfg.train.eval_period, lambda: evaluate(cfg, model)),
+            hooks.EvalHook(cfg.train.eval_period, evaluate_into_results),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter), cfg.train.log_period
             )
@@ -81,8 +88,9 @@ def train(cfg, resume: bool = False) -> dict:
     if resume and checkpointer.has_checkpoint():
         start = trainer.iter + 1
     trainer.train(start, cfg.train.max_iter)
-    checkpointer.save("model_final")
-    return evaluate(cfg, model)
+    if main_process:
+        checkpointer.save("model_final")
+    return results
 
 
 def main(args) -> dict:

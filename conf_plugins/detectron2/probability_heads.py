@@ -220,7 +220,10 @@ class ProbabilityROIHeads(FingerprintVerifiedOnce, StandardROIHeads):
         """``pred_boxes_inner`` / ``pred_boxes_outer``: the conformal interval boxes."""
         std = inst.pred_box_std if self.box_conformal.score == "std" and inst.has("pred_box_std") else None
         if self.box_conformal.score == "std" and std is None:
-            raise RuntimeError("BOX_CONFORMAL.SCORE 'std' needs pred_box_std: use MCDropoutROIHeads")
+            raise RuntimeError(
+                "BOX_CONFORMAL.SCORE 'std' needs pred_box_std: MCDropoutROIHeads with "
+                "MODEL.MC_DROPOUT.OUTPUT_UNCERTAINTY True"
+            )
         boxes = inst.pred_boxes.tensor
         inner, outer = self.box_conformal.intervals(boxes.detach(), inst.pred_classes, std)
         inst.pred_boxes_inner = Boxes(inner.to(boxes))

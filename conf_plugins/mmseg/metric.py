@@ -80,11 +80,12 @@ class SegCalibrationMetric(BaseMetric):
             confident pixels. Default 0.8.
         risk (float): ``coverage_at_risk`` is the largest share with at most this risk.
             Default 0.05.
-        risk_threshold (float | None): the threshold of risk-controlled selective
-            segmentation (``tools/fit_calibration.py --risk-control``): adds
-            ``selective_risk`` (mean over images of the share of labelled pixels kept and
-            wrong, what the threshold controls) and ``abstention`` (mean share abstained),
-            with bootstrap intervals.
+        risk_control (str | None): the ``risk_control.json`` of
+            ``tools/fit_calibration.py --risk-control``: adds, at its threshold,
+            ``selective_risk`` (mean over images of the share of *all* labelled pixels kept
+            and wrong, what the threshold controls; not the error among the kept ones) and
+            ``abstention`` (mean share abstained), with bootstrap intervals. The file must
+            have been fitted for the same confidence, temperature and fine bins (checked).
     """
 
     default_prefix = "calib"
@@ -105,12 +106,10 @@ class SegCalibrationMetric(BaseMetric):
         bootstrap_seed: int = 0,
         coverage: float = DEFAULT_COVERAGE,
         risk: float = DEFAULT_RISK,
-        risk_threshold: float = None,
+        risk_control: str = None,
     ):
         super().__init__(collect_device=collect_device, prefix=prefix)
-        if risk_threshold is not None:
-            threshold_index(risk_threshold, num_fine_bins)  # a fine edge, checked when built
-        self.risk_threshold = risk_threshold
+        self.risk_control = self._load_risk_control(risk_control, num_fine_bins) if risk_control else None
         self.coverage, self.risk = check_level(coverage, "coverage"), check_level(risk, "risk")
         if not isinstance(confidence, str) or not confidence:
             raise ValueError(
@@ -238,7 +237,7 @@ class SegCalibrationMetric(BaseMetric):
             merged.state = classwise.sum(0).view_as(merged.state)
             metrics["classwise_ECE"] = merged.classwise_ece()
         metrics.update(self.image_metrics(parts))
-        if self.risk_threshold is not None:
+        if self.risk_control is not None:
             metrics.update(self.selective(records))
         metrics.update(self.intervals(records if classwise is None else torch.cat([records, classwise], 1)))
         name, self._auto = self._auto or self.confidence, None  # 'auto' resolves anew per run
@@ -279,14 +278,43 @@ class SegCalibrationMetric(BaseMetric):
         bins = DetectionBinStats(self.num_classes(), (self.num_bins,))
         return DetectionRecordMetrics([(stats, None), (bins, ("classwise_ECE",))])
 
+    @staticmethod
+    def _load_risk_control(path, num_fine_bins) -> dict:
+        """The fitted risk control, checked against these settings when built."""
+        import json
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"risk_control: no such file {path!r} (tools/fit_calibration.py --risk-control)"
+            )
+        with open(path) as f:
+            fitted = json.load(f)
+        if fitted.get("method") != "conformal_risk_control" or "threshold" not in fitted:
+            raise ValueError(f"{path} is not the output of tools/fit_calibration.py --risk-control")
+        if fitted.get("num_fine_bins") != num_fine_bins:
+            raise ValueError(
+                f"{path} was fitted with {fitted.get('num_fine_bins')} fine bins, "
+                f"this metric has {num_fine_bins}"
+            )
+        threshold_index(fitted["threshold"], num_fine_bins)
+        return fitted
+
     def selective(self, records) -> dict:
-        """``selective_risk`` / ``abstention`` at ``risk_threshold``, each a mean over images
-        (bootstrap: the same means with resampled image weights)."""
+        """``selective_risk`` / ``abstention`` at the fitted threshold, each a mean over
+        images (bootstrap: the same means with resampled image weights); ValueError when
+        the fit was for another confidence or temperature."""
+        fitted, name = self.risk_control, self._auto or self.confidence
+        if fitted.get("confidence") != name or fitted.get("temperature", 1.0) != self.temperature:
+            raise ValueError(
+                f"the risk control was fitted for confidence '{fitted.get('confidence')}' at temperature "
+                f"{fitted.get('temperature', 1.0)}, this metric evaluates '{name}' at {self.temperature}: "
+                "its guarantee does not carry over; refit it for this confidence"
+            )
         losses, _ = selective_losses(records, self.num_fine_bins)
-        j = threshold_index(self.risk_threshold, self.num_fine_bins)
+        j = threshold_index(fitted["threshold"], self.num_fine_bins)
         per_image = {
             "selective_risk": losses[:, j],
-            "abstention": abstention(records, self.num_fine_bins, self.risk_threshold),
+            "abstention": abstention(records, self.num_fine_bins, fitted["threshold"]),
         }
         out = {name: float(values.mean()) for name, values in per_image.items()}
         if self.bootstrap and records.shape[0] >= 2:
@@ -318,7 +346,8 @@ class SegCalibrationMetric(BaseMetric):
         with fewer than two images, where resampling says nothing)."""
         if not self.bootstrap:
             return {}
-        metric_fn = self.metric_fn(classwise=records.shape[1] > StatsRecordMetrics(self.num_fine_bins).size)
+        stats_size = StatsRecordMetrics(self.num_fine_bins, self.num_bins, self.threshold).size
+        metric_fn = self.metric_fn(classwise=records.shape[1] > stats_size)
         if records.shape[0] < 2:
             print_log("SegCalibrationMetric: one image, no bootstrap interval", logger="current")
             names = metric_fn(records)

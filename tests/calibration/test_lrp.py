@@ -40,11 +40,11 @@ def plain_lrp(scores, correct, iou, num_gt, threshold):
 
 
 def plain_optimum(scores, correct, iou, num_gt, num_bins):
-    """The lowest of the thresholds j/K with the smallest plain LRP."""
+    """The highest of the thresholds j/K with the smallest plain LRP."""
     best = None
     for j in range(num_bins):
         value = plain_lrp(scores, correct, iou, num_gt, j / num_bins)
-        if best is None or value[0] < best[1][0] - 1e-12:
+        if best is None or value[0] <= best[1][0] + 1e-12:
             best = (j / num_bins, value)
     return best
 

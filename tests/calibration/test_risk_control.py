@@ -76,7 +76,7 @@ def test_bad_input(records):
             crc_threshold(np.zeros((5, 3)), alpha)
     with pytest.raises(ValueError, match="not a fine-bin edge"):
         selective_metrics(records[:5], FINE, 0.0025)
-    with pytest.raises(ValueError, match="without labelled pixels"):
+    with pytest.raises(ValueError, match="no image has a labelled pixel"):
         selective_losses(torch.zeros(2, 10 * FINE), FINE)
     with pytest.raises(ValueError, match=r"need \(images, 2000\) records"):
         selective_losses(records[:, :100], FINE)

@@ -218,7 +218,7 @@ def test_bootstrap_records_are_each_images_own_statistics(demo_val, tmp_path):
 def test_lrp_laace_and_lrp_optimal_thresholds(demo_val, tmp_path):
     """Oracle detections (every GT box at 0.8, IoU 1) plus one false class-0 box at 0.3 per
     image: LRP counts those false positives, oLRP drops them at class 0's LRP-optimal
-    threshold (the first bin edge above them), LaACE is the mean |score − IoU| per class."""
+    threshold (the highest that keeps the true positives), LaACE is the mean |score − IoU| per class."""
     inputs, outputs = oracle_outputs(demo_val)
     evaluator = DetectionCalibrationEvaluator(demo_val, iou_thresholds=(0.5,), output_dir=str(tmp_path))
     evaluator.reset()
@@ -240,10 +240,11 @@ def test_lrp_laace_and_lrp_optimal_thresholds(demo_val, tmp_path):
     assert results["LaACE@IoU0.5"] == pytest.approx(sum(laace) / len(laace))
     thresholds = json.loads((tmp_path / "calibration" / "lrp_thresholds.json").read_text())["IoU0.5"]
     by_index = list(thresholds.values())
-    assert by_index[0]["threshold"] == pytest.approx(0.305)  # float32 0.3 > 0.3: next edge
+    # the highest of equal minima: just below the true positives' 0.8 (float32 0.8 > 0.8)
+    assert by_index[0]["threshold"] == pytest.approx(0.8)
     assert by_index[0]["detections"] == counts[0] + 6 and by_index[0]["gt"] == counts[0]
     for c in (1, 2):
-        assert by_index[c]["threshold"] == (0.0 if counts[c] else None)
+        assert by_index[c]["threshold"] == (pytest.approx(0.8) if counts[c] else None)
 
 
 def test_box_interval_coverage_of_matched_gt_boxes(demo_val):

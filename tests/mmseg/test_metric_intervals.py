@@ -87,3 +87,24 @@ def test_classwise_ece_and_image_level_aurc(samples):
     assert metrics["image_AURC"] == pytest.approx(plain, rel=1e-6)
     assert image_level_aurc([0.9, 0.1], [0.0, 1.0], np.array([[2.0, 0.0]]))[0] == 0.0  # weights: copies
     assert metrics["image_AURC_ci_lo"] <= metrics["image_AURC"] <= metrics["image_AURC_ci_hi"]
+
+
+def test_risk_control_file_must_match_the_evaluated_confidence(samples, tmp_path):
+    import json
+
+    fitted = {"method": "conformal_risk_control", "threshold": 0.5, "alpha": 0.1, "num_fine_bins": 1500}
+    path = tmp_path / "risk_control.json"
+    path.write_text(json.dumps({**fitted, "confidence": "max_softmax", "temperature": 1.0}))
+    metric = SegCalibrationMetric(bootstrap=20, risk_control=str(path))
+    metric.process({}, samples)
+    metrics = metric.compute_metrics(metric.results)
+    assert 0 <= metrics["selective_risk"] <= 1 and 0 <= metrics["abstention"] <= 1
+    assert metrics["selective_risk_ci_lo"] <= metrics["selective_risk"] <= metrics["selective_risk_ci_hi"]
+    scaled = SegCalibrationMetric(temperature=2.0, risk_control=str(path))
+    scaled.process({}, samples)
+    with pytest.raises(ValueError, match="guarantee does not carry over"):
+        scaled.compute_metrics(scaled.results)
+    with pytest.raises(ValueError, match="fitted with 1500 fine bins, this metric has 600"):
+        SegCalibrationMetric(num_fine_bins=600, risk_control=str(path))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        SegCalibrationMetric(risk_control=str(tmp_path / "absent.json"))

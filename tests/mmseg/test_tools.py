@@ -195,7 +195,7 @@ def test_temperature_scaling_for_the_stl_baseline(workdir):
         "--out",
         f"{out}/risk_test.json",
         "--cfg-options",
-        f"test_evaluator.1.risk_threshold={risk['threshold']}",
+        f"test_evaluator.1.risk_control={out}/risk_control.json",
     )
     tested = json.load(open(f"{out}/risk_test.json"))
     assert 0 <= tested["calib/selective_risk"] <= 1 and 0 <= tested["calib/abstention"] <= 1, result.stdout[
