@@ -208,7 +208,7 @@ def studies_section(report):
             "MTL",
             "MTL max-softmax",
             "AUROC",
-            "in-domain",
+            "segmentation, in-domain",
             "calib/AUROC",
             False,
         ),
@@ -219,7 +219,7 @@ def studies_section(report):
             "MTL",
             "STL-scaled",
             "ECE",
-            "in-domain",
+            "segmentation, in-domain",
             "calib/ECE",
             True,
         ),
@@ -476,7 +476,7 @@ def reproducibility(report) -> str:
         "differences, so the same seed lands elsewhere on another machine. "
     )
     ap = _per_seed(report, "detection", "Baseline", "AP")
-    miou = _per_seed(report, "in-domain", "STL", "mIoU")
+    miou = _per_seed(report, "segmentation, in-domain", "STL", "mIoU")
     spreads = []
     for name, values in (("the Baseline's mAP", ap), ("the STL's in-domain mIoU", miou)):
         finite = [v for v in values or [] if v is not None and not math.isnan(v)]
