@@ -106,7 +106,8 @@ def project_columns(records, columns: torch.Tensor, size: int) -> torch.Tensor:
         target = columns[index[1]]
         keep = target >= 0
         rows, target, values = index[0][keep], target[keep], values[keep].double()
-        if records.shape[0] * size > MAX_COMPACT_ENTRIES:
+        entries = records.shape[0] * size
+        if entries > MAX_COMPACT_ENTRIES or values.numel() < DENSE_FRACTION * entries:
             return sparse_rows(rows, target, values, (records.shape[0], size), coalesce=False)
         out = torch.zeros(records.shape[0], size, dtype=torch.float64)
         return out.index_put_((rows, target), values, accumulate=True)
@@ -165,7 +166,8 @@ class _Summed:
             return
         index, values = records._indices(), records._values()
         columns, position = torch.unique(index[1], return_inverse=True)
-        if records.shape[0] * len(columns) <= MAX_COMPACT_ENTRIES:
+        entries = records.shape[0] * len(columns)
+        if entries <= MAX_COMPACT_ENTRIES and values.numel() >= DENSE_FRACTION * entries:
             self.columns = columns
             self.dense = torch.zeros(records.shape[0], len(columns), dtype=torch.float64)
             self.dense.index_put_((index[0], position), values, accumulate=True)
@@ -186,6 +188,7 @@ class _Summed:
 
 
 MAX_COMPACT_ENTRIES = 20_000_000  # images x non-empty columns kept dense (160 MB); else CSR
+DENSE_FRACTION = 0.05  # sparser than this, a CSR product beats a dense one
 
 
 def resampled_metrics(

@@ -196,25 +196,41 @@ class LRPStats:
         }
 
 
-def lrp_curves(state: np.ndarray, num_gt: np.ndarray, tp_iou: float) -> dict:
-    """Per threshold index j (keep the bins >= j) of ``state`` (B, 3, C, K) and ``num_gt``
-    (B, C): ``lrp``, ``loc``, ``fp``, ``fn`` (B, C, K) and ``num_gt``; nan where undefined."""
-    kept = np.flip(np.cumsum(np.flip(state, -1), -1), -1)  # Σ over bins >= j
-    count, tp, one_minus_iou = kept[:, 0], kept[:, 1], kept[:, 2]
-    gt = num_gt[:, :, None]
+def _kept(state: np.ndarray) -> np.ndarray:
+    """Σ over the bins >= j of ``state`` (..., K): what threshold index j keeps."""
+    return np.flip(np.cumsum(np.flip(state, -1), -1), -1)
+
+
+def _lrp(count, tp, one_minus_iou, gt, tp_iou):
     fp, fn = count - tp, gt - tp
+    total = tp + fp + fn
     with np.errstate(invalid="ignore", divide="ignore"):
-        total = tp + fp + fn
         lrp = np.where(
             total > 0, (one_minus_iou / (1 - tp_iou) + fp + fn) / np.where(total > 0, total, 1), np.nan
         )
+    return np.where(gt > 0, lrp, np.nan)
+
+
+def _components(count, tp, one_minus_iou, gt):
+    """loc, fp, fn components (nan where undefined) of kept sums (any matching shapes)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
         return {
-            "lrp": np.where(gt > 0, lrp, np.nan),
             "loc": np.where((tp > 0) & (gt > 0), one_minus_iou / np.where(tp > 0, tp, 1), np.nan),
-            "fp": np.where((count > 0) & (gt > 0), fp / np.where(count > 0, count, 1), np.nan),
-            "fn": np.where(gt > 0, fn / np.where(gt > 0, gt, 1), np.nan),
-            "num_gt": num_gt,
+            "fp": np.where((count > 0) & (gt > 0), (count - tp) / np.where(count > 0, count, 1), np.nan),
+            "fn": np.where(gt > 0, (gt - tp) / np.where(gt > 0, gt, 1), np.nan),
         }
+
+
+def lrp_curves(state: np.ndarray, num_gt: np.ndarray, tp_iou: float) -> dict:
+    """Per threshold index j (keep the bins >= j) of ``state`` (B, 3, C, K) and ``num_gt``
+    (B, C): ``lrp``, ``loc``, ``fp``, ``fn`` (B, C, K) and ``num_gt``; nan where undefined."""
+    kept = _kept(state)
+    gt = num_gt[:, :, None]
+    return {
+        "lrp": _lrp(kept[:, 0], kept[:, 1], kept[:, 2], gt, tp_iou),
+        **_components(kept[:, 0], kept[:, 1], kept[:, 2], gt),
+        "num_gt": num_gt,
+    }
 
 
 def _optimum(curves: dict) -> dict:
@@ -232,13 +248,23 @@ def _optimum(curves: dict) -> dict:
 
 def lrp_metrics(state: np.ndarray, num_gt: np.ndarray, tp_iou: float) -> dict:
     """LRP at threshold 0 (every detection as returned) and oLRP, with components, as
-    means over the classes with ground truth: ``{name: (B,)}``."""
-    curves = lrp_curves(state, num_gt, tp_iou)
-    best = _optimum(curves)
-    at_zero = {name: curves[name][..., 0] for name in ("lrp", "loc", "fp", "fn")}
+    means over the classes with ground truth: ``{name: (B,)}``. The LRP curve alone is
+    computed over the thresholds; the components only where they are reported."""
+    kept = _kept(state)  # (B, 3, C, K)
+    gt = num_gt[:, :, None]
+    lrp = _lrp(kept[:, 0], kept[:, 1], kept[:, 2], gt, tp_iou)
+    has_gt = num_gt > 0
+    j = lrp.shape[-1] - 1 - np.argmin(np.where(np.isnan(lrp), np.inf, lrp)[..., ::-1], axis=-1)
+    at = lambda a, index: np.take_along_axis(a, index[..., None], -1)[..., 0]  # noqa: E731
+    zero = np.zeros_like(j)
+    points = {}
+    for prefix, index in (("LRP", zero), ("oLRP", j)):
+        sums = [at(kept[:, r], index) for r in range(3)]
+        values = {"lrp": np.where(has_gt, at(lrp, index), np.nan), **_components(*sums, num_gt)}
+        points[prefix] = values
     out = {}
     with np.errstate(invalid="ignore"), _quiet_nanmean():
-        for prefix, values in (("LRP", at_zero), ("oLRP", best)):
+        for prefix, values in points.items():
             out[prefix] = np.nanmean(values["lrp"], -1)
             for part in ("loc", "fp", "fn"):
                 out[f"{prefix}_{part if part == 'loc' else part.upper()}"] = np.nanmean(values[part], -1)
