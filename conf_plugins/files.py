@@ -21,3 +21,14 @@ def write_atomically(path, write):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json_atomically(path, data):
+    """``data`` as indented JSON at ``path``, atomically (:func:`write_atomically`)."""
+    import json
+
+    def dump(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+
+    write_atomically(path, dump)

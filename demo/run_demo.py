@@ -206,50 +206,23 @@ def detection_stages(out, tiny):
         ),
     ]
     # score calibrators fitted on the held-out calib split, evaluated on val
-    fit = tool("fit_detection_calibration.py")
     for model, weights, c, method, needs in (
         ("baseline", teacher, t_cfg, "temperature", "det_teacher"),
         ("baseline", teacher, t_cfg, "isotonic", "det_teacher"),
         ("ddn", ddn, d_cfg, "temperature", "det_ddn"),
     ):
-        calibrated = weights.replace(".pth", f"_{method}.pth")
-        stages += [
-            Stage(
-                f"det_fit_{model}_{method}",
-                fit
-                + cfg(c)
-                + [
-                    "--method",
-                    method,
-                    "--dataset",
-                    "conf_demo_det_calib",
-                    "--force",
-                    "MODEL.WEIGHTS",
-                    weights,
-                ]
-                + extra,
-                c,
-                [needs],
-                output=calibrated,
-            ),
-            Stage(
-                f"det_{model}_{method}_eval",
-                train
-                + cfg(c)
-                + [
-                    "--eval-only",
-                    "MODEL.WEIGHTS",
-                    calibrated,
-                    "MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD",
-                    method,
-                    "OUTPUT_DIR",
-                    f"{det}/{model}_{method}",
-                ]
-                + extra,
-                c,
-                [f"det_fit_{model}_{method}"],
-            ),
-        ]
+        stages += calibration_stages(
+            (f"det_fit_{model}_{method}", f"det_{model}_{method}_eval"),
+            c,
+            weights,
+            method,
+            needs,
+            weights.replace(".pth", f"_{method}.pth"),
+            f"{det}/{model}_{method}",
+            fit_args=[],
+            eval_args=[],
+            extra=extra,
+        )
     stages += protocol_stages(det, teacher, ddn, t_cfg, d_cfg, extra, tiny)
     # calibration under corruption: the Baseline, its isotonic calibration and DDN
     shift = tool("shift_benchmark.py")
@@ -341,12 +314,41 @@ def protocol_variants(model, tiny=False):
     return variants
 
 
+def calibration_stages(names, config, weights, method, needs, checkpoint, folder, fit_args, eval_args, extra):
+    """(fit, evaluation) stages named ``names``: ``method`` fitted on calib for ``weights``
+    into ``checkpoint`` (with ``fit_args``), then that checkpoint evaluated on val into
+    ``folder`` (with ``eval_args``); ``extra`` are the tiny run's overrides."""
+    cfg = ["--config-file", os.path.join(ROOT, config[0])]
+    fit_name, eval_name = names
+    return [
+        Stage(
+            fit_name,
+            tool("fit_detection_calibration.py")
+            + cfg
+            + ["--method", method, "--dataset", "conf_demo_det_calib", "--output", checkpoint, "--force"]
+            + ["MODEL.WEIGHTS", weights, *fit_args, *extra],
+            config,
+            [needs],
+            output=checkpoint,
+        ),
+        Stage(
+            eval_name,
+            tool("train_net.py")
+            + cfg
+            + ["--eval-only", "MODEL.WEIGHTS", checkpoint, "OUTPUT_DIR", folder]
+            + ["MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD", method, *eval_args, *extra],
+            config,
+            [fit_name],
+        ),
+    ]
+
+
 def protocol_stages(det, teacher, ddn, t_cfg, d_cfg, extra, tiny=False):
     """The protocol of Kuzucu et al. (ECCV 2024) on the demo (seed 0 only): per model
     (Baseline, MC-10, DDN and the same fine-tuning without the teacher) and calibrator x
     target, fit on calib with per-class LRP-optimal operating thresholds (and conformal box
     intervals, α = 0.1), evaluate on val at those thresholds; outputs under det/protocol."""
-    train, fit = tool("train_net.py"), tool("fit_detection_calibration.py")
+    train = tool("train_net.py")
     cfg = lambda c: ["--config-file", os.path.join(ROOT, c[0])]  # noqa: E731
     control = f"{det}/control/model_final.pth"
     stages = [
@@ -381,36 +383,24 @@ def protocol_stages(det, teacher, ddn, t_cfg, d_cfg, extra, tiny=False):
             folder = f"{det}/protocol/{name}"
             settings = ["MODEL.ROI_HEADS.SCORE_CALIBRATION.TARGET", target, *opts, *box]
             settings += TINY_PROTOCOL if tiny else []
-            stages += [
-                Stage(
-                    f"det_protocol_fit_{name}",
-                    fit
-                    + cfg(c)
-                    + [
-                        "--method",
-                        method,
-                        "--dataset",
-                        "conf_demo_det_calib",
-                        "--output",
-                        f"{folder}/model.pth",
-                    ]
-                    + ["--force", "MODEL.WEIGHTS", weights, *settings, *extra],
-                    c,
-                    [needs],
-                    output=f"{folder}/model.pth",
-                ),
-                Stage(
-                    f"det_protocol_{name}",
-                    train
-                    + cfg(c)
-                    + ["--eval-only", "MODEL.WEIGHTS", f"{folder}/model.pth", "OUTPUT_DIR", folder]
-                    + ["MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD", method, *settings]
-                    + ["MODEL.ROI_HEADS.SCORE_CALIBRATION.OPERATING_THRESHOLDS", "True"]
-                    + ["TEST.CALIBRATION.IOU_THRESHOLDS", "(0.5,)", *extra],
-                    c,
-                    [f"det_protocol_fit_{name}"],
-                ),
-            ]
+            stages += calibration_stages(
+                (f"det_protocol_fit_{name}", f"det_protocol_{name}"),
+                c,
+                weights,
+                method,
+                needs,
+                f"{folder}/model.pth",
+                folder,
+                fit_args=settings,
+                eval_args=[
+                    *settings,
+                    "MODEL.ROI_HEADS.SCORE_CALIBRATION.OPERATING_THRESHOLDS",
+                    "True",
+                    "TEST.CALIBRATION.IOU_THRESHOLDS",
+                    "(0.5,)",
+                ],
+                extra=extra,
+            )
     return stages
 
 

@@ -38,7 +38,7 @@ import conf_plugins.mmseg  # noqa: F401  (registers components, safe checkpoint 
 from conf_plugins.calibration import BayesBinningCalibrator, TemperatureScaler
 from conf_plugins.calibration.sampling import UniformSample
 from conf_plugins.cli import run_main
-from conf_plugins.files import refuse_overwrite, write_atomically
+from conf_plugins.files import refuse_overwrite, write_atomically, write_json_atomically
 from conf_plugins.mmseg import SuccessEncoderDecoder
 from conf_plugins.mmseg.config import load_config
 
@@ -225,12 +225,7 @@ def main(argv=None):
         refuse_overwrite(out, args.force)
         fitted = fit_risk_control(model, build_dataloader(loader_cfg), ignore_index, args.risk_control)
         result = {"method": "conformal_risk_control", "checkpoint": args.checkpoint, **fitted_on, **fitted}
-
-        def dump_risk(tmp):
-            with open(tmp, "w") as f:
-                json.dump(result, f, indent=1)
-
-        write_atomically(out, dump_risk)
+        write_json_atomically(out, result)
         print(json.dumps(result))
         return result
     if isinstance(model, SuccessEncoderDecoder) and model.pos_map == "fusion":
@@ -283,12 +278,7 @@ def main(argv=None):
             **fitted_on,
             "pixels": pixels,
         }
-
-        def dump(tmp):
-            with open(tmp, "w") as f:
-                json.dump(result, f, indent=1)
-
-        write_atomically(out, dump)
+        write_json_atomically(out, result)
     print(json.dumps(result))
     return result
 

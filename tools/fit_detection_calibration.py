@@ -37,7 +37,7 @@ from conf_plugins.cli import run_main
 from conf_plugins.detectron2 import engine
 from conf_plugins.detectron2.engine import CalibrationTrainer, add_coco_argument
 from conf_plugins.detectron2.score_calibration import fit_score_calibrator
-from conf_plugins.files import refuse_overwrite, write_atomically
+from conf_plugins.files import refuse_overwrite, write_atomically, write_json_atomically
 
 
 def parse_args(argv=None):
@@ -120,11 +120,7 @@ def main(argv=None):
     }
     write_atomically(out, lambda tmp: torch.save(checkpoint, tmp))
 
-    def dump(tmp):
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=1)
-
-    write_atomically(os.path.splitext(out)[0] + ".json", dump)
+    write_json_atomically(os.path.splitext(out)[0] + ".json", summary)
     shown = {k: v for k, v in summary.items() if k not in ("bin_values", "uncalibrated")}
     print(json.dumps(shown), flush=True)
     return summary

@@ -281,46 +281,22 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
             iou = torch.cat([m[k] for _, _, m in matches])
             stats.update(scores, correct, mask=kept)
             features = (centres[kept, 0], centres[kept, 1])
-            bin_stats.update(scores[kept], correct[kept], classes[kept], iou[kept], features=features)
+            detections = (scores[kept], correct[kept], classes[kept], iou[kept])  # crowd-ignored left out
+            bin_stats.update(*detections, features=features)
             la_stats, lrp = self._la_stats[mode][k], self._lrp[mode][k]
-            la_stats.update(scores[kept], correct[kept], classes[kept], iou[kept])
+            la_stats.update(*detections)
             if lrp is not None:
-                lrp.update(scores[kept], correct[kept], classes[kept], iou[kept]).add_ground_truth(gt_classes)
+                lrp.update(*detections).add_ground_truth(gt_classes)
             if self._bootstrap:
-                records = torch.cat(
-                    [
-                        stats.records_by_group(scores, correct, image_of, len(images), mask=kept),
-                        bin_stats.records_by_image(
-                            image_of[kept],
-                            len(images),
-                            scores[kept],
-                            correct[kept],
-                            classes[kept],
-                            iou[kept],
-                            features=features,
-                        ),
-                        la_stats.records_by_image(
-                            image_of[kept], len(images), scores[kept], correct[kept], classes[kept], iou[kept]
-                        ),
-                    ]
-                    + (
-                        []
-                        if lrp is None
-                        else [
-                            lrp.records_by_image(
-                                image_of[kept],
-                                len(images),
-                                scores[kept],
-                                correct[kept],
-                                classes[kept],
-                                iou[kept],
-                                gt_image_of,
-                                gt_classes,
-                            )
-                        ]
-                    ),
-                    dim=1,
-                )
+                n, images_of = len(images), image_of[kept]
+                parts = [
+                    stats.records_by_group(scores, correct, image_of, n, mask=kept),
+                    bin_stats.records_by_image(images_of, n, *detections, features=features),
+                    la_stats.records_by_image(images_of, n, *detections),
+                ]
+                if lrp is not None:
+                    parts.append(lrp.records_by_image(images_of, n, *detections, gt_image_of, gt_classes))
+                records = torch.cat(parts, dim=1)
                 self._records[mode][k].append(records)
 
     def _reduced_stats(self):

@@ -69,11 +69,7 @@ class HeldOutDetections(DetectionCalibrationEvaluator):
                 self._box_std[inp["image_id"]] = inst.pred_box_std.cpu() if inst.has("pred_box_std") else None
         super().process(inputs, outputs)
         if self._keep_outputs:
-            for inp, out in zip(inputs, outputs):
-                inst = out["instances"].to("cpu")
-                kept = Instances(inst.image_size, pred_boxes=inst.pred_boxes, scores=inst.scores)
-                kept.pred_classes = inst.pred_classes
-                self.outputs.append(({"image_id": inp["image_id"]}, kept))
+            self.outputs += [_detections(inp, out) for inp, out in zip(inputs, outputs)]
 
     def _add_matched(self, images, mode):
         if not self._box_pairs or mode:
@@ -145,6 +141,14 @@ def _fit(calibrator, collector, dataset_name) -> tuple:
     return int(collector.counts.state[0].sum()), fitted
 
 
+def _detections(inp, out) -> tuple:
+    """(input id, boxes / scores / classes on the CPU) of one image's output."""
+    inst = out["instances"].to("cpu")
+    kept = Instances(inst.image_size, pred_boxes=inst.pred_boxes, scores=inst.scores)
+    kept.pred_classes = inst.pred_classes
+    return {"image_id": inp["image_id"]}, kept
+
+
 class _Outputs(DatasetEvaluator):
     """Keeps every image's detections (boxes, scores, classes), nothing else."""
 
@@ -152,11 +156,7 @@ class _Outputs(DatasetEvaluator):
         self.outputs = []
 
     def process(self, inputs, outputs):
-        for inp, out in zip(inputs, outputs):
-            inst = out["instances"].to("cpu")
-            kept = Instances(inst.image_size, pred_boxes=inst.pred_boxes, scores=inst.scores)
-            kept.pred_classes = inst.pred_classes
-            self.outputs.append(({"image_id": inp["image_id"]}, kept))
+        self.outputs += [_detections(inp, out) for inp, out in zip(inputs, outputs)]
 
     def evaluate(self):
         return {}
