@@ -8,6 +8,9 @@
   never overwrites unless --force);
 * any other model: temperature scaling of the seg logits (the STL-scaled baseline), written
   to ``<work-dir>/temperature.json``;
+* a model with ``pixel_calibration`` (``CalibratedEncoderDecoder``, or a success model whose
+  probability of success is already fitted): Selective Scaling or local temperature scaling
+  of the seg logits, held by the model, in ``<name>_<pixel_calibration>.pth``;
 * with ``--risk-control ALPHA``, instead: the confidence threshold of risk-controlled
   selective segmentation (conformal risk control: the expected share of a test image's
   labelled pixels that are kept and wrong is at most ALPHA; ``conf_plugins.calibration.
@@ -41,8 +44,10 @@ from conf_plugins.cli import run_main
 from conf_plugins.files import refuse_overwrite, write_atomically, write_json_atomically
 from conf_plugins.mmseg import SuccessEncoderDecoder
 from conf_plugins.mmseg.config import load_config
+from conf_plugins.mmseg.segmentor import PIXEL_CALIBRATION_KEYS
 
 MAX_TEMPERATURE_PIXELS = 2_000_000  # uniform sample of the labelled pixels, drawn streaming
+MAX_LOCAL_TEMPERATURE_PIXELS = 4_000_000  # whole images, drawn uniformly, up to this many pixels
 EVALUATED = ("val_dataloader", "test_dataloader")
 
 
@@ -191,14 +196,56 @@ def fit_risk_control(model, dataloader, ignore_index, alpha, num_fine_bins=1500)
     return {**fitted, "confidence": metric._auto, "temperature": 1.0, "num_fine_bins": num_fine_bins}
 
 
+def fit_pixel_calibration(model, dataloader, ignore_index, seed=0):
+    """Fit the model's pixel calibrator on the raw logits of the held-out images (Selective
+    Scaling: a uniform sample of labelled pixels, selected by the probability of success on
+    a success model; local temperature scaling: whole images up to a pixel budget), then
+    seal it with the weights' fingerprint. Returns the fit's summary."""
+    from conf_plugins.calibration.sampling import UniformItemSample
+
+    if isinstance(model, SuccessEncoderDecoder) and not model.calibrated:
+        raise ValueError(
+            "pixel_calibration on a success model selects by its probability of success: fit "
+            "that first (tools/fit_calibration.py without pixel_calibration) and pass its checkpoint"
+        )
+    selective = model.pixel_calibration == "selective_scaling"
+    pixels = UniformSample(MAX_TEMPERATURE_PIXELS, seed)
+    images = UniformItemSample(MAX_LOCAL_TEMPERATURE_PIXELS, seed)
+    with model.uncalibrated_logits():
+        for prediction, label in predictions(model, dataloader):
+            keep = label != ignore_index
+            seg = prediction.seg_logits.data.float()
+            if not selective:
+                images.add((seg, label), int(keep.sum()))
+            elif "pred_confidence" in prediction:
+                pixels.add(seg[:, keep].T, label[keep], prediction.pred_confidence.data[0][keep].double())
+            else:
+                pixels.add(seg[:, keep].T, label[keep])
+    if selective:
+        if pixels.seen == 0:
+            raise ValueError(
+                f"no labelled pixels to fit on: every pixel of the split is ignore_index={ignore_index}"
+            )
+        labels, *selector = pixels.columns
+        summary = model.pixel_calibrator.fit(pixels.values, labels, *selector)
+    else:
+        summary = model.pixel_calibrator.fit(images.items, ignore_index, seed=seed)
+    model.seal_pixel_calibration()
+    return summary
+
+
 def load_for_fit(model, path):
-    """The checkpoint at ``path`` loaded strictly into ``model``, except that a model that
-    maps with fusion may come from a checkpoint without (unfitted) fusion buffers."""
+    """The checkpoint at ``path`` loaded strictly into ``model``, except that buffers of a
+    calibration the fit is about to produce (fusion coefficients, a pixel calibrator) may be
+    missing from it."""
     checkpoint = CheckpointLoader.load_checkpoint(path, map_location="cpu")
     state = checkpoint.get("state_dict", checkpoint)
+    fitted_here = [name for name in model.state_dict() if name.startswith(PIXEL_CALIBRATION_KEYS)]
     if isinstance(model, SuccessEncoderDecoder) and model.pos_map == "fusion":
-        for name in ("fusion_coef", "fusion_fingerprint"):
-            state.setdefault(name, getattr(model, name).clone())
+        fitted_here += ["fusion_coef", "fusion_fingerprint"]
+    own = model.state_dict()
+    for name in fitted_here:
+        state.setdefault(name, own[name].clone())
     load_state_dict(model, state, strict=True)
     return checkpoint
 
@@ -228,7 +275,17 @@ def main(argv=None):
         write_json_atomically(out, result)
         print(json.dumps(result))
         return result
-    if isinstance(model, SuccessEncoderDecoder) and model.pos_map == "fusion":
+    if getattr(model, "pixel_calibration", None):
+        name = model.pixel_calibration
+        out = args.output or f"{os.path.splitext(args.checkpoint)[0]}_{name}.pth"
+        refuse_overwrite(out, args.force)
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # before the fit
+        summary = fit_pixel_calibration(model, build_dataloader(loader_cfg), ignore_index)
+        checkpoint["state_dict"] = model.state_dict()
+        checkpoint.setdefault("meta", {})[name] = dict(fitted_on, **summary)
+        write_atomically(out, lambda tmp: torch.save(checkpoint, tmp))
+        result = {"method": name, "checkpoint": out, **fitted_on, **summary}
+    elif isinstance(model, SuccessEncoderDecoder) and model.pos_map == "fusion":
         out = args.output or f"{os.path.splitext(args.checkpoint)[0]}_fusion.pth"
         refuse_overwrite(out, args.force)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # before the fit

@@ -7,6 +7,37 @@ import torch
 from .fingerprint import weights_fingerprint  # noqa: F401
 
 
+class UniformItemSample:
+    """A uniform sample of whole items (e.g. images of different sizes) of a stream whose
+    total ``size`` (e.g. pixels) stays within ``budget``: every item draws a random key; the
+    items of smallest keys are kept while their sizes fit (the first item always)."""
+
+    def __init__(self, budget: int, seed: int = 0):
+        if budget < 1:
+            raise ValueError(f"sample budget must be >= 1, got {budget}")
+        self.budget = budget
+        self.generator = torch.Generator().manual_seed(seed)
+        self.kept = []  # (key, size, item), by key
+        self.seen = 0
+
+    def add(self, item, size: int):
+        self.seen += 1
+        key = float(torch.rand((), generator=self.generator))
+        self.kept = sorted([*self.kept, (key, size, item)], key=lambda entry: entry[0])
+        total, keep = 0, []
+        for entry in self.kept:
+            if keep and total + entry[1] > self.budget:
+                break
+            keep.append(entry)
+            total += entry[1]
+        self.kept = keep
+        return self
+
+    @property
+    def items(self):
+        return [item for _, _, item in self.kept]
+
+
 class UniformSample:
     """A uniform sample without replacement of at most ``size`` rows of a stream, in bounded
     memory: every row draws a random key and the ``size`` smallest keys are kept (the keys

@@ -18,7 +18,7 @@ from .gradient_maps import pixel_gradient_maps, plot_gradient_heatmap
 from .hooks import SuccessSnapshotHook, success_head_of
 from .mc_dropout import MCDropoutEncoderDecoder, mc_dropout_statistics
 from .metric import SegCalibrationMetric
-from .segmentor import SuccessEncoderDecoder
+from .segmentor import CalibratedEncoderDecoder, SuccessEncoderDecoder
 from .success_head import (
     ASPPSuccessHead,
     DepthwiseSeparableASPPSuccessHead,
@@ -30,6 +30,7 @@ from .tta import ConfidenceSegTTAModel
 from .visualization import ConfidenceSegVisualizer, draw_confidence_panels
 
 __all__ = [
+    "CalibratedEncoderDecoder",
     "ASPPSuccessHead",
     "ConfidenceSegTTAModel",
     "ConfidenceSegVisualizer",

@@ -1,4 +1,9 @@
-"""EncoderDecoder that turns the success branch into a per-pixel probability of success."""
+"""Segmentors that hold their post-hoc calibration: ``SuccessEncoderDecoder`` turns the
+success branch into a per-pixel probability of success; ``CalibratedEncoderDecoder`` (and the
+success model, with ``pixel_calibration``) divides the seg logits by a fitted per-pixel
+temperature (Selective Scaling, local temperature scaling)."""
+
+from contextlib import contextmanager
 
 import torch
 from mmengine.structures import PixelData
@@ -9,12 +14,109 @@ from conf_plugins.calibration import BayesBinningCalibrator
 from conf_plugins.calibration.bayes_binning import FORMAT_VERSION
 from conf_plugins.calibration.fingerprint import FingerprintVerifiedOnce, weights_fingerprint
 from conf_plugins.calibration.logistic import logit
+from conf_plugins.calibration.pixel_calibrators import SelectiveScaling, build_pixel_calibrator
 
 from .success_head import SuccessBranchMixin
 
+PIXEL_CALIBRATION_KEYS = ("pixel_calibrator.", "pixel_calibration_fingerprint")
+
+
+class PixelCalibrationMixin:
+    """A per-pixel calibrator of the seg logits held by the segmentor (``pixel_calibration``
+    = ``'selective_scaling'`` or ``'local_temperature'``, see
+    ``conf_plugins.calibration.pixel_calibrators``): its parameters are buffers of the model
+    under ``pixel_calibrator.``, sealed by the fingerprint of every other weight and buffer
+    (``pixel_calibration_fingerprint``), fitted by ``tools/fit_calibration.py``. Once fitted,
+    predictions carry the calibrated ``seg_logits`` (same argmax, so the same
+    ``pred_sem_seg``) and the metainfo ``pixel_calibration``; before, prediction is refused."""
+
+    def init_pixel_calibration(self, pixel_calibration):
+        self.pixel_calibration = pixel_calibration
+        self._pixel_calibration_bypassed = False
+        if pixel_calibration is None:
+            return
+        self.pixel_calibrator = build_pixel_calibrator(pixel_calibration, self.num_classes)
+        self.register_buffer("pixel_calibration_fingerprint", torch.zeros(32, dtype=torch.uint8))
+
+    @property
+    def pixel_calibrated(self) -> bool:
+        return self.pixel_calibration is not None and bool(self.pixel_calibration_fingerprint.any())
+
+    def pixel_weights_fingerprint(self) -> torch.Tensor:
+        """SHA-256 of every weight and buffer except the pixel calibrator's own."""
+        return weights_fingerprint(
+            (name, t) for name, t in self.state_dict().items() if not name.startswith(PIXEL_CALIBRATION_KEYS)
+        )
+
+    def seal_pixel_calibration(self):
+        """Mark the (just fitted) pixel calibrator as belonging to the current weights."""
+        self.pixel_calibration_fingerprint.copy_(self.pixel_weights_fingerprint())
+        self.forget_verified()
+
+    def _verify_pixel_fingerprint(self):
+        if self.pixel_calibrated and not torch.equal(
+            self.pixel_weights_fingerprint(), self.pixel_calibration_fingerprint.cpu()
+        ):
+            raise RuntimeError(
+                f"the {self.pixel_calibration} calibration in this model was fitted for other "
+                "weights (stale calibration): refit it with tools/fit_calibration.py"
+            )
+
+    def _verify_fingerprint(self):
+        self._verify_pixel_fingerprint()
+
+    @contextmanager
+    def uncalibrated_logits(self):
+        """Predict raw seg logits inside the block (what the fit of the calibrator reads)."""
+        self._pixel_calibration_bypassed = True
+        try:
+            yield self
+        finally:
+            self._pixel_calibration_bypassed = False
+
+    def calibrate_seg_logits(self, seg: torch.Tensor, right_probability=None) -> torch.Tensor:
+        """``seg`` (C, H, W) divided by the fitted per-pixel temperature."""
+        if self.pixel_calibration is None or self._pixel_calibration_bypassed:
+            return seg
+        if not self.pixel_calibrated:
+            raise RuntimeError(
+                f"pixel_calibration='{self.pixel_calibration}' is not fitted in these weights: "
+                "run tools/fit_calibration.py on held-out data first"
+            )
+        self.verify_fingerprint_once(self._verify_fingerprint)
+        if isinstance(self.pixel_calibrator, SelectiveScaling):
+            return self.pixel_calibrator(seg, right_probability, dim=0)
+        return self.pixel_calibrator(seg)
+
+    def mark_calibrated(self, sample):
+        if self.pixel_calibration is not None and not self._pixel_calibration_bypassed:
+            sample.set_metainfo({"pixel_calibration": self.pixel_calibration})
+
 
 @MODELS.register_module()
-class SuccessEncoderDecoder(FingerprintVerifiedOnce, EncoderDecoder):
+class CalibratedEncoderDecoder(PixelCalibrationMixin, FingerprintVerifiedOnce, EncoderDecoder):
+    """``EncoderDecoder`` (any decode head: the STL model) that holds a per-pixel calibrator
+    of its seg logits (:class:`PixelCalibrationMixin`).
+
+    Args (beyond EncoderDecoder's):
+        pixel_calibration (str): ``'selective_scaling'`` (Wang et al., CVPR 2023) or
+            ``'local_temperature'`` (Ding et al., ICCV 2021).
+    """
+
+    def __init__(self, *args, pixel_calibration: str = "selective_scaling", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.init_pixel_calibration(pixel_calibration)
+
+    def postprocess_result(self, seg_logits, data_samples=None):
+        data_samples = super().postprocess_result(seg_logits, data_samples)
+        for sample in data_samples:
+            sample.seg_logits = PixelData(data=self.calibrate_seg_logits(sample.seg_logits.data))
+            self.mark_calibrated(sample)
+        return data_samples
+
+
+@MODELS.register_module()
+class SuccessEncoderDecoder(PixelCalibrationMixin, FingerprintVerifiedOnce, EncoderDecoder):
     """Identical to ``EncoderDecoder`` except that every predicted ``SegDataSample`` also
     carries the success branch's output:
 
@@ -39,12 +141,17 @@ class SuccessEncoderDecoder(FingerprintVerifiedOnce, EncoderDecoder):
         bayes_num_bins (int): M equal bins of s for Bayes binning. Default 10.
         pos_map (str): ``'bayes'`` (default) or ``'fusion'``: which map turns the branch's
             output into ``pred_confidence``.
+        pixel_calibration (str | None): a per-pixel calibrator of the seg logits
+            (:class:`PixelCalibrationMixin`); Selective Scaling then selects by the
+            probability of success. Default None.
     """
 
     POS_MAPS = ("bayes", "fusion")
     CALIBRATION_BUFFERS = ("bayes_counts", "bayes_fingerprint", "fusion_coef", "fusion_fingerprint")
 
-    def __init__(self, *args, bayes_num_bins: int = 10, pos_map: str = "bayes", **kwargs):
+    def __init__(
+        self, *args, bayes_num_bins: int = 10, pos_map: str = "bayes", pixel_calibration=None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         if pos_map not in self.POS_MAPS:
             raise ValueError(f"pos_map must be one of {self.POS_MAPS}, got {pos_map!r}")
@@ -63,6 +170,7 @@ class SuccessEncoderDecoder(FingerprintVerifiedOnce, EncoderDecoder):
         if pos_map == "fusion":  # only then: checkpoints of Bayes-binning models keep their keys
             self.register_buffer("fusion_coef", torch.zeros(3, dtype=torch.float64))
             self.register_buffer("fusion_fingerprint", torch.zeros(32, dtype=torch.uint8))
+        self.init_pixel_calibration(pixel_calibration)
 
     @property
     def calibrated(self) -> bool:
@@ -73,7 +181,9 @@ class SuccessEncoderDecoder(FingerprintVerifiedOnce, EncoderDecoder):
     def weights_fingerprint(self) -> torch.Tensor:
         """SHA-256 (32 uint8) of every weight and buffer except the calibration's own."""
         return weights_fingerprint(
-            (name, t) for name, t in self.state_dict().items() if name not in self.CALIBRATION_BUFFERS
+            (name, t)
+            for name, t in self.state_dict().items()
+            if name not in self.CALIBRATION_BUFFERS and not name.startswith(PIXEL_CALIBRATION_KEYS)
         )
 
     def calibrator(self) -> BayesBinningCalibrator:
@@ -95,6 +205,9 @@ class SuccessEncoderDecoder(FingerprintVerifiedOnce, EncoderDecoder):
         )
 
     def _verify_fingerprint(self):
+        self._verify_pixel_fingerprint()
+        if not self.calibrated:
+            return
         sealed = self.fusion_fingerprint if self.pos_map == "fusion" else self.bayes_fingerprint
         if not torch.equal(self.weights_fingerprint(), sealed.cpu()):
             raise RuntimeError(
@@ -151,5 +264,14 @@ class SuccessEncoderDecoder(FingerprintVerifiedOnce, EncoderDecoder):
                 fields["pred_confidence"] = PixelData(data=calibrator.predict(score))
             elif fusion:
                 fields["pred_confidence"] = PixelData(data=self.fusion_probability(score, seg))
+            if self.pixel_calibration is not None and not self._pixel_calibration_bypassed:
+                if not self.calibrated:
+                    raise RuntimeError(
+                        "pixel_calibration needs the probability of success fitted first "
+                        "(tools/fit_calibration.py without pixel_calibration)"
+                    )
+                pos = fields["pred_confidence"].data[0]
+                fields["seg_logits"] = PixelData(data=self.calibrate_seg_logits(seg, pos))
             sample.set_data(fields)
+            self.mark_calibrated(sample)
         return data_samples

@@ -22,9 +22,10 @@ class ConfidenceSegTTAModel(SegTTAModel):
     confidence), ``pred_sem_seg`` = its argmax, and every other per-pixel map (e.g.
     ``success_score``, ``mc_entropy``) is the mean over augmentations.
 
-    ``pred_confidence`` (Bayes binning) is refused: its table was fitted on single-pass
-    success scores, and the mean score of several augmentations has another distribution.
-    Evaluate ``success_score`` under TTA, or the single-pass model.
+    ``pred_confidence`` (Bayes binning) and per-pixel calibrated logits (metainfo
+    ``pixel_calibration``) are refused: they were fitted on single-pass outputs, and the mean
+    of several augmentations has another distribution. Evaluate ``success_score`` under TTA,
+    or the single-pass model.
     """
 
     def merge_preds(self, data_samples_list):  # override: the stock merge drops our maps
@@ -33,6 +34,12 @@ class ConfidenceSegTTAModel(SegTTAModel):
     @staticmethod
     def merge_one(samples) -> SegDataSample:
         first = samples[0]
+        if first.metainfo.get("pixel_calibration"):
+            raise ValueError(
+                f"the {first.metainfo['pixel_calibration']} calibration of the seg logits cannot be "
+                "merged under test-time augmentation: it was fitted on single-pass logits. Test "
+                "without --tta, or with the uncalibrated model"
+            )
         for name in CALIBRATED:
             if name in first:
                 raise ValueError(

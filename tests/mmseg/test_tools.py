@@ -18,6 +18,8 @@ from tests.fixtures import load_tool
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MTL = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_mtl.py")
 STL = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_stl.py")
+STL_SELECTIVE = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_stl_selective.py")
+STL_LTS = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_stl_lts.py")
 FAST = [
     "train_dataloader.batch_size=2",
     "default_hooks.logger.interval=1",
@@ -201,6 +203,24 @@ def test_temperature_scaling_for_the_stl_baseline(workdir):
     assert 0 <= tested["calib/selective_risk"] <= 1 and 0 <= tested["calib/abstention"] <= 1, result.stdout[
         -500:
     ]
+    # per-pixel calibrators held by the model: fitted into their own checkpoint, then tested
+    for config, kind in ((STL_SELECTIVE, "selective_scaling"), (STL_LTS, "local_temperature")):
+        fitted = json.loads(
+            run(workdir, "fit_calibration.py", config, f"{out}/iter_2.pth").stdout.splitlines()[-1]
+        )
+        assert fitted["method"] == kind and fitted["checkpoint"].endswith(f"iter_2_{kind}.pth")
+        assert fitted["pixels"] > 0 and fitted["dataloader"] == "calib_dataloader"
+        run(workdir, "seg_test.py", config, fitted["checkpoint"], "--out", f"{out}/{kind}.json")
+        tested = json.load(open(f"{out}/{kind}.json"))
+        assert tested["mIoU"] == json.load(open(f"{out}/risk_test.json"))["mIoU"]  # same prediction
+        assert 0 <= tested["calib/ECE"] <= 1
+    failed = subprocess.run(  # the unfitted checkpoint under a calibrated config: refused
+        [sys.executable, os.path.join(ROOT, "tools", "seg_test.py"), STL_LTS, f"{out}/iter_2.pth"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode != 0 and "pixel_calibrator" in failed.stderr
 
 
 def split_options(loader, split):

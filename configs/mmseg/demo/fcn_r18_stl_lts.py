@@ -1,0 +1,4 @@
+# The STL model holding local temperature scaling of its seg logits (Ding et al., ICCV 2021),
+# fitted on the calib split by tools/fit_calibration.py into <checkpoint>_local_temperature.pth.
+_base_ = ['./fcn_r18_stl.py']
+model = dict(type='CalibratedEncoderDecoder', pixel_calibration='local_temperature')
