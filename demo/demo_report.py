@@ -34,6 +34,9 @@ SEG_METHODS = (
     ("MTL", "mtl"),
     ("MTL max-softmax", "mtl_softmax"),
     ("MC-10", "stl_mc10"),
+    ("STL + Selective Scaling", "stl_selective"),
+    ("STL + local temperature", "stl_lts"),
+    ("MTL + Selective Scaling", "mtl_selective"),
 )
 # A confidence that calls (almost) every pixel confident flags (almost) no failure: then
 # Acc / Precision / F0.5 at 0.5 measure the segmenter, not the confidence.
@@ -352,7 +355,7 @@ def heatmap_section(out, figures):
 
     from conf_plugins.mmseg import draw_confidence_panels
 
-    mtl = sorted(glob.glob(os.path.join(out, "seg", "mtl", "*_bayes.pth")))
+    mtl = sorted(glob.glob(os.path.join(out, "seg", "mtl", "*_fusion.pth")))
     stl = sorted(glob.glob(os.path.join(out, "seg", "stl", "iter_*.pth")))
     if not (mtl and stl):
         return []
@@ -428,7 +431,15 @@ DET_PAIRS = (
     ("DDN + temperature", "DDN"),
 )
 DET_PAIR_METRICS = ("ECE", "MSCE", "LaECE", "D-ECE", "AUROC", "LRP")
-SEG_PAIRS = (("MTL", "MTL max-softmax"), ("MTL", "STL-scaled"), ("STL-scaled", "STL"), ("MC-10", "STL"))
+SEG_PAIRS = (
+    ("MTL", "MTL max-softmax"),
+    ("MTL", "STL-scaled"),
+    ("STL-scaled", "STL"),
+    ("MC-10", "STL"),
+    ("STL + Selective Scaling", "STL-scaled"),
+    ("STL + local temperature", "STL-scaled"),
+    ("MTL + Selective Scaling", "STL-scaled"),
+)
 SEG_PAIR_METRICS = ("ECE", "AUROC", "AURC")
 PAIR_RESAMPLES = 1000
 

@@ -408,6 +408,11 @@ def segmentation_stages(out, tiny):
     seg = os.path.join(out, "seg")
     stl_cfg, mtl_cfg = "configs/mmseg/demo/fcn_r18_stl.py", "configs/mmseg/demo/fcn_r18_mtl.py"
     mc_cfg = "configs/mmseg/demo/fcn_r18_stl_mc10.py"
+    selective_cfg, lts_cfg = (
+        "configs/mmseg/demo/fcn_r18_stl_selective.py",
+        "configs/mmseg/demo/fcn_r18_stl_lts.py",
+    )
+    mtl_selective_cfg = "configs/mmseg/demo/fcn_r18_mtl_selective.py"
     extra = TINY_SEG if tiny else []
     iters = 4 if tiny else None
     snapshot = TINY_SNAPSHOT if tiny else []
@@ -439,13 +444,32 @@ def segmentation_stages(out, tiny):
             ["seg_stl"],
         ),
         Stage(
-            "seg_bayes",
+            "seg_pos",
             tool("fit_calibration.py") + [os.path.join(ROOT, mtl_cfg), checkpoint("mtl"), "--force"],
             [mtl_cfg, SEG_DATA],
             ["seg_mtl"],
         ),
     ]
-    bayes_ckpt = checkpoint("mtl").replace(".pth", "_bayes.pth")
+    pos_ckpt = checkpoint("mtl").replace(".pth", "_fusion.pth")  # the MTL config's pos_map
+    pixel_ckpts = {  # per-pixel calibrators held by the model, fitted on calib
+        "stl_selective": (selective_cfg, checkpoint("stl"), "seg_stl", "_selective_scaling.pth"),
+        "stl_lts": (lts_cfg, checkpoint("stl"), "seg_stl", "_local_temperature.pth"),
+        "mtl_selective": (mtl_selective_cfg, pos_ckpt, "seg_pos", "_selective_scaling.pth"),
+    }
+    for name, (cfg, ckpt, needs, suffix) in pixel_ckpts.items():
+        stages.append(
+            Stage(
+                f"seg_fit_{name}",
+                tool("fit_calibration.py") + [os.path.join(ROOT, cfg), ckpt, "--force"],
+                [cfg, SEG_DATA],
+                [needs],
+            )
+        )
+    max_softmax = ["test_evaluator.1.confidence=max_softmax"]
+    pixel_rows = [
+        (name, cfg, ckpt.replace(".pth", suffix), f"seg_fit_{name}", max_softmax)
+        for name, (cfg, ckpt, _, suffix) in pixel_ckpts.items()
+    ]
     for split in ("val", "val_shifted"):
         data = [
             f"test_dataloader.dataset.data_prefix.img_path=leftImg8bit/{split}",
@@ -454,7 +478,7 @@ def segmentation_stages(out, tiny):
         for method, cfg, ckpt, needs, conf in (
             ("stl", stl_cfg, checkpoint("stl"), "seg_stl", ["test_evaluator.1.confidence=max_softmax"]),
             ("stl_scaled", stl_cfg, checkpoint("stl"), "seg_temperature", None),
-            ("mtl", mtl_cfg, bayes_ckpt, "seg_bayes", ["test_evaluator.1.confidence=pred_confidence"]),
+            ("mtl", mtl_cfg, pos_ckpt, "seg_pos", ["test_evaluator.1.confidence=pred_confidence"]),
             # the free baseline of the same network: MTL's own max softmax
             (
                 "mtl_softmax",
@@ -465,6 +489,7 @@ def segmentation_stages(out, tiny):
             ),
             # MC dropout of the STL model's decode head: mean softmax of 10 samples
             ("stl_mc10", mc_cfg, checkpoint("stl"), "seg_stl", ["test_evaluator.1.confidence=max_softmax"]),
+            *pixel_rows,
         ):
             folder = f"{seg}/eval/{method}_{split}"
             if conf is None:  # filled in from the fitted temperature when the stage runs
@@ -499,7 +524,8 @@ def segmentation_stages(out, tiny):
             "seg_temperature",
             "test_evaluator.1.temperature=@temperature",
         ),
-        ("mtl", mtl_cfg, bayes_ckpt, "seg_bayes", "test_evaluator.1.confidence=pred_confidence"),
+        ("mtl", mtl_cfg, pos_ckpt, "seg_pos", "test_evaluator.1.confidence=pred_confidence"),
+        *[(name, cfg, ckpt, needs, conf[0]) for name, cfg, ckpt, needs, conf in pixel_rows],
     ):
         stages.append(
             Stage(

@@ -122,7 +122,7 @@ def test_readme_quickstarts_run_as_typed(tiny_demo):
     output = "".join(run_through_bash(folder, code) for code in runnable("README.md"))
     assert "ECE@IoU0.5" in output
     assert (folder / "output" / "quickstart" / "teacher_isotonic.pth").exists()
-    assert (folder / "output" / "quickstart" / "mtl" / "iter_4_bayes.pth").exists()
+    assert (folder / "output" / "quickstart" / "mtl" / "iter_4_fusion.pth").exists()
     drawings = list((folder / "output" / "quickstart" / "drawings").glob("*.png"))
     assert drawings, "the MC-dropout drawings of the quickstart"
     assert "calib/ECE" in output
@@ -141,7 +141,7 @@ def test_own_data_guides_run_as_typed(tmp_path):
         if "--coco" in code or "seg_train" in code:
             run_through_bash(folder, code)
     assert (folder / "output" / "mine" / "teacher_isotonic" / "eval_results.json").exists()
-    assert (folder / "output" / "own_data" / "fcn_r18_mtl_cityscapes_layout" / "iter_4_bayes.pth").exists()
+    assert (folder / "output" / "own_data" / "fcn_r18_mtl_cityscapes_layout" / "iter_4_fusion.pth").exists()
 
 
 OTHER_RUNNABLE = [

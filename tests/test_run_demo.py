@@ -114,6 +114,9 @@ def test_tiny_pipeline_report(tiny_demo):
         "seg_stl",
         "seg_stl_scaled",
         "seg_mtl",
+        "seg_stl_selective",
+        "seg_stl_lts",
+        "seg_mtl_selective",
     }
     assert {(r["corruption"], r["severity"]) for r in numbers["shift"]["seg_mtl"]} == {
         ("none", 0),
@@ -170,7 +173,9 @@ def test_tiny_success_ablation_reuses_the_demo_and_chooses_on_calib(tiny_demo):
         for split in ("calib_select", "val", "val_shifted"):
             assert math.isfinite(row[split]["ECE"]) and 0 <= row[split]["coverage"] <= 1
     candidates = [
-        r for r in rows if r["map"] in ("bayes10", "bayes100") and r["name"].endswith((" snapshot", " live"))
+        r
+        for r in rows
+        if r["map"] in ("bayes10", "bayes100", "fusion") and r["name"].endswith((" snapshot", " live"))
     ]  # deployable
     best = max(r["calib_select"]["AUROC"] for r in candidates)
     chosen = next(

@@ -10,11 +10,19 @@ the calibrator in the model's ROI heads, then chooses the per-class LRP-optimal 
 thresholds on the *calibrated* detections of the same split (the stored detections
 re-scored for maps applied after NMS, a second inference pass for temperature, which changes
 what survives the score threshold and NMS) and reports the held-out metrics of the detections
-kept at them, for choices made on that split (``tools/fit_detection_calibration.py``).
+kept at them, for choices made on that split (``tools/fit_detection_calibration.py``). As
+a map fitted on a split scores (nearly) perfectly on that same split, the maps with per-class
+parameters (Platt, linear, histogram, isotonic) are also cross-fitted: fitted on each half of
+the held-out images (by a hash of the image id) and applied to the other half, whose metrics
+at the thresholds are the criterion to choose among calibrators (``cross_fitted_at_thresholds``).
+Box intervals are fitted on the matched calibrated detections kept at the thresholds, the
+detections they are reported for.
 """
 
 import logging
 import time
+import zlib
+from types import SimpleNamespace
 
 import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader
@@ -33,6 +41,13 @@ from .probability_heads import ProbabilityROIHeads
 logger = logging.getLogger(__name__)
 MAX_SAMPLED_DETECTIONS = 1_000_000  # uniform sample of the held-out detections
 TINY = torch.finfo(torch.float32).tiny  # log(0) of an underflowed probability -> log(TINY)
+CROSS_FITTED = ("platt", "linear", "histogram", "isotonic")  # per-class maps, cross-fitted
+FOLDS = 2
+
+
+def image_fold(image_id) -> int:
+    """The cross-fitting half of an image: a hash of its id (stable across runs and ranks)."""
+    return zlib.crc32(str(image_id).encode()) % FOLDS
 
 
 class HeldOutDetections(DetectionCalibrationEvaluator):
@@ -58,6 +73,13 @@ class HeldOutDetections(DetectionCalibrationEvaluator):
         super().reset()
         self.sample = UniformSample(MAX_SAMPLED_DETECTIONS, self._seed)
         self.counts = DetectionBinStats(self.calibrator.num_classes, (self.calibrator.stats_bins(),))
+        self.folds = [
+            SimpleNamespace(
+                sample=UniformSample(MAX_SAMPLED_DETECTIONS, self._seed + 1 + f),
+                counts=DetectionBinStats(self.calibrator.num_classes, (self.calibrator.stats_bins(),)),
+            )
+            for f in range(FOLDS)
+        ]
         self.outputs = []
         self.pairs = []  # (pred boxes, GT boxes, classes, box std or None) per matched batch
         self._box_std = {}
@@ -110,10 +132,15 @@ class HeldOutDetections(DetectionCalibrationEvaluator):
         if method == "temperature":
             probs = torch.cat([im["det_probs"] for im in images])[kept]
             self.sample.add(probs.double().clamp_min(TINY).log(), classes, target)
-        elif method in ("platt", "linear"):
-            self.sample.add(scores.double()[:, None], classes, target)
-        elif method in ("histogram", "isotonic"):
-            self.counts.update(scores, correct, classes, iou)
+            return
+        fold = torch.cat(
+            [torch.full((len(im["det_classes"]),), image_fold(im["image_id"])) for im in images]
+        )[kept]
+        for into, rows in [(self, slice(None))] + [(self.folds[f], fold == f) for f in range(FOLDS)]:
+            if method in ("platt", "linear"):
+                into.sample.add(scores.double()[rows, None], classes[rows], target[rows])
+            elif method in ("histogram", "isotonic"):
+                into.counts.update(scores[rows], correct[rows], classes[rows], iou[rows])
 
 
 def _fit(calibrator, collector, dataset_name) -> tuple:
@@ -142,11 +169,51 @@ def _fit(calibrator, collector, dataset_name) -> tuple:
 
 
 def _detections(inp, out) -> tuple:
-    """(input id, boxes / scores / classes on the CPU) of one image's output."""
+    """(input id, boxes / scores / classes (/ box std) on the CPU) of one image's output."""
     inst = out["instances"].to("cpu")
     kept = Instances(inst.image_size, pred_boxes=inst.pred_boxes, scores=inst.scores)
     kept.pred_classes = inst.pred_classes
+    if inst.has("pred_box_std"):
+        kept.pred_box_std = inst.pred_box_std
     return {"image_id": inp["image_id"]}, kept
+
+
+def _cross_fitted(calibrator, collector, outputs, dataset_name, iou, bins, keep) -> dict:
+    """Metrics at the thresholds of every held-out detection re-scored by the same map fitted
+    on the other half of the images (empty when a half has nothing to fit on)."""
+    halves = []
+    for fold in collector.folds:
+        half = DetectionScoreCalibrator(
+            calibrator.method,
+            calibrator.num_classes,
+            calibrator.num_bins,
+            calibrator.isotonic_bins,
+            calibrator.target,
+            calibrator.classwise,
+        )
+        try:
+            _fit(half, fold, dataset_name)
+        except ValueError as error:
+            logger.info("no cross-fitted metrics: %s", error)
+            return {}
+        halves.append(half)
+    rescored = []
+    for inp, inst in outputs:
+        other = halves[(image_fold(inp["image_id"]) + 1) % FOLDS]
+        out = Instances(inst.image_size, pred_boxes=inst.pred_boxes, pred_classes=inst.pred_classes)
+        out.scores = other.calibrate_scores(inst.scores, inst.pred_classes)
+        rescored.append((inp, out))
+    return _evaluated(rescored, dataset_name, iou, bins, keep).results.get("calibration", {})
+
+
+def _kept_matched_pairs(outputs, dataset_name, iou, keep) -> tuple:
+    """The matched (pred, GT, class, box std) pairs among the detections ``keep`` selects."""
+    pairs = HeldOutDetections(dataset_name, DetectionScoreCalibrator("identity", 1), iou, box_pairs=True)
+    pairs.reset()
+    for inp, inst in outputs:
+        pairs.process([inp], [{"instances": inst[keep(inst)]}])
+    pairs.evaluate()
+    return pairs.matched_pairs()
 
 
 class _Outputs(DatasetEvaluator):
@@ -227,7 +294,6 @@ def fit_score_calibrator(cfg, model, dataset_name: str, method: str, box_conform
         calibrator,
         sc.IOU,
         keep_outputs=method != "temperature",
-        box_pairs=intervals is not None,
     )
     start = time.perf_counter()
     before = inference_on_dataset(model, build_detection_test_loader(cfg, dataset_name), collector)
@@ -243,16 +309,18 @@ def fit_score_calibrator(cfg, model, dataset_name: str, method: str, box_conform
     ]
     calibrator.set_thresholds(thresholds)
     heads.seal_score_calibrator()
-    at_thresholds = _evaluated(
-        calibrated,
-        dataset_name,
-        sc.IOU,
-        sc.THRESHOLD_BINS,
-        lambda i: calibrator.keep(i.scores, i.pred_classes),
-    ).results.get("calibration", {})
+    kept = lambda i: calibrator.keep(i.scores, i.pred_classes)  # noqa: E731
+    at_thresholds = _evaluated(calibrated, dataset_name, sc.IOU, sc.THRESHOLD_BINS, kept).results.get(
+        "calibration", {}
+    )
+    cross_fitted = (
+        _cross_fitted(calibrator, collector, collector.outputs, dataset_name, sc.IOU, sc.THRESHOLD_BINS, kept)
+        if method in CROSS_FITTED
+        else {}
+    )
     fitted_intervals = {}
     if intervals is not None:
-        pred, gt, classes, std = collector.matched_pairs()
+        pred, gt, classes, std = _kept_matched_pairs(calibrated, dataset_name, sc.IOU, kept)
         intervals.fit(pred, gt, classes, std)
         heads.attach_box_conformal(intervals)
         heads.seal_box_conformal()
@@ -292,6 +360,7 @@ def fit_score_calibrator(cfg, model, dataset_name: str, method: str, box_conform
         ),
         "calibrated_oLRP": lrp.compute()["oLRP"],
         "held_out_at_thresholds": at_thresholds,
+        "cross_fitted_at_thresholds": cross_fitted,
         **fitted_intervals,
         "seconds": {"inference": inference_seconds, "total": time.perf_counter() - start},
         "uncalibrated": before.get("calibration", {}),

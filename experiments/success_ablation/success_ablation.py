@@ -32,8 +32,8 @@ ties (near-1 max softmax) are resolved finely.
 **Selection never sees val.** The calib split is halved by image (even / odd): maps and
 temperature are fitted on one half and the choice is made on the other (``calib-select``
 columns): the row with the highest calib-select AUROC among the *deployable* probability-of-
-success rows (a trained network's snapshot or live branch with Bayes binning, what
-``SuccessEncoderDecoder`` holds), ties broken by ECE; the other rows are study-only. The
+success rows (a trained network's snapshot or live branch with Bayes binning or fusion,
+what ``SuccessEncoderDecoder`` holds), ties broken by ECE; the other rows are study-only. The
 reported val / val_shifted numbers use maps fitted on the whole
 calib split. Evaluation is re-run each time (about a minute); training is cached.
 """
@@ -77,9 +77,9 @@ TRAINING = {  # variant -> overrides of the demo MTL config (itself the "balance
 }
 DEMO_VARIANT = "balanced"  # the demo MTL: Kendall weighting + class-balanced success loss
 MAPS = ("raw", "bayes10", "bayes100", "mass100", "isotonic", "fusion")
-# what SuccessEncoderDecoder can hold (Bayes binning) from a network trained by seg_train:
-# the choice is made among these; the other maps and sources are study-only
-DEPLOYABLE_MAPS = ("bayes10", "bayes100")
+# what SuccessEncoderDecoder can hold (Bayes binning, fusion) from a network trained by
+# seg_train: the choice is made among these; the other maps and sources are study-only
+DEPLOYABLE_MAPS = ("bayes10", "bayes100", "fusion")
 DEPLOYABLE_SOURCES = (" snapshot", " live")
 
 
@@ -300,7 +300,7 @@ def evaluate(sources, num_classes):
 
 def choose(rows):
     """Among the deployable probability-of-success rows (a trained network's snapshot or live
-    branch + Bayes binning), the highest calib-select AUROC (then lowest ECE)."""
+    branch + Bayes binning or fusion), the highest calib-select AUROC (then lowest ECE)."""
     candidates = [r for r in rows if r["map"] in DEPLOYABLE_MAPS and r["name"].endswith(DEPLOYABLE_SOURCES)]
     return max(candidates, key=lambda r: (round(r["calib_select"]["AUROC"], 4), -r["calib_select"]["ECE"]))
 

@@ -10,12 +10,13 @@ import os
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import build_detection_test_loader
+from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 
 from conf_plugins.calibration.detection_stats import DetectionBinStats
 from conf_plugins.detectron2 import DetectionCalibrationEvaluator
+from conf_plugins.detectron2.score_calibration import image_fold
 from tests.fixtures import ROOT, d2_batch, load_tool, tiny_d2_cfg
 
 from .test_probability_heads import run_box_inference
@@ -221,6 +222,10 @@ def test_fit_tool_fits_on_the_held_out_split_and_refuses_the_evaluated_one(tmp_p
     summary = tool.main(["--method", "platt", "--output", str(tmp_path / "platt" / "model.pth"), *iou_args])
     params = torch.tensor(summary["params"])
     assert torch.equal(params, params[:1].expand_as(params))  # class-agnostic: one map
+    # the choice criterion: each half of calib re-scored by the map fitted on the other half
+    halves = {image_fold(d["image_id"]) for d in DatasetCatalog.get("conf_demo_det_calib")}
+    crossed = summary["cross_fitted_at_thresholds"]
+    assert ("LaECE@IoU0.5" in crossed) == (len(halves) == 2) and identity["cross_fitted_at_thresholds"] == {}
     deployed = cfg.clone()
     deployed.defrost()
     deployed.MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD = "platt"
@@ -247,7 +252,8 @@ def test_fit_tool_fits_on_the_held_out_split_and_refuses_the_evaluated_one(tmp_p
     ]
     out = str(tmp_path / "conformal" / "model.pth")
     summary = tool.main(["--method", "identity", "--output", out, *args, *conformal])
-    assert summary["box_conformal"]["matched_pairs"] > 0
+    # fitted on the matched detections kept at the operating thresholds, as they are reported
+    assert 0 < summary["box_conformal"]["matched_pairs"] <= summary["held_out_at_thresholds"]["count@IoU0.1"]
     deployed.MODEL.ROI_HEADS.BOX_CONFORMAL.SCORE = "normalised"
     deployed.MODEL.ROI_HEADS.BOX_CONFORMAL.ALPHA = 0.9
     with pytest.raises(RuntimeError, match="hold no fitted ones"):  # the platt checkpoint has none

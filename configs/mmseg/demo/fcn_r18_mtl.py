@@ -1,12 +1,15 @@
 # MTL on the demo data: FCN + success branch, uncertainty-weighted seg / success losses.
-# Defaults chosen by the study (tools/success_ablation.py, on the calib split): class-balanced
+# Defaults chosen by the study (experiments/success_ablation, on the calib split): class-balanced
 # success loss, the live (final) branch predicts success (the iteration-200 snapshot is kept
-# in the checkpoint but not used), Bayes binning with 100 bins. The paper-literal variant
-# (additive loss, snapshot, 10 bins) is fcn_r18_mtl_paper.py.
+# in the checkpoint but not used), the fusion map (logistic regression on the log-odds of the
+# success score and of the max softmax; tools/fit_calibration.py writes <name>_fusion.pth).
+# The paper-literal variant (additive loss, snapshot, Bayes binning, 10 bins) is
+# fcn_r18_mtl_paper.py.
 _base_ = ['./fcn_r18_stl.py']
 model = dict(
     type='SuccessEncoderDecoder',
-    bayes_num_bins=100,
+    pos_map='fusion',
+    bayes_num_bins=100,  # with pos_map='bayes'
     decode_head=dict(
         type='FCNSuccessHead',
         success_channels=32,

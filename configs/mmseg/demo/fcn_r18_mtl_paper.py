@@ -3,6 +3,7 @@
 # iteration 200 predicts success, Bayes binning with 10 equal-width bins.
 _base_ = ['./fcn_r18_mtl.py']
 model = dict(
+    pos_map='bayes',
     bayes_num_bins=10,
     decode_head=dict(success_class_weight=None, predict_with_snapshot=True, task_weighting=None),
 )
