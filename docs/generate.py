@@ -6,7 +6,9 @@
     python docs/generate.py --bench output/bench/*.json       # take new bench results first
     python docs/generate.py --check                           # exit 1 if a page is stale
 
-Inputs: ``docs/data/demo_report.json`` (the ``report.json`` that ``make demo`` writes) and
+Inputs: ``docs/data/demo_report.json`` (the ``report.json`` that ``make demo`` writes; when a
+one-seed run replaces a multi-seed one, the latter is kept as ``demo_seeds_report.json`` for
+its seeds table) and
 ``docs/data/bench/*.json`` (what the ``bench/`` scripts write with ``--json``). Every number
 on the pages comes from these files, and every table is stamped with the command, date,
 machine and commit of its run, so prose and numbers cannot drift.
@@ -27,6 +29,7 @@ DOCS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DOCS)
 DATA = os.path.join(DOCS, "data")
 DEMO_JSON = os.path.join(DATA, "demo_report.json")
+SEEDS_JSON = os.path.join(DATA, "demo_seeds_report.json")  # the last multi-seed run, kept
 BENCH_DIR = os.path.join(DATA, "bench")
 README = os.path.join(ROOT, "README.md")
 HEADLINE = ("<!-- generated:headline:start -->", "<!-- generated:headline:end -->")
@@ -326,7 +329,50 @@ def protocol_section(report):
     return lines
 
 
-def results_page(report):
+def seeds_rows_section(seeds, source_note=""):
+    """The mean ± std table over training seeds (nothing for a one-seed run)."""
+    if not seeds or seeds.get("count", 1) < 2:
+        return []
+    lines = [
+        "",
+        f"## Over {seeds['count']} training seeds",
+        "",
+        "Mean ± standard deviation over training seeds (the tables above are seed 0): the "
+        "spread from training that the bootstrap over images does not see." + source_note,
+        "",
+    ]
+    rows = []
+    for row in seeds["rows"]:
+        for metric, values in row["values"].items():
+            finite = [v for v in values if v is not None and not math.isnan(v)]
+            if len(finite) >= 2:
+                mean = sum(finite) / len(finite)
+                std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+                rows.append(
+                    [
+                        row["domain"],
+                        row["method"],
+                        metric,
+                        f"{fmt(mean)} ± {fmt(std)}",
+                        ", ".join(fmt(v) for v in values),
+                    ]
+                )
+    return lines + table(["domain", "method", "metric", "mean ± std", "per seed"], rows)
+
+
+def seeds_source(report, seeds_report):
+    """(report whose seeds table the page shows, note on where it comes from): the run's own
+    when it trained several seeds, else the last multi-seed run (docs/data/demo_seeds_report.json)."""
+    if (report.get("seeds") or {}).get("count", 1) > 1 or not seeds_report:
+        return report, ""
+    return seeds_report, (
+        " This run trained one seed; the table is the last run with several: "
+        + stamp_line(seeds_report.get("run"))
+        + " Methods whose calibration changed since read differently there."
+    )
+
+
+def results_page(report, seeds_report=None):
     lines = ["# Results", "", GENERATED.format(source="docs/data/demo_report.json"), ""]
     if report is None:
         return "\n".join(
@@ -407,33 +453,8 @@ def results_page(report):
                 ]
             )
         lines += table(["domain", "A", "B", "metric", "A − B", "95 % interval", "verdict"], rows)
-    seeds = report.get("seeds")
-    if seeds and seeds.get("count", 1) > 1:
-        lines += [
-            "",
-            f"## Over {seeds['count']} training seeds",
-            "",
-            "Mean ± standard deviation over training seeds (the tables above are seed 0): the "
-            "spread from training that the bootstrap over images does not see.",
-            "",
-        ]
-        rows = []
-        for row in seeds["rows"]:
-            for metric, values in row["values"].items():
-                finite = [v for v in values if v is not None and not math.isnan(v)]
-                if len(finite) >= 2:
-                    mean = sum(finite) / len(finite)
-                    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
-                    rows.append(
-                        [
-                            row["domain"],
-                            row["method"],
-                            metric,
-                            f"{fmt(mean)} ± {fmt(std)}",
-                            ", ".join(fmt(v) for v in values),
-                        ]
-                    )
-        lines += table(["domain", "method", "metric", "mean ± std", "per seed"], rows)
+    seeded, note = seeds_source(report, seeds_report)
+    lines += seeds_rows_section(seeded.get("seeds"), note)
     lines += studies_section(report)
     lines += protocol_section(report)
     shift = report.get("shift", {})
@@ -469,7 +490,7 @@ def results_page(report):
                     )
             if out:
                 lines += table(["method", "severity", *metrics], out) + [""]
-    lines += ["", "## Reproducibility", "", reproducibility(report), ""]
+    lines += ["", "## Reproducibility", "", reproducibility(seeded), ""]
     stages = report.get("stages", {})
     if stages:
         lines += ["## Commands", "", "Each stage of the run, as executed:", ""]
@@ -584,13 +605,14 @@ def load_json(path):
 def render():
     """{path: text} of every generated file."""
     report = load_json(DEMO_JSON) if os.path.exists(DEMO_JSON) else None
+    seeds_report = load_json(SEEDS_JSON) if os.path.exists(SEEDS_JSON) else None
     benches = [load_json(p) for p in sorted(glob.glob(os.path.join(BENCH_DIR, "*.json")))]
     with open(README) as f:
         readme = f.read()
     start, end = readme.index(HEADLINE[0]), readme.index(HEADLINE[1])
     readme = readme[: start + len(HEADLINE[0])] + "\n" + "\n".join(headline(report)) + "\n" + readme[end:]
     return {
-        os.path.join(DOCS, "results.md"): results_page(report),
+        os.path.join(DOCS, "results.md"): results_page(report, seeds_report),
         os.path.join(DOCS, "benchmarks.md"): benchmarks_page(benches),
         README: readme,
     }
@@ -609,6 +631,15 @@ def main(argv=None):
         if report.get("tiny"):
             parser.error(f"{args.demo} is a --tiny run: its numbers mean nothing")
         os.makedirs(DATA, exist_ok=True)
+        several = (report.get("seeds") or {}).get("count", 1) > 1
+        if not several and os.path.exists(DEMO_JSON):
+            previous = load_json(DEMO_JSON)
+            if (previous.get("seeds") or {}).get("count", 1) > 1:  # keep its seeds table
+                shutil.copyfile(DEMO_JSON, SEEDS_JSON)
+                print(f"kept the seeds table of the previous run in {os.path.relpath(SEEDS_JSON, ROOT)}")
+        elif several and os.path.exists(SEEDS_JSON):
+            os.remove(SEEDS_JSON)  # superseded by this run's own seeds
+            print(f"removed {os.path.relpath(SEEDS_JSON, ROOT)}: this run has its own seeds table")
         shutil.copyfile(args.demo, DEMO_JSON)
     for path in args.bench:
         result = load_json(path)

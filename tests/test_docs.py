@@ -257,3 +257,51 @@ def test_no_internal_references_in_docs():
     for path in DOCS + EXPERIMENTS + ["CONTRIBUTING.md"]:
         text = open(os.path.join(ROOT, path)).read()
         assert not pattern.search(text), f"{path}: {pattern.search(text).group(0)}"
+
+
+def test_a_one_seed_run_keeps_the_previous_seeds_table(tmp_path, monkeypatch):
+    """Taking a one-seed report over a multi-seed one keeps the latter's seeds table (shown
+    with its own stamp); a later multi-seed report supersedes it."""
+    import copy
+    import importlib.util
+    import json
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("generate", os.path.join(ROOT, "docs", "generate.py"))
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    docs, data = tmp_path / "docs", tmp_path / "docs" / "data"
+    shutil.copytree(os.path.join(ROOT, "docs", "data"), data)
+    shutil.copy(os.path.join(ROOT, "README.md"), tmp_path / "README.md")
+    for name, value in (
+        ("DOCS", docs),
+        ("DATA", data),
+        ("DEMO_JSON", data / "demo_report.json"),
+        ("SEEDS_JSON", data / "demo_seeds_report.json"),
+        ("BENCH_DIR", data / "bench"),
+        ("README", tmp_path / "README.md"),
+    ):
+        monkeypatch.setattr(generate, name, str(value))
+    several = json.load(open(data / "demo_report.json"))
+    several.update(
+        seeds={
+            "count": 3,
+            "rows": [{"domain": "detection", "method": "Baseline", "values": {"AP": [1.0, 2.0, 3.0]}}],
+        }
+    )
+    one = copy.deepcopy(several)
+    one["seeds"] = {"count": 1, "rows": []}
+    for name, report in (("several.json", several), ("one.json", one)):
+        (tmp_path / name).write_text(json.dumps(report))
+    assert generate.main(["--demo", str(tmp_path / "several.json")]) == 0
+    assert generate.main(["--demo", str(tmp_path / "one.json")]) == 0
+    assert json.load(open(data / "demo_seeds_report.json"))["seeds"]["count"] == 3
+    page = (docs / "results.md").read_text()
+    assert (
+        "## Over 3 training seeds" in page
+        and "This run trained one seed" in page
+        and "2.0000 ± 1.0000" in page
+    )
+    assert generate.main(["--demo", str(tmp_path / "several.json")]) == 0
+    assert not (data / "demo_seeds_report.json").exists()
+    assert "This run trained one seed" not in (docs / "results.md").read_text()
