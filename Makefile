@@ -9,6 +9,7 @@ PY := .venv/bin/python
 
 env:
 	@bash tools/env/bootstrap.sh
+	@bash tools/env/kernel.sh
 
 demo: env
 	$(PY) demo/run_demo.py $(ARGS)

@@ -5,12 +5,42 @@ and take their bounds from that file, so `pip install -e .[d2,mmseg,dev]` inside
 environment built by tools/env/bootstrap.sh changes nothing.
 """
 
+import hashlib
 import os
 import re
 
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+KERNEL_SOURCE = os.path.join("conf_plugins", "csrc", "pixel_confidence.cpp")
+
+
+def kernel_extension():
+    """The fused pixel-confidence kernel (C++, torch's cpp_extension, AVX2), stamped with the
+    SHA-256 of its source so that a stale build is detected and not used. Built by
+    tools/env/kernel.sh (``make env``), which sets CONF_PLUGINS_BUILD_KERNEL=1; without it
+    conf_plugins falls back to the torch path."""
+    if os.environ.get("CONF_PLUGINS_BUILD_KERNEL") != "1":
+        return [], {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        return [], {}
+    with open(os.path.join(HERE, KERNEL_SOURCE), "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    flags = [
+        "-O3",
+        "-mavx2",
+        "-mfma",
+        "-DCPU_CAPABILITY=AVX2",
+        "-DCPU_CAPABILITY_AVX2",
+        f'-DSOURCE_SHA="{sha}"',
+    ]
+    ext = CppExtension("conf_plugins._pixel_kernel", [KERNEL_SOURCE], extra_compile_args=flags)
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+EXT_MODULES, CMDCLASS = kernel_extension()
 
 
 def pinned(*names):
@@ -31,6 +61,8 @@ setup(
     "(detectron2 and mmsegmentation plugins)",
     packages=find_packages(include=["conf_plugins", "conf_plugins.*"]),
     python_requires=">=3.10",
+    ext_modules=EXT_MODULES,
+    cmdclass=CMDCLASS,
     license="Apache-2.0",
     install_requires=pinned("torch", "numpy", "matplotlib"),
     extras_require={

@@ -2,9 +2,10 @@
 """Throughput and peak memory of the segmentation calibration metric vs torchmetrics.
 
 Streams N pixels of 19-class logits (Cityscapes-sized 1024x2048 images, generated) through
-  ours:         pixel_confidence (max softmax and argmax over cache-sized pixel tiles, no
+  ours:         pixel_confidence (max softmax and argmax by the fused C++ kernel, no
                 softmax tensor) -> correct -> CalibrationStats.update (what
                 SegCalibrationMetric does per image), then compute();
+  ours-torch-path: the same with the kernel's fallback (tiles of whole-tensor torch steps);
   ours-softmax: the same, but through a full softmax tensor (a plain softmax -> max);
   torchmetrics: the same softmax, then BinaryCalibrationError.update, then compute();
   read-only:    summing the logits (the bound of any metric that reads them once);
@@ -15,7 +16,9 @@ random weights, same threads), so the metric's cost can be read beside the model
 test: numbers depend on the machine; the ratios are what to read. With --json PATH the parent
 process also writes the result as a bench result for docs/generate.py.
 
-    .venv/bin/python bench/seg_metric_throughput.py --pixels 2e8 [--json PATH]
+    .venv/bin/python bench/seg_metric_throughput.py --pixels 2e8 [--scaling] [--json PATH]
+
+--scaling also runs ``ours`` at 1, 2, ... cores' threads (scaling to all cores).
 """
 
 import argparse
@@ -44,7 +47,7 @@ def images(num_pixels, seed=0):
         done += H * W
 
 
-def run_ours(num_pixels, fused=True):
+def run_ours(num_pixels, fused=True, use_kernel=True):
     from conf_plugins.calibration import CalibrationStats
     from conf_plugins.calibration.pixel_confidence import pixel_confidence
 
@@ -53,7 +56,7 @@ def run_ours(num_pixels, fused=True):
     for logits, label in images(num_pixels):
         start = time.perf_counter()
         if fused:
-            confidence, pred, _, _ = pixel_confidence(logits)
+            confidence, pred, _, _ = pixel_confidence(logits, use_kernel=use_kernel)
         else:
             confidence, pred = logits.softmax(dim=0).max(dim=0)
         t = time.perf_counter()
@@ -135,6 +138,7 @@ def child(which, num_pixels, threads):
     runs = {
         "ours": run_ours,
         "ours-softmax": lambda n: run_ours(n, fused=False),
+        "ours-torch-path": lambda n: run_ours(n, use_kernel=False),
         "torchmetrics": run_torchmetrics,
         "read-only": run_read_only,
         "fcn": run_fcn,
@@ -162,7 +166,10 @@ def main():
     parser.add_argument(
         "--fcn", action="store_true", help="also time one FCN R50-D8 inference at 1024x2048 (~1 min)"
     )
-    parser.add_argument("--child", choices=["ours", "ours-softmax", "torchmetrics", "read-only", "fcn"])
+    parser.add_argument("--scaling", action="store_true", help="also time ours at 1..all cores' threads")
+    parser.add_argument(
+        "--child", choices=["ours", "ours-torch-path", "ours-softmax", "torchmetrics", "read-only", "fcn"]
+    )
     parser.add_argument(
         "--json", metavar="PATH", help="also write the result as JSON (input of docs/generate.py --bench)"
     )
@@ -173,7 +180,7 @@ def main():
     print(f"{num_pixels:.2e} pixels of {C}-class logits, {H}x{W} images, {args.threads} thread(s)")
     rows = {
         name: measure(name, num_pixels, args.threads)
-        for name in ("ours", "ours-softmax", "torchmetrics", "read-only")
+        for name in ("ours", "ours-torch-path", "ours-softmax", "torchmetrics", "read-only")
     }
     for name, r in rows.items():
         print(
@@ -196,6 +203,21 @@ def main():
         f"ours from logits / read-only bound: {ours['metric_seconds'] / read['metric_seconds']:.1f}x "
         f"the time of summing the logits once"
     )
+    print(
+        "fused kernel vs its torch path: "
+        f"{rows['ours-torch-path']['metric_seconds'] / ours['metric_seconds']:.2f}x"
+    )
+    scaling = {}
+    if args.scaling:
+        import os
+
+        for threads in range(1, (os.cpu_count() or 1) + 1):
+            r = measure("ours", num_pixels, threads)
+            scaling[threads] = r
+            print(
+                f"ours, {threads} thread(s): metric from logits "
+                f"{num_pixels / r['metric_seconds'] / 1e6:.2f} Mpx/s"
+            )
     fcn = None
     if args.fcn:
         fcn = measure("fcn", H * W, args.threads)
@@ -205,10 +227,10 @@ def main():
             f"on its logits: {per_image:.3f} s = {per_image / fcn['metric_seconds']:.4f}x the inference"
         )
     if args.json:
-        write_json(args, num_pixels, rows, fcn)
+        write_json(args, num_pixels, rows, fcn, scaling)
 
 
-def write_json(args, num_pixels, rows, fcn=None):
+def write_json(args, num_pixels, rows, fcn=None, scaling=None):
     """The parent's result as a bench JSON: one row per child, the goals' ratios as sentences."""
     from conf_plugins.provenance import write_bench_result
 
@@ -219,7 +241,8 @@ def write_json(args, num_pixels, rows, fcn=None):
         return None if value != value else round(value, 6)  # NaN (no ECE) -> null
 
     what = {
-        "ours": "pixel_confidence (tiled max softmax + argmax) -> CalibrationStats",
+        "ours": "pixel_confidence (fused C++ kernel) -> CalibrationStats",
+        "ours-torch-path": "pixel_confidence (the torch fallback: tiled torch steps) -> CalibrationStats",
         "ours-softmax": "softmax tensor -> max -> CalibrationStats",
         "torchmetrics": "softmax tensor -> max -> BinaryCalibrationError",
         "read-only": "sum of the logits (reads them once)",
@@ -259,6 +282,28 @@ def write_json(args, num_pixels, rows, fcn=None):
         f"included) ours is {tm['seconds'] / ours['seconds']:.3f}× faster than torchmetrics and "
         f"{rows['ours-softmax']['seconds'] / ours['seconds']:.3f}× faster than ours-softmax.",
     ]
+    summary.append(
+        f"The fused kernel is {rows['ours-torch-path']['metric_seconds'] / ours['metric_seconds']:.3f}× "
+        "the throughput of its torch fallback (metric from logits)."
+    )
+    for threads, r in (scaling or {}).items():
+        table.append(
+            {
+                "run": f"ours, {threads} thread(s)",
+                "what it does": "as ours, torch.set_num_threads",
+                "total (s)": round(r["seconds"], 2),
+                "metric from logits (Mpx/s)": mpx(r["metric_seconds"]),
+                "statistics only (Mpx/s)": mpx(r["update_seconds"]),
+                "peak RSS (MB)": round(r["peak_rss_mb"]),
+                "ECE": ece(r["ECE"]),
+            }
+        )
+    if scaling:
+        one, last = scaling[1], scaling[max(scaling)]
+        summary.append(
+            f"Scaling: {max(scaling)} threads give {one['metric_seconds'] / last['metric_seconds']:.2f}× "
+            "the one-thread throughput of the metric from logits."
+        )
     fcn_text = ""
     if fcn is not None:
         table.append(
@@ -286,8 +331,9 @@ def write_json(args, num_pixels, rows, fcn=None):
     description = (
         f"{num_pixels:.2e} pixels of {C}-class logits in generated {H}×{W} images, "
         f"{args.threads} thread(s), each run in its own subprocess (peak RSS is per process). "
-        f"ours: pixel_confidence (max softmax and argmax over cache-sized pixel tiles, no softmax "
-        f"tensor) -> correct -> CalibrationStats.update per image, then compute(); ours-softmax: "
+        f"ours: pixel_confidence (max softmax and argmax by the fused C++ kernel, no softmax "
+        f"tensor) -> correct -> CalibrationStats.update per image, then compute(); "
+        f"ours-torch-path: the same through the kernel's torch fallback; ours-softmax: "
         f"the same through a full softmax tensor; torchmetrics: the same softmax, then "
         f"BinaryCalibrationError.update, then compute() (15 bins for both ECEs); read-only: "
         f"summing the logits, the bound of any metric that reads them once. Metric from logits "

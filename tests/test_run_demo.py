@@ -59,7 +59,16 @@ def test_tiny_pipeline_report(tiny_demo):
     for needed in ("det_classwise_reliability_iou0.5.png", "det_dece_map_ddn_iou0.5.png"):
         assert (out / "figures" / needed).exists(), needed
     seg = table_rows(report, "| domain | method")
-    assert [r["method"] for r in seg] == ["STL", "STL-scaled", "MTL", "MTL max-softmax", "MC-10"] * 2
+    assert [r["method"] for r in seg] == [
+        "STL",
+        "STL-scaled",
+        "MTL",
+        "MTL max-softmax",
+        "MC-10",
+        "STL + Selective Scaling",
+        "STL + local temperature",
+        "MTL + Selective Scaling",
+    ] * 2
     for row in seg:
         for key in (
             "mIoU",

@@ -9,17 +9,53 @@ pixels (temporaries of (C, tile), never of the logits' size):
 * entropy ``log S − (1/S) Σ_c e_c (z_c − z_max)/T`` with ``e_c = exp((z_c − z_max)/T)``,
   ``S = Σ_c e_c`` (the softmax entropy, natural log).
 
-Speed: the softmax over 19 classes dominates the segmentation metric's time; whole-plane
-steps (a class loop over 8 MB planes) were bound by memory traffic, cache-sized tiles are not.
+Speed: the softmax over 19 classes dominates the segmentation metric's time. On CPU,
+float32 logits go through a fused C++ kernel (``conf_plugins/csrc/pixel_confidence.cpp``,
+built by the environment bootstrap: one pass, everything in vector registers, torch's own
+vectorised exp, pixels split over torch's threads). Without it (not built, built from another
+source, a CPU without AVX2) one warning says so and the torch path below runs: cache-sized
+tiles of whole-tensor steps. The torch path is also the kernel's test oracle.
 """
 
+import hashlib
 import math
+import os
+import warnings
 
 import torch
 
 TILE_PIXELS = 1 << 14  # pixels per step on CPU: the C planes of a tile (1.2 MB at C = 19) stay in cache
 LOG2_E = 1.0 / math.log(2.0)
 MAX_BITMASK_CLASSES = 24  # class bit-weights 2^(C-1-c) add up exactly in float32 up to C = 24
+
+
+KERNEL_SOURCE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "csrc", "pixel_confidence.cpp")
+_kernel_state = {}
+
+
+def fused_kernel():
+    """The compiled kernel module, or None (with one warning) when it is missing, stale (built
+    from another source than the one in the package) or the CPU lacks AVX2."""
+    if "module" not in _kernel_state:
+        _kernel_state["module"], reason = None, None
+        try:
+            from conf_plugins import _pixel_kernel as module
+        except ImportError as error:
+            reason = f"not built ({error}): run `make env`"
+        else:
+            with open(KERNEL_SOURCE, "rb") as f:
+                sha = hashlib.sha256(f.read()).hexdigest()
+            if module.SOURCE_SHA != sha:
+                reason = "stale: built from another version of its source; run `make env`"
+            elif torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+                reason = f"this CPU lacks AVX2 ({torch.backends.cpu.get_cpu_capability()})"
+            else:
+                _kernel_state["module"] = module
+        if reason:
+            warnings.warn(
+                f"the fused pixel-confidence kernel is {reason}; using the torch path (same values, slower)"
+            )
+    return _kernel_state["module"]
 
 
 def first_max_index(is_max: torch.Tensor, bit_weights: torch.Tensor, out: torch.Tensor):
@@ -35,11 +71,16 @@ def first_max_index(is_max: torch.Tensor, bit_weights: torch.Tensor, out: torch.
 
 
 def pixel_confidence(
-    logits: torch.Tensor, temperature: float = 1.0, margin: bool = False, entropy: bool = False
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    margin: bool = False,
+    entropy: bool = False,
+    use_kernel: bool = True,
 ):
     """``(max_softmax, prediction, margin or None, entropy or None)`` of ``logits`` (C, ...).
 
-    Same values as ``(z / T).softmax(0).max(0)`` etc. to float rounding (tested). On CPU the
+    Same values as ``(z / T).softmax(0).max(0)`` etc. to float rounding (tested). Float32 CPU
+    logits use the fused kernel when it is built (``use_kernel=False``: never). Otherwise, on CPU the
     pixels are taken in tiles of ``TILE_PIXELS``, so every temporary is (C, tile) and stays in
     cache (whole-plane steps are memory-bound); on a GPU in one step. The
     exponentials are ``exp2`` of ``(z_c − z_max)·log2(e)/T`` (same value, faster on CPU).
@@ -51,6 +92,15 @@ def pixel_confidence(
     z = logits if logits.is_floating_point() else logits.float()
     num_classes, spatial = z.shape[0], z.shape[1:]
     flat = z.reshape(num_classes, -1)
+    if not z.is_cuda and z.dtype == torch.float32 and use_kernel and fused_kernel() is not None:
+        outputs = fused_kernel().pixel_confidence(flat.contiguous(), float(temperature), margin, entropy)
+        shape = tuple(spatial)
+        return (
+            outputs[0].reshape(shape),
+            outputs[1].reshape(shape),
+            outputs[2].reshape(shape) if margin else None,
+            outputs[3].reshape(shape) if entropy else None,
+        )
     n = flat.shape[1]
     scale = LOG2_E / float(temperature)
     max_softmax = torch.empty(n, dtype=z.dtype, device=z.device)

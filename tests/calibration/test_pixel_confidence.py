@@ -6,10 +6,11 @@ import torch
 from conf_plugins.calibration.pixel_confidence import pixel_confidence
 
 
+@pytest.mark.parametrize("use_kernel", [True, False])  # the fused C++ kernel, the torch path
 @pytest.mark.parametrize("temperature", [1.0, 0.75, 2.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("num_classes", [2, 19, 24, 40])  # 40: the torch.max path
-def test_matches_the_softmax_tensor(temperature, dtype, num_classes, monkeypatch):
+def test_matches_the_softmax_tensor(use_kernel, temperature, dtype, num_classes, monkeypatch):
     import importlib
 
     module = importlib.import_module("conf_plugins.calibration.pixel_confidence")
@@ -20,7 +21,9 @@ def test_matches_the_softmax_tensor(temperature, dtype, num_classes, monkeypatch
     z[-1, 0, 1] = z[1:, 0, 1].max()  # a tie of two classes, not the first one
     z[0, 0, 2] = -torch.inf  # a class that cannot be predicted
     probs = (z / temperature).softmax(0)
-    conf, pred, margin, ent = pixel_confidence(z, temperature, margin=True, entropy=True)
+    conf, pred, margin, ent = pixel_confidence(
+        z, temperature, margin=True, entropy=True, use_kernel=use_kernel
+    )
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     assert torch.allclose(conf, probs.max(0).values, **tol)
     assert torch.equal(pred, z.argmax(0))
@@ -29,15 +32,42 @@ def test_matches_the_softmax_tensor(temperature, dtype, num_classes, monkeypatch
     assert torch.allclose(ent, -torch.special.xlogy(probs, probs).sum(0), **tol)
 
 
-def test_bad_inputs():
+def test_the_fused_kernel_is_built_and_a_stale_one_falls_back_with_one_warning(monkeypatch):
+    import importlib
+    import warnings
+
+    module = importlib.import_module("conf_plugins.calibration.pixel_confidence")
+
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("the kernel needs AVX2")
+    kernel = module.fused_kernel()
+    assert kernel is not None, "the environment bootstrap (make env) builds conf_plugins._pixel_kernel"
+    z = torch.randn(19, 3000, generator=torch.Generator().manual_seed(1))
+    expected = pixel_confidence(z, 1.3, margin=True, entropy=True, use_kernel=False)
+    monkeypatch.setattr(kernel, "SOURCE_SHA", "0" * 64)  # built from another source
+    monkeypatch.setattr(module, "_kernel_state", {})
+    with pytest.warns(UserWarning, match="kernel is stale"):
+        got = pixel_confidence(z, 1.3, margin=True, entropy=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning, not one per call
+        again = pixel_confidence(z, 1.3, margin=True, entropy=True)
+    for a, b, c in zip(got, expected, again):
+        assert torch.equal(a, b) and torch.equal(c, b)  # the torch path itself
+
+
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_bad_inputs(use_kernel):
+    from functools import partial
+
+    pixel_confidence_ = partial(pixel_confidence, use_kernel=use_kernel)
     z = torch.zeros(3, 4, 4)
     z[1, 2, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        pixel_confidence(z)
+        pixel_confidence_(z)
     z[1, 2, 2] = float("inf")
     with pytest.raises(ValueError, match="NaN or \\+inf"):
-        pixel_confidence(z)
+        pixel_confidence_(z)
     with pytest.raises(ValueError, match="two classes"):
-        pixel_confidence(torch.zeros(1, 4, 4))
+        pixel_confidence_(torch.zeros(1, 4, 4))
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        pixel_confidence(torch.zeros(3, 4, 4), temperature=0.0)
+        pixel_confidence_(torch.zeros(3, 4, 4), temperature=0.0)
