@@ -40,10 +40,10 @@ GOAL_MC_INFER = 1.2  # MC-10 inference / single-pass inference, at most
 WARMUP = 2
 
 
-def load_cfg(path, size, **overrides):
+def load_cfg(path, size, device="cpu", **overrides):
     cfg = add_ddn_config(get_cfg())
     merge_config_file(cfg, path)
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = device
     cfg.MODEL.WEIGHTS = ""
     cfg.INPUT.MIN_SIZE_TEST = cfg.INPUT.MAX_SIZE_TEST = size
     cfg.SOLVER.BASE_LR = 0.0  # timing only: keep the random-init weights finite across steps
@@ -57,12 +57,16 @@ def load_cfg(path, size, **overrides):
 
 
 def time_it(fn, reps, warmup=WARMUP):
+    """Median wall time of ``fn`` (CUDA work finished before each clock read)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         fn()
     samples = []
     for _ in range(reps):
+        sync()
         t = time.perf_counter()
         fn()
+        sync()
         samples.append(time.perf_counter() - t)
     return statistics.median(samples)
 
@@ -86,13 +90,14 @@ def main():
     parser.add_argument("--samples", type=int, default=10, help="M")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
         "--json", metavar="PATH", help="also write the result as JSON (input of docs/generate.py --bench)"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    teacher_cfg = load_cfg(args.config, args.size)
+    teacher_cfg = load_cfg(args.config, args.size, args.device)
     teacher = build_model(teacher_cfg)
     with tempfile.TemporaryDirectory() as tmp:  # open until the timing ends: the DDN student
         # loads its teacher from this file when its first training step needs it
@@ -101,6 +106,7 @@ def main():
         ddn_cfg = load_cfg(
             args.config,
             args.size,
+            args.device,
             **{
                 "MODEL.META_ARCHITECTURE": "DDNRCNN",
                 "MODEL.ROI_HEADS.NAME": "DDNROIHeads",
@@ -113,12 +119,14 @@ def main():
         frozen_cfg = load_cfg(
             args.config,
             args.size,
+            args.device,
             **{"MODEL.META_ARCHITECTURE": "DDNRCNN", "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT": False},
         )
         frozen = build_model(frozen_cfg)
         mc_cfg = load_cfg(
             args.config,
             args.size,
+            args.device,
             **{"MODEL.ROI_HEADS.NAME": "MCDropoutROIHeads", "MODEL.MC_DROPOUT.NUM_SAMPLES": args.samples},
         )
         mc = build_model(mc_cfg)
@@ -144,7 +152,7 @@ def main():
 
     print(
         f"config {os.path.relpath(args.config, ROOT)}, {args.images} images of {args.size} px, "
-        f"{args.threads} threads, median of {args.reps}"
+        f"{args.threads} threads, {args.device}, median of {args.reps}"
     )
     base = train["plain fine-tuning"]
     for name, t in train.items():
@@ -207,7 +215,7 @@ def write_json(args, train, infer):
     ]
     description = (
         f"Faster R-CNN of config {os.path.relpath(args.config, ROOT)}, batch of {args.images} "
-        f"random image(s) of {args.size} px, {args.threads} thread(s), CPU, median of "
+        f"random image(s) of {args.size} px, {args.threads} thread(s), {args.device.upper()}, median of "
         f"{args.reps} repetition{'s' * (args.reps != 1)} after {WARMUP} warm-up ones, all "
         f"models sharing the same random-init weights. Training times one iteration (forward, "
         f"backward, optimizer step at learning rate 0) of plain fine-tuning (stock ROI heads, "

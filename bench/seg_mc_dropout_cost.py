@@ -31,6 +31,7 @@ def main():
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
         "--json", metavar="PATH", help="also write the result as JSON (input of docs/generate.py --bench)"
     )
@@ -40,7 +41,7 @@ def main():
     import conf_plugins.mmseg  # noqa: F401
 
     print(
-        f"input {args.size[0]}x{args.size[1]}, {args.threads} threads, median of {args.reps}, "
+        f"input {args.size[0]}x{args.size[1]}, {args.threads} threads, {args.device}, median of {args.reps}, "
         f"M = {args.samples}"
     )
     times = {}
@@ -49,7 +50,8 @@ def main():
         single = build(cfg)
         mc = build(cfg, type="MCDropoutEncoderDecoder", mc_samples=args.samples)
         mc.load_state_dict(single.state_dict())
-        t_single, t_mc = latency(single, args.size, args.reps), latency(mc, args.size, args.reps)
+        t_single = latency(single, args.size, args.reps, args.device)
+        t_mc = latency(mc, args.size, args.reps, args.device)
         print(
             f"{name:<17} single pass {t_single * 1000:7.0f} ms, MC-{args.samples} "
             f"{t_mc * 1000:7.0f} ms ({t_mc / t_single:.2f}x)"
@@ -83,7 +85,7 @@ def write_json(args, times):
         summary.append(f"{name}: MC-{m} / single pass {ratio:.3f}× ({goal}).")
     h, w = args.size
     description = (
-        f"Input {h}×{w}, {args.threads} thread(s), CPU, median of {args.reps} predict "
+        f"Input {h}×{w}, {args.threads} thread(s), {args.device.upper()}, median of {args.reps} predict "
         f"call{'s' * (args.reps != 1)} after one warm-up, mmseg's stock Cityscapes configs (BN "
         f"instead of SyncBN, random weights). Single pass: the stock EncoderDecoder.predict; MC-{m}: "
         f"MCDropoutEncoderDecoder with the same weights, one backbone pass and M = {m} dropout "

@@ -61,17 +61,22 @@ def build(path, **model_overrides):
     return MODELS.build(cfg.model).eval()
 
 
-def latency(model, size, reps):
+def latency(model, size, reps, device="cpu"):
+    """Median predict latency of ``model`` (moved to ``device``) on one h×w input."""
     h, w = size
-    inputs = torch.randn(1, 3, h, w)
+    model = model.to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    inputs = torch.randn(1, 3, h, w, device=device)
     meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), padding_size=[0, 0, 0, 0])
     samples = [SegDataSample(metainfo=meta)]
     with torch.no_grad():
         model.predict(inputs, samples)
         times = []
         for _ in range(reps):
+            sync()
             t = time.perf_counter()
             model.predict(inputs, [SegDataSample(metainfo=meta)])
+            sync()
             times.append(time.perf_counter() - t)
     return statistics.median(times)
 

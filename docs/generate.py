@@ -571,11 +571,18 @@ def benchmarks_page(results):
         "and writes them as JSON (`--json`). Ratios are what to read; absolute rates depend "
         "on the machine and its load.",
         "",
-        "**GPU: unmeasured.** No benchmark below ran on a GPU; the GPU path (CUDA builds of "
-        "the ops, the metric and evaluators on CUDA tensors, NCCL reduction) has not been "
-        "measured.",
-        "",
     ]
+    on_gpu = [r["title"] for r in results if (r.get("run") or {}).get("machine", {}).get("gpu")]
+    lines += (
+        [f"**GPU**: measured on a GPU: {'; '.join(on_gpu)} (stamps below).", ""]
+        if on_gpu
+        else [
+            "**GPU: unmeasured.** No benchmark below ran on a GPU; the GPU path (CUDA builds of "
+            "the ops, the metric and evaluators on CUDA tensors, NCCL reduction) has not been "
+            "measured. `bash bench/gpu_check.sh` runs the GPU tests and benches where a GPU exists.",
+            "",
+        ]
+    )
     if not results:
         lines += [
             "No benchmark results yet: run a bench with `--json output/bench/<name>.json`, "
