@@ -178,6 +178,7 @@ def test_tiny_success_ablation_reuses_the_demo_and_chooses_on_calib(tiny_demo):
         "balanced refit",
         "kendall refit-balanced",
     } <= names
+    assert {r["map"] for r in rows if r["name"] == "STL"} == {"softmax", "scaled", "selective"}
     for row in rows:
         for split in ("calib_select", "val", "val_shifted"):
             assert math.isfinite(row[split]["ECE"]) and 0 <= row[split]["coverage"] <= 1

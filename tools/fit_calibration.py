@@ -71,8 +71,9 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--output",
-        help="the calibrated checkpoint of a success model (default: "
-        "<checkpoint>_bayes.pth next to the checkpoint); its folder is created",
+        help="the calibrated checkpoint of a success model or of a model with pixel_calibration "
+        "(default: <checkpoint>_bayes.pth / _fusion.pth / _<pixel_calibration>.pth next to the "
+        "checkpoint); its folder is created",
     )
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument(

@@ -23,7 +23,9 @@ What it varies (the design choices the success paper leaves open), each as a row
   softmax, both at full resolution).
 
 Baselines in the same table: STL (max softmax), STL-scaled (temperature fitted on held-out
-data), STL MC-10 (mean softmax of 10 dropout samples of its decode head) and each MTL
+data), STL + Selective Scaling (``selective``: per-pixel temperature chosen by a correctness
+classifier, Wang et al. CVPR 2023; local temperature scaling needs whole images and is in the
+demo table instead), STL MC-10 (mean softmax of 10 dropout samples of its decode head) and each MTL
 network's own max softmax. Metrics per row: AUROC, AURC, ECE (10 bins, as everywhere),
 coverage and failure detection at 0.5, mIoU of the segmenter, in-domain (val) and off-domain
 (val_shifted). Ranking metrics come from :class:`CalibrationStats` with 600 000 fine bins, so
@@ -257,6 +259,12 @@ def fit_confidence(kind, calib, mask):
             .temperature
         )
         return (lambda d: (torch.from_numpy(d["logits"]) / t).softmax(1).amax(1).numpy()), t
+    if kind == "selective":
+        from conf_plugins.calibration.pixel_calibrators import SelectiveScaling
+
+        scaling = SelectiveScaling()
+        scaling.fit(torch.from_numpy(calib["logits"][mask]), torch.from_numpy(calib["label"][mask]).long())
+        return (lambda d: scaling(torch.from_numpy(d["logits"])).softmax(1).amax(1).numpy()), None
     correct = calib["pred"][mask] == calib["label"][mask]
     if kind == "fusion":  # logistic regression on (logit success, logit max softmax)
         from sklearn.linear_model import LogisticRegression
@@ -362,7 +370,7 @@ def main(argv=None):
         num_classes = model.decode_head.num_classes
         data = {s: pixels(model, cfg, s) for s in SPLITS}
         if name == "STL":
-            sources.append(("STL", data, ("softmax", "scaled")))
+            sources.append(("STL", data, ("softmax", "scaled", "selective")))
             mc, mc_cfg = load_model("configs/mmseg/demo/fcn_r18_stl_mc10.py", checkpoint)
             sources.append(("STL MC-10", {s: pixels(mc, mc_cfg, s) for s in SPLITS}, ("softmax",)))
             continue
