@@ -514,7 +514,7 @@ def segmentation_stages(out, tiny):
                     [needs],
                 )
             )
-    # calibration under corruption (of the in-domain val images): STL, STL-scaled, MTL
+    # calibration under corruption (of the in-domain val images): every row of the table
     for name, cfg, ckpt, needs, conf in (
         ("stl", stl_cfg, checkpoint("stl"), "seg_stl", "test_evaluator.1.confidence=max_softmax"),
         (
@@ -525,6 +525,8 @@ def segmentation_stages(out, tiny):
             "test_evaluator.1.temperature=@temperature",
         ),
         ("mtl", mtl_cfg, pos_ckpt, "seg_pos", "test_evaluator.1.confidence=pred_confidence"),
+        ("mtl_softmax", mtl_cfg, checkpoint("mtl"), "seg_mtl", "test_evaluator.1.confidence=max_softmax"),
+        ("stl_mc10", mc_cfg, checkpoint("stl"), "seg_stl", "test_evaluator.1.confidence=max_softmax"),
         *[(name, cfg, ckpt, needs, conf[0]) for name, cfg, ckpt, needs, conf in pixel_rows],
     ):
         stages.append(

@@ -123,6 +123,8 @@ def test_tiny_pipeline_report(tiny_demo):
         "seg_stl",
         "seg_stl_scaled",
         "seg_mtl",
+        "seg_mtl_softmax",
+        "seg_stl_mc10",
         "seg_stl_selective",
         "seg_stl_lts",
         "seg_mtl_selective",
