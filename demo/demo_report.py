@@ -5,6 +5,7 @@ import glob
 import json
 import math
 import os
+import re
 import shutil
 
 import numpy as np
@@ -356,7 +357,11 @@ def heatmap_section(out, figures):
     from conf_plugins.mmseg import draw_confidence_panels
 
     mtl = sorted(glob.glob(os.path.join(out, "seg", "mtl", "*_fusion.pth")))
-    stl = sorted(glob.glob(os.path.join(out, "seg", "stl", "iter_*.pth")))
+    stl = sorted(  # the trained checkpoints, not the calibrated copies beside them
+        p
+        for p in glob.glob(os.path.join(out, "seg", "stl", "iter_*.pth"))
+        if re.fullmatch(r"iter_\d+\.pth", os.path.basename(p))
+    )
     if not (mtl and stl):
         return []
     root = os.path.dirname(os.path.abspath(__file__))
