@@ -119,12 +119,13 @@ def test_bayes_binning_then_test_in_and_off_domain(workdir):
         *iters(2),
         "custom_hooks.0.snapshot_iter=1",
     )
+    bayes = ["--cfg-options", "model.pos_map=bayes"]  # the demo MTL maps with fusion
     fitted = json.loads(
-        run(workdir, "fit_calibration.py", MTL, f"{out}/iter_2.pth").stdout.strip().splitlines()[-1]
+        run(workdir, "fit_calibration.py", MTL, f"{out}/iter_2.pth", *bayes).stdout.strip().splitlines()[-1]
     )
     assert fitted["checkpoint"].endswith("iter_2_bayes.pth") and fitted["pixels"] > 0
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "fit_calibration.py"), MTL, f"{out}/iter_2.pth"],
+        [sys.executable, os.path.join(ROOT, "tools", "fit_calibration.py"), MTL, f"{out}/iter_2.pth", *bayes],
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -146,6 +147,7 @@ def test_bayes_binning_then_test_in_and_off_domain(workdir):
             "--out",
             metrics_file,
             "--cfg-options",
+            "model.pos_map=bayes",
             "test_evaluator.1.confidence=pred_confidence",
             f"test_dataloader.dataset.data_prefix.img_path=leftImg8bit/{split}",
             f"test_dataloader.dataset.data_prefix.seg_map_path=gtFine/{split}",
