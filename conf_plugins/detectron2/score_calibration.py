@@ -197,12 +197,9 @@ def _cross_fitted(calibrator, collector, outputs, dataset_name, iou, bins, keep)
             logger.info("no cross-fitted metrics: %s", error)
             return {}
         halves.append(half)
-    rescored = []
-    for inp, inst in outputs:
-        other = halves[(image_fold(inp["image_id"]) + 1) % FOLDS]
-        out = Instances(inst.image_size, pred_boxes=inst.pred_boxes, pred_classes=inst.pred_classes)
-        out.scores = other.calibrate_scores(inst.scores, inst.pred_classes)
-        rescored.append((inp, out))
+    rescored = [
+        (inp, _rescored(inst, halves[(image_fold(inp["image_id"]) + 1) % FOLDS])) for inp, inst in outputs
+    ]
     return _evaluated(rescored, dataset_name, iou, bins, keep).results.get("calibration", {})
 
 
@@ -237,12 +234,16 @@ def _calibrated_outputs(cfg, model, calibrator, collector, dataset_name) -> list
         outputs = _Outputs()
         inference_on_dataset(model, build_detection_test_loader(cfg, dataset_name), outputs)
         return outputs.outputs
-    rescored = []
-    for inp, inst in collector.outputs:
-        out = Instances(inst.image_size, pred_boxes=inst.pred_boxes, pred_classes=inst.pred_classes)
-        out.scores = calibrator.calibrate_scores(inst.scores, inst.pred_classes)
-        rescored.append((inp, out))
-    return rescored
+    return [(inp, _rescored(inst, calibrator)) for inp, inst in collector.outputs]
+
+
+def _rescored(inst, calibrator) -> Instances:
+    """A copy of stored detections (boxes, classes, any box std) with calibrated scores."""
+    out = Instances(inst.image_size, pred_boxes=inst.pred_boxes, pred_classes=inst.pred_classes)
+    if inst.has("pred_box_std"):
+        out.pred_box_std = inst.pred_box_std
+    out.scores = calibrator.calibrate_scores(inst.scores, inst.pred_classes)
+    return out
 
 
 def _evaluated(outputs, dataset_name, iou, bins, keep=None) -> DetectionCalibrationEvaluator:

@@ -296,3 +296,19 @@ def test_fitting_needs_one_of_our_heads():
     cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
     with pytest.raises(ValueError, match="StandardROIHeads: score calibration needs one of our"):
         fit_score_calibrator(cfg, build_model(cfg), "conf_demo_det_calib", "temperature")
+
+
+def test_rescored_detections_keep_their_box_std():
+    """The box intervals with the 'std' score are fitted on re-scored stored detections: the
+    MC-dropout box std must survive the re-scoring."""
+    from detectron2.structures import Boxes, Instances
+
+    from conf_plugins.calibration.score_calibrators import DetectionScoreCalibrator
+    from conf_plugins.detectron2.score_calibration import _rescored
+
+    inst = Instances((32, 32), pred_boxes=Boxes(torch.rand(3, 4)), pred_classes=torch.tensor([0, 1, 0]))
+    inst.scores, inst.pred_box_std = torch.rand(3), torch.rand(3, 4)
+    out = _rescored(inst, DetectionScoreCalibrator("identity", 2))
+    assert torch.equal(out.pred_box_std, inst.pred_box_std) and torch.equal(out.scores, inst.scores)
+    inst.remove("pred_box_std")
+    assert not _rescored(inst, DetectionScoreCalibrator("identity", 2)).has("pred_box_std")
