@@ -17,45 +17,15 @@ source, a CPU without AVX2) one warning says so and the torch path below runs: c
 tiles of whole-tensor steps. The torch path is also the kernel's test oracle.
 """
 
-import hashlib
 import math
-import os
-import warnings
 
 import torch
+
+from .kernel import fused_kernel
 
 TILE_PIXELS = 1 << 14  # pixels per step on CPU: the C planes of a tile (1.2 MB at C = 19) stay in cache
 LOG2_E = 1.0 / math.log(2.0)
 MAX_BITMASK_CLASSES = 24  # class bit-weights 2^(C-1-c) add up exactly in float32 up to C = 24
-
-
-KERNEL_SOURCE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "csrc", "pixel_confidence.cpp")
-_kernel_state = {}
-
-
-def fused_kernel():
-    """The compiled kernel module, or None (with one warning) when it is missing, stale (built
-    from another source than the one in the package) or the CPU lacks AVX2."""
-    if "module" not in _kernel_state:
-        _kernel_state["module"], reason = None, None
-        try:
-            from conf_plugins import _pixel_kernel as module
-        except ImportError as error:
-            reason = f"not built ({error}): run `make env`"
-        else:
-            with open(KERNEL_SOURCE, "rb") as f:
-                sha = hashlib.sha256(f.read()).hexdigest()
-            if module.SOURCE_SHA != sha:
-                reason = "stale: built from another version of its source; run `make env`"
-            elif torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-                reason = f"this CPU lacks AVX2 ({torch.backends.cpu.get_cpu_capability()})"
-            else:
-                _kernel_state["module"] = module
-        if reason:
-            warnings.warn(
-                f"the fused pixel-confidence kernel is {reason}; using the torch path (same values, slower)"
-            )
-    return _kernel_state["module"]
 
 
 def first_max_index(is_max: torch.Tensor, bit_weights: torch.Tensor, out: torch.Tensor):

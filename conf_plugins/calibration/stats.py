@@ -43,9 +43,10 @@ import math
 import numpy as np
 import torch
 
-from .binning import bin_index
+from .binning import _upper_edges, bin_index
 from .bootstrap import as_records_matrix, column_sums, project_columns, sparse_rows
 from .checks import as_count, as_tensor, as_threshold, validated_pairs
+from .kernel import fused_kernel
 from .ranking import augrc, aurc, auroc, average_precision, coverage_at_risk, risk_at_coverage
 from .reduce import sum_over_ranks
 
@@ -173,8 +174,20 @@ class CalibrationStats:
         return self
 
     def _accumulate(self, sums, conf, corr, mask):
-        """Add one chunk (flat, validated) to ``sums`` (stat x (2K + 1)): a few passes + scatter."""
+        """Add one chunk (flat, validated) to ``sums`` (stat x (2K + 1)): one pass of the fused
+        kernel for float32 CPU values when it is built, else a few passes + scatter."""
         K = self.num_fine_bins
+        kernel = fused_kernel() if conf.dtype == torch.float32 and not conf.is_cuda else None
+        if kernel is not None:
+            empty = torch.empty(0, dtype=torch.bool)
+            sums[:, : 2 * K] += kernel.bin_statistics(
+                conf.contiguous(),
+                corr.to(torch.bool).contiguous(),
+                empty if mask is None else mask.contiguous(),
+                _upper_edges(K, torch.float32, "cpu"),
+                LOG_EPS,
+            )
+            return
         index = bin_index(conf, K).add_(corr, alpha=K)
         if mask is not None:
             index.masked_fill_(~mask, 2 * K)

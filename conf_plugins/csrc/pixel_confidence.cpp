@@ -9,6 +9,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <atomic>
+#include <mutex>
 #include <cmath>
 #include <vector>
 
@@ -99,7 +100,64 @@ std::vector<at::Tensor> pixel_confidence(const at::Tensor& logits, double temper
   return {max_softmax, pred, gap, ent};
 }
 
+// The per-fine-bin statistics of CalibrationStats.update in one pass: for each sample (mask
+// true) its bin j (j/K < v <= (j+1)/K, 0 -> 0, exact against the float32-rounded-down upper
+// edges as conf_plugins.calibration.binning.bin_index), row correct*K + j of five sums:
+// count, Σv, Σv², Σlog max(v, eps), Σlog max(1 − v, eps) (float32 logs, float64 sums).
+at::Tensor bin_statistics(const at::Tensor& conf, const at::Tensor& correct, const at::Tensor& mask,
+                          const at::Tensor& upper, double log_eps) {
+  TORCH_CHECK(conf.device().is_cpu() && conf.scalar_type() == at::kFloat && conf.dim() == 1 && conf.is_contiguous(),
+              "bin_statistics kernel: need contiguous float32 (N,) CPU values");
+  TORCH_CHECK(correct.scalar_type() == at::kBool && correct.numel() == conf.numel() && correct.is_contiguous(),
+              "bin_statistics kernel: need a contiguous bool (N,) correct");
+  const bool masked = mask.numel() > 0;
+  TORCH_CHECK(!masked || (mask.scalar_type() == at::kBool && mask.numel() == conf.numel() && mask.is_contiguous()),
+              "bin_statistics kernel: need a contiguous bool (N,) mask or an empty one");
+  TORCH_CHECK(upper.scalar_type() == at::kFloat && upper.dim() == 1 && upper.is_contiguous(),
+              "bin_statistics kernel: need float32 upper edges");
+  const int64_t bins = upper.size(0), n = conf.numel();
+  auto sums = at::zeros({5, 2 * bins}, conf.options().dtype(at::kDouble));
+  const float* v = conf.data_ptr<float>();
+  const bool* right = correct.data_ptr<bool>();
+  const bool* keep = masked ? mask.data_ptr<bool>() : nullptr;
+  const float* edge = upper.data_ptr<float>();
+  const float eps = static_cast<float>(log_eps);
+  const float scale = static_cast<float>(bins);
+  std::mutex merge;
+  double* total = sums.data_ptr<double>();
+  at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
+    std::vector<double> local(5 * 2 * bins, 0.0);
+    const int64_t row = 2 * bins;
+    const int64_t width = Vec::size();
+    float logs[2][Vec::size()];
+    for (int64_t p = begin; p < end; p += width) {
+      const int64_t count = std::min(width, end - p);
+      const Vec x = Vec::loadu(v + p, count);
+      at::vec::maximum(x, Vec(eps)).log().store(logs[0], count);
+      at::vec::maximum(Vec(1.f) - x, Vec(eps)).log().store(logs[1], count);
+      for (int64_t k = 0; k < count; ++k) {
+        if (keep != nullptr && !keep[p + k]) continue;
+        const float value = v[p + k];
+        int64_t j = static_cast<int64_t>(value * scale - 0.5f);
+        j = std::min<int64_t>(std::max<int64_t>(j, 0), bins - 1);
+        if (value > edge[j] && j + 1 < bins) ++j;
+        const int64_t cell = (right[p + k] ? bins : 0) + j;
+        const double d = value;
+        local[cell] += 1.0;
+        local[row + cell] += d;
+        local[2 * row + cell] += d * d;
+        local[3 * row + cell] += logs[0][k];
+        local[4 * row + cell] += logs[1][k];
+      }
+    }
+    std::lock_guard<std::mutex> guard(merge);
+    for (int64_t i = 0; i < 5 * row; ++i) total[i] += local[i];
+  });
+  return sums;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pixel_confidence", &pixel_confidence, "fused per-pixel confidence of (C, N) float32 logits");
+  m.def("bin_statistics", &bin_statistics, "per-fine-bin statistics of CalibrationStats.update");
   m.attr("SOURCE_SHA") = SOURCE_SHA;
 }

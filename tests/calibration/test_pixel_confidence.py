@@ -36,7 +36,7 @@ def test_the_fused_kernel_is_built_and_a_stale_one_falls_back_with_one_warning(m
     import importlib
     import warnings
 
-    module = importlib.import_module("conf_plugins.calibration.pixel_confidence")
+    module = importlib.import_module("conf_plugins.calibration.kernel")
 
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip("the kernel needs AVX2")

@@ -186,3 +186,23 @@ def test_chunked_accumulation_matches_one_pass(monkeypatch):
     chunked = CalibrationStats().update(conf, correct, mask=mask)
     assert torch.allclose(chunked._state, one_pass._state, rtol=1e-12, atol=0)
     assert chunked.count == mask.sum()
+
+
+def test_the_fused_kernel_counts_exactly_as_the_torch_path(monkeypatch):
+    """Float32 CPU values go through the compiled bin statistics: the same bins (edges, 0, 1,
+    masked entries), sums equal to float rounding."""
+    import importlib
+
+    stats_module = importlib.import_module("conf_plugins.calibration.stats")
+    if stats_module.fused_kernel() is None:
+        pytest.skip("the kernel is not built here (tests/calibration/test_pixel_confidence.py requires it)")
+    g = torch.Generator().manual_seed(0)
+    conf = torch.rand(300_000, generator=g)
+    conf[:500], conf[500:1000] = 0.0, 1.0
+    conf[1000:2500] = torch.arange(1500, dtype=torch.float64).div(1500).float()  # the bin edges
+    correct, mask = torch.rand(300_000, generator=g) < 0.8, torch.rand(300_000, generator=g) < 0.9
+    fused = CalibrationStats(1500).update(conf, correct, mask=mask)
+    monkeypatch.setattr(stats_module, "fused_kernel", lambda: None)
+    plain = CalibrationStats(1500).update(conf, correct, mask=mask)
+    assert torch.equal(fused._state[0], plain._state[0])  # counts per (correct, bin)
+    assert torch.allclose(fused._state, plain._state, rtol=1e-7, atol=1e-9)
