@@ -238,7 +238,8 @@ def fit_pixel_calibration(model, dataloader, ignore_index, seed=0):
 def load_for_fit(model, path):
     """The checkpoint at ``path`` loaded strictly into ``model``, except that buffers of a
     calibration the fit is about to produce (fusion coefficients, a pixel calibrator) may be
-    missing from it."""
+    missing from it, and unfitted fusion buffers (a network trained with ``pos_map='fusion'``)
+    are dropped for a model that maps otherwise."""
     checkpoint = CheckpointLoader.load_checkpoint(path, map_location="cpu")
     state = checkpoint.get("state_dict", checkpoint)
     fitted_here = [name for name in model.state_dict() if name.startswith(PIXEL_CALIBRATION_KEYS)]
@@ -247,6 +248,13 @@ def load_for_fit(model, path):
     own = model.state_dict()
     for name in fitted_here:
         state.setdefault(name, own[name].clone())
+    if (
+        "fusion_fingerprint" in state
+        and "fusion_fingerprint" not in own
+        and not state["fusion_fingerprint"].any()
+    ):
+        for name in ("fusion_coef", "fusion_fingerprint"):  # unfitted, from a pos_map='fusion' training
+            state.pop(name)
     load_state_dict(model, state, strict=True)
     return checkpoint
 
