@@ -40,31 +40,23 @@ void confidence_range(const float* z, int64_t classes, int64_t n, int64_t begin,
       top = Vec::blendv(top, v, greater);
       index = Vec::blendv(index, Vec(static_cast<float>(c)), greater);
     }
+    // u = (z − z_max) / T: exactly 0 for the arg-max class, < 0 else, NaN for bad logits
     Vec total(0.f), weighted(0.f);
-    const Vec shift = top * Vec(scale);
-    if (entropy == nullptr) {
-      Vec total2(0.f);  // two chains of additions: the exponentials overlap
-      int64_t c = 0;
-      for (; c + 1 < classes; c += 2) {
-        total = total + at::vec::fmsub(Vec::loadu(z + c * n + p, count), Vec(scale), shift).exp_u20();
-        total2 = total2 + at::vec::fmsub(Vec::loadu(z + (c + 1) * n + p, count), Vec(scale), shift).exp_u20();
-      }
-      if (c < classes) total = total + at::vec::fmsub(Vec::loadu(z + c * n + p, count), Vec(scale), shift).exp_u20();
-      total = total + total2;
-    } else {
-      for (int64_t c = 0; c < classes; ++c) {
-        const Vec u = (Vec::loadu(z + c * n + p, count) - top) * Vec(scale);  // <= 0; NaN if bad
-        const Vec e = u.exp_u20();
-        total = total + e;
+    for (int64_t c = 0; c < classes; ++c) {
+      const Vec u = (Vec::loadu(z + c * n + p, count) - top) * Vec(scale);
+      const Vec e = u.exp_u20();
+      total = total + e;
+      if (entropy != nullptr) {
         weighted = weighted + Vec::blendv(e * u, zero, e == zero);  // a -inf logit adds 0
       }
     }
-    const Vec reciprocal = total.reciprocal();
+    // the approximate exp may put exp(0) a rounding below 1: a probability never exceeds 1
+    const Vec reciprocal = at::vec::minimum(total.reciprocal(), Vec(1.f));
     reciprocal.store(max_softmax + p, count);
     float totals[Vec::size()];
     total.store(totals, count);
     for (int64_t k = 0; k < count; ++k) {
-      if (!std::isfinite(totals[k]) || !(totals[k] >= 1.f)) bad->store(true, std::memory_order_relaxed);
+      if (!std::isfinite(totals[k])) bad->store(true, std::memory_order_relaxed);
     }
     index.store(index_buffer, count);
     for (int64_t k = 0; k < count; ++k) pred[p + k] = static_cast<int64_t>(index_buffer[k]);

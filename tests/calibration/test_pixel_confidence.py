@@ -71,3 +71,16 @@ def test_bad_inputs(use_kernel):
         pixel_confidence_(torch.zeros(1, 4, 4))
     with pytest.raises(ValueError, match="temperature must be > 0"):
         pixel_confidence_(torch.zeros(3, 4, 4), temperature=0.0)
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.75, 1.0, 1.33, 10.0])
+def test_confident_pixels_are_no_error_and_never_above_one(temperature):
+    """A pixel with one dominant class: every other exponential underflows, so the sum is the
+    arg-max class's exp(0) alone (the kernel's approximate exp may put it a rounding below 1)."""
+    z = torch.zeros(5, 64)
+    z[0] = 100.0
+    z[2, 32:] = 100.0  # ties with class 0 on half the pixels
+    for use_kernel in (True, False):
+        conf, pred, _, _ = pixel_confidence(z, temperature, use_kernel=use_kernel)
+        assert (conf <= 1).all() and torch.allclose(conf[:32], torch.ones(32))
+        assert torch.allclose(conf[32:], torch.full((32,), 0.5)) and (pred == 0).all()
