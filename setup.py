@@ -28,12 +28,18 @@ def kernel_extension():
         return [], {}
     with open(os.path.join(HERE, KERNEL_SOURCE), "rb") as f:
         sha = hashlib.sha256(f.read()).hexdigest()
+    # ATen's vector width for the CPU that builds (and runs) it: AVX-512 where torch uses it
+    import torch
+
+    capability = "AVX512" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "AVX2"
+    isa = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"] if capability == "AVX512" else ["-mavx2"]
     flags = [
         "-O3",
-        "-mavx2",
+        *isa,
         "-mfma",
-        "-DCPU_CAPABILITY=AVX2",
-        "-DCPU_CAPABILITY_AVX2",
+        f"-DCPU_CAPABILITY={capability}",
+        f"-DCPU_CAPABILITY_{capability}",
+        f'-DBUILT_FOR="{capability}"',
         f'-DSOURCE_SHA="{sha}"',
     ]
     ext = CppExtension("conf_plugins._pixel_kernel", [KERNEL_SOURCE], extra_compile_args=flags)

@@ -9,7 +9,7 @@ MAX_FINE_BINS = 1_000_000  # binning below is exact for float32 input up to this
 
 
 @functools.lru_cache(maxsize=None)
-def _upper_edges(num_bins: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+def upper_edges(num_bins: int, dtype: torch.dtype, device: str) -> torch.Tensor:
     """Upper edge of each fine bin, rounded *down* to ``dtype``.
 
     For a value ``v`` of ``dtype`` and the float64 edge ``e``: ``v > e`` iff ``v > down(e)``,
@@ -30,7 +30,7 @@ def bin_index(values: torch.Tensor, num_bins: int) -> torch.Tensor:
     ``trunc(v*K - 1/2)`` is the true bin or the one below it (rounding errors are far below
     half a bin for ``K <= MAX_FINE_BINS``); one comparison against the exact edge fixes it.
     """
-    upper = _upper_edges(num_bins, values.dtype, str(values.device))
+    upper = upper_edges(num_bins, values.dtype, str(values.device))
     index = torch.mul(values, num_bins).sub_(0.5).long()
     index += values > upper.index_select(0, index.reshape(-1)).view_as(index)
     return index

@@ -11,11 +11,12 @@ import torch
 
 KERNEL_SOURCE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "csrc", "pixel_confidence.cpp")
 _kernel_state = {}
+_RUNS_ON = {"AVX2": ("AVX2", "AVX512"), "AVX512": ("AVX512",)}  # built for -> CPU capabilities
 
 
 def fused_kernel():
     """The compiled kernel module, or None (with one warning) when it is missing, stale (built
-    from another source than the one in the package) or the CPU lacks AVX2."""
+    from another source than the one in the package) or built for vector instructions this CPU lacks."""
     if "module" not in _kernel_state:
         _kernel_state["module"], reason = None, None
         try:
@@ -27,8 +28,11 @@ def fused_kernel():
                 sha = hashlib.sha256(f.read()).hexdigest()
             if module.SOURCE_SHA != sha:
                 reason = "stale: built from another version of its source; run `make env`"
-            elif torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-                reason = f"this CPU lacks AVX2 ({torch.backends.cpu.get_cpu_capability()})"
+            elif torch.backends.cpu.get_cpu_capability() not in _RUNS_ON[module.BUILT_FOR]:
+                reason = (
+                    f"built for {module.BUILT_FOR}, which this CPU (or ATEN_CPU_CAPABILITY) lacks "
+                    f"({torch.backends.cpu.get_cpu_capability()}): run `make env` on this machine"
+                )
             else:
                 _kernel_state["module"] = module
         if reason:

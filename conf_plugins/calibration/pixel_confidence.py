@@ -11,10 +11,13 @@ pixels (temporaries of (C, tile), never of the logits' size):
 
 Speed: the softmax over 19 classes dominates the segmentation metric's time. On CPU,
 float32 logits go through a fused C++ kernel (``conf_plugins/csrc/pixel_confidence.cpp``,
-built by the environment bootstrap: one pass, everything in vector registers, torch's own
-vectorised exp, pixels split over torch's threads). Without it (not built, built from another
-source, a CPU without AVX2) one warning says so and the torch path below runs: cache-sized
-tiles of whole-tensor steps. The torch path is also the kernel's test oracle.
+built by the environment bootstrap for the CPU that builds it, AVX-512 or AVX2: one pass,
+everything in vector registers, torch's own vectorised exp, pixels split over torch's threads).
+:func:`max_softmax_statistics` goes further for the metric: confidence, correctness and every
+statistic of an image in one pass over cache-sized tiles. Without the kernel (not built, built
+from another source, a CPU without its vector instructions) one warning says so and the torch
+path below runs: cache-sized tiles of whole-tensor steps. The torch path is also the kernel's
+test oracle.
 """
 
 import math
@@ -115,3 +118,58 @@ def pixel_confidence(
         None if gap is None else gap.reshape(shape),
         None if ent is None else ent.reshape(shape),
     )
+
+
+def max_softmax_statistics(
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    ignore_index: int,
+    num_fine_bins: int,
+    temperature: float = 1.0,
+    num_classes: int = 0,
+    num_bins: int = 10,
+    prediction=None,
+):
+    """The statistics of one image's max softmax in one pass of the fused kernel, or None when
+    the kernel is not available or the tensors are not CPU ones (then use
+    :func:`pixel_confidence` + :meth:`CalibrationStats.update`, same values).
+
+    Returns ``(CalibrationStats, DetectionBinStats(num_classes, (num_bins,)) or None,
+    number of pixels whose argmax differs from ``prediction``)``: correct = (argmax == label),
+    counted = (label != ignore_index); the class-wise sums are per argmax class (< num_classes).
+    """
+    from .binning import upper_edges
+    from .detection_stats import DetectionBinStats
+    from .stats import LOG_EPS, CalibrationStats
+
+    kernel = fused_kernel()
+    tensors = [logits, label] + ([] if prediction is None else [prediction])
+    if kernel is None or any(t.is_cuda for t in tensors):
+        return None
+    num_logits = logits.shape[0]
+    if num_logits < 2 or label.shape != logits.shape[1:]:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and label {tuple(label.shape)}: need (C >= 2, ...) and (...)"
+        )
+    if prediction is not None and prediction.shape != label.shape:
+        raise ValueError(
+            f"prediction {tuple(prediction.shape)} and label {tuple(label.shape)} differ in shape"
+        )
+    empty = torch.empty(0, dtype=torch.int64)
+    fine, classwise, mismatches = kernel.calibration_statistics(
+        logits.float().reshape(num_logits, -1).contiguous(),
+        label.long().reshape(-1).contiguous(),
+        empty if prediction is None else prediction.long().reshape(-1).contiguous(),
+        int(ignore_index),
+        float(temperature),
+        upper_edges(num_fine_bins, torch.float32, "cpu"),
+        upper_edges(num_bins, torch.float64, "cpu"),
+        int(num_classes),
+        LOG_EPS,
+    )
+    stats = CalibrationStats(num_fine_bins).add_bin_sums(fine)
+    by_class = None
+    if num_classes:
+        by_class = DetectionBinStats(num_classes, (num_bins,))
+        by_class.state += classwise.reshape(by_class.state.shape)
+    return stats, by_class, int(mismatches)

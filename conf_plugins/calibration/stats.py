@@ -43,7 +43,7 @@ import math
 import numpy as np
 import torch
 
-from .binning import _upper_edges, bin_index
+from .binning import bin_index, upper_edges
 from .bootstrap import as_records_matrix, column_sums, project_columns, sparse_rows
 from .checks import as_count, as_tensor, as_threshold, validated_pairs
 from .kernel import fused_kernel
@@ -168,7 +168,18 @@ class CalibrationStats:
         for lo in range(0, conf.numel(), _CHUNK):
             part = slice(lo, lo + _CHUNK)
             self._accumulate(sums, conf[part], corr[part], None if mask is None else mask[part])
-        sums = sums[:, : 2 * K]
+        return self.add_bin_sums(sums[:, : 2 * K])
+
+    def add_bin_sums(self, sums: torch.Tensor) -> "CalibrationStats":
+        """Add per-bin sums as the fused kernels return them: (5, 2K) float64, columns
+        (wrong, correct) x K fine bins, rows count, Σv, Σv², Σlog v, Σlog(1 − v)."""
+        K = self.num_fine_bins
+        if sums.shape != (len(_STATS), 2 * K) or sums.dtype != torch.float64:
+            raise ValueError(
+                f"bin sums must be float64 of shape ({len(_STATS)}, {2 * K}), "
+                f"got {sums.dtype} {tuple(sums.shape)}"
+            )
+        sums = sums.clone()
         sums[3:].neg_()  # Σ log -> Σ −log
         self._state += sums.reshape(len(_STATS), 2, K).cpu()
         return self
@@ -184,7 +195,7 @@ class CalibrationStats:
                 conf.contiguous(),
                 corr.to(torch.bool).contiguous(),
                 empty if mask is None else mask.contiguous(),
-                _upper_edges(K, torch.float32, "cpu"),
+                upper_edges(K, torch.float32, "cpu"),
                 LOG_EPS,
             )
             return

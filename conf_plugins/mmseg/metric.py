@@ -18,7 +18,7 @@ from conf_plugins.calibration.bootstrap import (
     resample_counts,
 )
 from conf_plugins.calibration.detection_stats import DetectionBinStats, DetectionRecordMetrics
-from conf_plugins.calibration.pixel_confidence import pixel_confidence
+from conf_plugins.calibration.pixel_confidence import max_softmax_statistics, pixel_confidence
 from conf_plugins.calibration.plots import plot_reliability
 from conf_plugins.calibration.ranking import image_level_aurc
 from conf_plugins.calibration.risk_control import abstention, selective_losses, threshold_index
@@ -183,12 +183,16 @@ class SegCalibrationMetric(BaseMetric):
             argmax = logits.argmax(dim=0)
         differ = int((argmax != pred.to(argmax.device)).sum())
         if differ:
-            raise ValueError(
-                f"{sample.get('img_path')}: pred_sem_seg is not the argmax of "
-                f"seg_logits at {differ} pixels, so the confidence maps do not "
-                "belong to the prediction (with test-time augmentation use "
-                "tta_model=dict(type='ConfidenceSegTTAModel'))"
-            )
+            SegCalibrationMetric.raise_maps_mismatch(sample, differ)
+
+    @staticmethod
+    def raise_maps_mismatch(sample, differ: int):
+        raise ValueError(
+            f"{sample.get('img_path')}: pred_sem_seg is not the argmax of "
+            f"seg_logits at {differ} pixels, so the confidence maps do not "
+            "belong to the prediction (with test-time augmentation use "
+            "tta_model=dict(type='ConfidenceSegTTAModel'))"
+        )
 
     def process(self, data_batch, data_samples):
         for sample in data_samples:
@@ -200,6 +204,10 @@ class SegCalibrationMetric(BaseMetric):
                     "test pipeline)"
                 )
             label = sample["gt_sem_seg"]["data"].squeeze(0).to(pred.device)
+            fused = self.fused_max_softmax(sample, pred, label)
+            if fused is not None:
+                self.results.append(fused)
+                continue
             confidence, argmax = self.confidence_map(sample)
             self.check_maps_match_prediction(sample, pred, argmax)
             confidence = confidence.to(pred.device)
@@ -220,6 +228,39 @@ class SegCalibrationMetric(BaseMetric):
                 classwise.update(confidence[kept].clamp(0, 1), (pred == label)[kept], pred[kept])
                 result["classwise"] = classwise.state.clone()
             self.results.append(result)
+
+    def fused_max_softmax(self, sample: dict, pred, label):
+        """The result of one image in one pass of the fused kernel when the confidence is the
+        max softmax of CPU float32 logits and the kernel is built (else None: the general path
+        below, same values)."""
+        if self.resolved_confidence(sample) != "max_softmax":
+            return None
+        logits = sample["seg_logits"]["data"]
+        if (
+            logits.dtype != torch.float32
+            or logits.shape[0] < 2
+            or not logits.shape[1:] == pred.shape == label.shape
+        ):
+            return None  # the general path converts, or reports the mismatch
+        fused = max_softmax_statistics(
+            logits,
+            label,
+            self.ignore_index,
+            self.num_fine_bins,
+            self.temperature,
+            num_classes=self.num_classes() or 0,
+            num_bins=self.num_bins,
+            prediction=pred,
+        )
+        if fused is None:
+            return None
+        stats, classwise, differ = fused
+        if differ:
+            self.raise_maps_mismatch(sample, differ)
+        result = {"image": os.path.basename(str(sample.get("img_path", ""))), "stats": stats.state_dict()}
+        if classwise is not None:
+            result["classwise"] = classwise.state.clone()
+        return result
 
     def compute_metrics(self, results):
         total = CalibrationStats(self.num_fine_bins)

@@ -108,3 +108,41 @@ def test_risk_control_file_must_match_the_evaluated_confidence(samples, tmp_path
         SegCalibrationMetric(num_fine_bins=600, risk_control=str(path))
     with pytest.raises(FileNotFoundError, match="no such file"):
         SegCalibrationMetric(risk_control=str(tmp_path / "absent.json"))
+
+
+def test_the_fused_pass_gives_the_metrics_of_the_general_path(samples, monkeypatch):
+    """With the kernel built, max-softmax images take one fused pass (statistics, class-wise
+    sums, the argmax check); the metrics equal those of pixel_confidence + update."""
+    import importlib
+
+    metric_module = importlib.import_module("conf_plugins.mmseg.metric")
+    fused_calls = []
+
+    def spy(*args, **kwargs):
+        fused_calls.append(metric_module.max_softmax_statistics.__wrapped__(*args, **kwargs))
+        return fused_calls[-1]
+
+    def run():
+        metric = SegCalibrationMetric(bootstrap=0)
+        metric.dataset_meta = {"classes": tuple(f"c{i}" for i in range(4))}
+        metric.process({}, samples)
+        return metric.compute_metrics(metric.results)
+
+    spy.__wrapped__ = metric_module.max_softmax_statistics
+    monkeypatch.setattr(metric_module, "max_softmax_statistics", spy)
+    fused = run()
+    if fused_calls[0] is None:
+        pytest.skip("the kernel is not built here (tests/calibration/test_pixel_confidence.py requires it)")
+    assert len(fused_calls) == len(samples) and all(c is not None for c in fused_calls)
+    monkeypatch.setattr(metric_module, "max_softmax_statistics", lambda *args, **kwargs: None)
+    general = run()
+    assert fused.keys() == general.keys()
+    for key, value in general.items():
+        assert fused[key] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), key
+    broken = [dict(s) for s in samples]
+    logits = broken[1]["seg_logits"]["data"].clone()
+    logits[:, 0, 0] = logits[:, 0, 0].flip(0) * 2  # another argmax at one pixel
+    broken[1] = {**broken[1], "seg_logits": {"data": logits}}
+    monkeypatch.setattr(metric_module, "max_softmax_statistics", spy.__wrapped__)
+    with pytest.raises(ValueError, match="pred_sem_seg is not the argmax of seg_logits at 1 pixels"):
+        SegCalibrationMetric(bootstrap=0).process({}, broken)

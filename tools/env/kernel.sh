@@ -5,7 +5,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 venv="$root/.venv"
-kernel=$(sha256sum "$root/conf_plugins/csrc/pixel_confidence.cpp" | cut -c1-64)
+kernel=$(cat "$root/conf_plugins/csrc/pixel_confidence.cpp" "$root/setup.py" | sha256sum | cut -c1-64)  # source + flags
 if [ "$(cat "$venv/.kernel" 2>/dev/null)" != "$kernel" ]; then
   echo "[kernel] building the fused pixel-confidence kernel"
   (cd "$root" && CONF_PLUGINS_BUILD_KERNEL=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$venv/bin/python" setup.py -q build_ext --inplace >/dev/null)
