@@ -280,8 +280,11 @@ def test_a_one_seed_run_keeps_the_previous_seeds_table(tmp_path, monkeypatch):
         ("SEEDS_JSON", data / "demo_seeds_report.json"),
         ("BENCH_DIR", data / "bench"),
         ("README", tmp_path / "README.md"),
+        ("STUDY_JSON", data / "success_ablation.json"),
+        ("STUDY_README", tmp_path / "study.md"),
     ):
         monkeypatch.setattr(generate, name, str(value))
+    shutil.copy(os.path.join(ROOT, "experiments", "success_ablation", "README.md"), tmp_path / "study.md")
     several = json.load(open(data / "demo_report.json"))
     several.update(
         seeds={
@@ -305,3 +308,67 @@ def test_a_one_seed_run_keeps_the_previous_seeds_table(tmp_path, monkeypatch):
     assert generate.main(["--demo", str(tmp_path / "several.json")]) == 0
     assert not (data / "demo_seeds_report.json").exists()
     assert "This run trained one seed" not in (docs / "results.md").read_text()
+
+
+def test_the_study_table_is_generated_from_its_report(tmp_path, monkeypatch):
+    """--study takes a success-study report.json (refusing one without its run stamp or from a
+    --tiny run) and writes the selected rows, the choice and its comparisons into the study
+    README between its markers."""
+    import importlib.util
+    import json
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("generate", os.path.join(ROOT, "docs", "generate.py"))
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(ROOT, "docs", "data"), data)
+    shutil.copy(os.path.join(ROOT, "README.md"), tmp_path / "README.md")
+    shutil.copy(os.path.join(ROOT, "experiments", "success_ablation", "README.md"), tmp_path / "study.md")
+    for name, value in (
+        ("DOCS", tmp_path),
+        ("DATA", data),
+        ("DEMO_JSON", data / "demo_report.json"),
+        ("SEEDS_JSON", data / "demo_seeds_report.json"),
+        ("BENCH_DIR", data / "bench"),
+        ("README", tmp_path / "README.md"),
+        ("STUDY_JSON", data / "success_ablation.json"),
+        ("STUDY_README", tmp_path / "study.md"),
+    ):
+        monkeypatch.setattr(generate, name, str(value))
+
+    def row(name, map_name, auroc, ece_shifted):
+        split = {"AUROC": auroc, "AURC": 1 - auroc, "ECE": 0.01, "mIoU": 90.0}
+        shifted = {"AUROC": auroc - 0.2, "AURC": 0.1, "ECE": ece_shifted}
+        return {"name": name, "map": map_name, "calib_select": split, "val": split, "val_shifted": shifted}
+
+    rows = [
+        row("STL", "softmax", 0.95, 0.07),
+        row("STL", "scaled", 0.95, 0.11),
+        row("balanced max-softmax", "softmax", 0.96, 0.2),
+        row("balanced live", "fusion", 0.97, 0.3),
+    ]
+    run = {
+        "command": "python experiments/success_ablation/success_ablation.py",
+        "date": "2026-12-03 15:40 UTC",
+    }
+    run.update(
+        machine={"cpu": "a CPU", "cores": 2, "memory_gib": 8.0, "gpu": None, "torch": "2"}, commit="0" * 12
+    )
+    report = {"rows": rows, "chosen": {"name": "balanced live", "map": "fusion"}, "run": run}
+    path = tmp_path / "report.json"
+    for broken in (
+        {k: v for k, v in report.items() if k != "run"},
+        {**report, "run": {**run, "command": run["command"] + " --tiny"}},
+    ):
+        path.write_text(json.dumps(broken))
+        with pytest.raises(SystemExit):
+            generate.main(["--study", str(path)])
+    path.write_text(json.dumps(report))
+    assert generate.main(["--study", str(path)]) == 0
+    text = (tmp_path / "study.md").read_text()
+    block = text[text.index(generate.STUDY_MARKS[0]) : text.index(generate.STUDY_MARKS[1])]
+    assert "| **balanced live (chosen)** | fusion | 0.9700 |" in block
+    assert "beats its own network's max softmax on AUROC (0.9700 vs 0.9600)" in block
+    assert "against STL's 0.0700 (goal: below STL's: not met)" in block
+    assert "python experiments/success_ablation/success_ablation.py" in block

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from conf_plugins.calibration.stats import DEFAULT_NUM_BINS
+from conf_plugins.provenance import run_stamp
 
 # the demo's stages are reused: demo/run_demo.py is a script beside this one, not a package
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "demo"))
@@ -344,7 +345,8 @@ def write_report(rows, chosen, out):
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump({"rows": rows, "chosen": {"name": chosen["name"], "map": chosen["map"]}}, f, indent=1)
+        report = {"rows": rows, "chosen": {"name": chosen["name"], "map": chosen["map"]}, "run": run_stamp()}
+        json.dump(report, f, indent=1)
     return "\n".join(lines)
 
 

@@ -107,8 +107,9 @@ def test_confident_pixels_are_no_error_and_never_above_one(temperature):
 def test_fused_statistics_equal_pixel_confidence_then_update(num_classes, num_bins, monkeypatch):
     """One pass of the fused kernel (SegCalibrationMetric's max-softmax path) gives the counts of
     pixel_confidence + CalibrationStats.update (its torch path) + DetectionBinStats.update, and
-    the sums to float rounding (of the same confidences): ignored pixels, labels outside the classes, argmax classes beyond
-    num_classes, confident pixels, a temperature; it counts argmax / prediction mismatches."""
+    the sums to float rounding (of the same confidences): ignored pixels, labels outside the
+    classes, argmax classes beyond num_classes, confident pixels, a temperature; it counts
+    argmax / prediction mismatches."""
     import importlib
 
     from conf_plugins.calibration import CalibrationStats
