@@ -259,12 +259,10 @@ def test_no_internal_references_in_docs():
         assert not pattern.search(text), f"{path}: {pattern.search(text).group(0)}"
 
 
-def test_a_one_seed_run_keeps_the_previous_seeds_table(tmp_path, monkeypatch):
-    """Taking a one-seed report over a multi-seed one keeps the latter's seeds table (shown
-    with its own stamp); a later multi-seed report supersedes it."""
-    import copy
+def generator_in(tmp_path, monkeypatch):
+    """docs/generate.py as a module whose inputs and outputs are copies under tmp_path
+    (docs/ -> tmp_path/docs, the README, the study README -> tmp_path/study.md)."""
     import importlib.util
-    import json
     import shutil
 
     spec = importlib.util.spec_from_file_location("generate", os.path.join(ROOT, "docs", "generate.py"))
@@ -273,6 +271,7 @@ def test_a_one_seed_run_keeps_the_previous_seeds_table(tmp_path, monkeypatch):
     docs, data = tmp_path / "docs", tmp_path / "docs" / "data"
     shutil.copytree(os.path.join(ROOT, "docs", "data"), data)
     shutil.copy(os.path.join(ROOT, "README.md"), tmp_path / "README.md")
+    shutil.copy(os.path.join(ROOT, "experiments", "success_ablation", "README.md"), tmp_path / "study.md")
     for name, value in (
         ("DOCS", docs),
         ("DATA", data),
@@ -284,7 +283,17 @@ def test_a_one_seed_run_keeps_the_previous_seeds_table(tmp_path, monkeypatch):
         ("STUDY_README", tmp_path / "study.md"),
     ):
         monkeypatch.setattr(generate, name, str(value))
-    shutil.copy(os.path.join(ROOT, "experiments", "success_ablation", "README.md"), tmp_path / "study.md")
+    return generate
+
+
+def test_a_one_seed_run_keeps_the_previous_seeds_table(tmp_path, monkeypatch):
+    """Taking a one-seed report over a multi-seed one keeps the latter's seeds table (shown
+    with its own stamp); a later multi-seed report supersedes it."""
+    import copy
+    import json
+
+    generate = generator_in(tmp_path, monkeypatch)
+    docs, data = tmp_path / "docs", tmp_path / "docs" / "data"
     several = json.load(open(data / "demo_report.json"))
     several.update(
         seeds={
@@ -314,28 +323,9 @@ def test_the_study_table_is_generated_from_its_report(tmp_path, monkeypatch):
     """--study takes a success-study report.json (refusing one without its run stamp or from a
     --tiny run) and writes the selected rows, the choice and its comparisons into the study
     README between its markers."""
-    import importlib.util
     import json
-    import shutil
 
-    spec = importlib.util.spec_from_file_location("generate", os.path.join(ROOT, "docs", "generate.py"))
-    generate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generate)
-    data = tmp_path / "data"
-    shutil.copytree(os.path.join(ROOT, "docs", "data"), data)
-    shutil.copy(os.path.join(ROOT, "README.md"), tmp_path / "README.md")
-    shutil.copy(os.path.join(ROOT, "experiments", "success_ablation", "README.md"), tmp_path / "study.md")
-    for name, value in (
-        ("DOCS", tmp_path),
-        ("DATA", data),
-        ("DEMO_JSON", data / "demo_report.json"),
-        ("SEEDS_JSON", data / "demo_seeds_report.json"),
-        ("BENCH_DIR", data / "bench"),
-        ("README", tmp_path / "README.md"),
-        ("STUDY_JSON", data / "success_ablation.json"),
-        ("STUDY_README", tmp_path / "study.md"),
-    ):
-        monkeypatch.setattr(generate, name, str(value))
+    generate = generator_in(tmp_path, monkeypatch)
 
     def row(name, map_name, auroc, ece_shifted):
         split = {"AUROC": auroc, "AURC": 1 - auroc, "ECE": 0.01, "mIoU": 90.0}
