@@ -644,7 +644,7 @@ def study_section(study):
         name = f"**{key[0]} (chosen)**" if key == chosen else key[0]
         body.append(
             [name, key[1], fmt(r["calib_select"]["AUROC"])]
-            + [fmt(r["val"][k]) for k in ("AUROC", "AURC", "ECE")]
+            + [fmt(r["val"]["AUROC"]), fmt(r["val"]["AURC"], 5), fmt(r["val"]["ECE"])]
             + [fmt(r["val_shifted"][k]) for k in ("AUROC", "ECE")]
         )
     network = chosen[0].split(" ")[0]
@@ -661,8 +661,9 @@ def study_section(study):
         lines.append(
             f"On val it {verdict(c['val']['AUROC'] > own['val']['AUROC'])} its own network's max softmax on "
             f"AUROC ({fmt(c['val']['AUROC'])} vs {fmt(own['val']['AUROC'])}) and "
-            f"{verdict(c['val']['AURC'] < own['val']['AURC'])} it on AURC ({fmt(c['val']['AURC'])} vs "
-            f"{fmt(own['val']['AURC'])}), without intervals (one seed; the results page has the paired ones)."
+            f"{verdict(c['val']['AURC'] < own['val']['AURC'])} it on AURC ({fmt(c['val']['AURC'], 5)} vs "
+            f"{fmt(own['val']['AURC'], 5)}), without intervals (one seed; the results page has the "
+            "paired ones)."
         )
     if stl_scaled and stl:
         met = "met" if c["val_shifted"]["ECE"] < stl["val_shifted"]["ECE"] else "not met"

@@ -30,9 +30,12 @@ using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kGrain = 4096;  // pixels per parallel task
 
 // Pixels [begin, end) of the (C, n) logits z; outputs written from index 0 (pixel begin).
-void confidence_range(const float* z, int64_t classes, int64_t n, int64_t begin, int64_t end,
-                      float scale, float* max_softmax, int64_t* pred, float* gap, float* entropy,
-                      std::atomic<bool>* bad) {
+// kMargin / kEntropy: whether gap / entropy are wanted; kScaled: T != 1 (compiled without the
+// work they need otherwise).
+template <bool kMargin, bool kEntropy, bool kScaled>
+void confidence_range_of(const float* z, int64_t classes, int64_t n, int64_t begin, int64_t end,
+                         float scale, float* max_softmax, int64_t* pred, float* gap, float* entropy,
+                         std::atomic<bool>* bad) {
   const int64_t width = Vec::size();
   float index_buffer[Vec::size()];
   const Vec zero(0.f);
@@ -44,32 +47,47 @@ void confidence_range(const float* z, int64_t classes, int64_t n, int64_t begin,
     for (int64_t c = 1; c < classes; ++c) {
       const Vec v = Vec::loadu(z + c * n + p, count);
       const Vec greater = v > top;  // strict: ties keep the first maximum, as torch.argmax
-      second = Vec::blendv(at::vec::maximum(second, v), top, greater);
+      if (kMargin) second = Vec::blendv(at::vec::maximum(second, v), top, greater);
       top = Vec::blendv(top, v, greater);
       index = Vec::blendv(index, Vec(static_cast<float>(c)), greater);
     }
     // u = (z − z_max) / T: exactly 0 for the arg-max class, < 0 else, NaN for bad logits
     Vec total(0.f), weighted(0.f);
     for (int64_t c = 0; c < classes; ++c) {
-      const Vec u = (Vec::loadu(z + c * n + p, count) - top) * Vec(scale);
+      const Vec shifted = Vec::loadu(z + c * n + p, count) - top;
+      const Vec u = kScaled ? shifted * Vec(scale) : shifted;
       const Vec e = u.exp_u20();
       total = total + e;
-      if (entropy != nullptr) {
+      if (kEntropy) {
         weighted = weighted + Vec::blendv(e * u, zero, e == zero);  // a -inf logit adds 0
       }
     }
     // the approximate exp may put exp(0) a rounding below 1: a probability never exceeds 1
     const Vec reciprocal = at::vec::minimum(total.reciprocal(), Vec(1.f));
     reciprocal.store(max_softmax + (p - begin), count);
-    float totals[Vec::size()];
-    total.store(totals, count);
-    for (int64_t k = 0; k < count; ++k) {
-      if (!std::isfinite(totals[k])) bad->store(true, std::memory_order_relaxed);
-    }
+    // x − x is 0 exactly for finite x (NaN for NaN / inf); padded lanes of a tail hold 0 logits
+    if (((total - total) == zero).zero_mask() != 0) bad->store(true, std::memory_order_relaxed);
     index.store(index_buffer, count);
     for (int64_t k = 0; k < count; ++k) pred[p - begin + k] = static_cast<int64_t>(index_buffer[k]);
-    if (gap != nullptr) ((top - second) * Vec(scale)).store(gap + (p - begin), count);
-    if (entropy != nullptr) (total.log() - weighted * reciprocal).store(entropy + (p - begin), count);
+    if (kMargin) ((top - second) * Vec(scale)).store(gap + (p - begin), count);
+    if (kEntropy) (total.log() - weighted * reciprocal).store(entropy + (p - begin), count);
+  }
+}
+
+// Pixels [begin, end) of the (C, n) logits z; outputs written from index 0 (pixel begin);
+// gap / entropy nullptr when not wanted.
+void confidence_range(const float* z, int64_t classes, int64_t n, int64_t begin, int64_t end,
+                      float scale, float* max_softmax, int64_t* pred, float* gap, float* entropy,
+                      std::atomic<bool>* bad) {
+  const bool margin = gap != nullptr, ent = entropy != nullptr, scaled = scale != 1.f;
+  auto run = [&](auto kernel) { kernel(z, classes, n, begin, end, scale, max_softmax, pred, gap, entropy, bad); };
+  if (!margin && !ent) {
+    scaled ? run(confidence_range_of<false, false, true>) : run(confidence_range_of<false, false, false>);
+  } else {
+    // margin and entropy: the per-pixel reporting path (pixel_confidence), not the metric's
+    if (margin && ent) run(confidence_range_of<true, true, true>);
+    else if (margin) run(confidence_range_of<true, false, true>);
+    else run(confidence_range_of<false, true, true>);
   }
 }
 
