@@ -2,6 +2,8 @@
 
 ``weights_fingerprint`` lives in :mod:`.fingerprint` (re-exported here for older imports)."""
 
+import bisect
+
 import torch
 
 from .fingerprint import weights_fingerprint  # noqa: F401
@@ -23,7 +25,7 @@ class UniformItemSample:
     def add(self, item, size: int):
         self.seen += 1
         key = float(torch.rand((), generator=self.generator))
-        self.kept = sorted([*self.kept, (key, size, item)], key=lambda entry: entry[0])
+        bisect.insort(self.kept, (key, size, item), key=lambda entry: entry[0])
         total, keep = 0, []
         for entry in self.kept:
             if keep and total + entry[1] > self.budget:
