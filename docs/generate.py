@@ -657,7 +657,10 @@ def study_section(study):
         f"{fmt(c['calib_select']['AUROC'])}."
     )
     if own:
-        verdict = lambda better: "beats" if better else "does not beat"  # noqa: E731
+
+        def verdict(better):
+            return "beats" if better else "does not beat"
+
         lines.append(
             f"On val it {verdict(c['val']['AUROC'] > own['val']['AUROC'])} its own network's max softmax on "
             f"AUROC ({fmt(c['val']['AUROC'])} vs {fmt(own['val']['AUROC'])}) and "

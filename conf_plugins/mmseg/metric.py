@@ -204,35 +204,37 @@ class SegCalibrationMetric(BaseMetric):
                     "test pipeline)"
                 )
             label = sample["gt_sem_seg"]["data"].squeeze(0).to(pred.device)
-            fused = self.fused_max_softmax(sample, pred, label)
-            if fused is not None:
-                self.results.append(fused)
-                continue
-            confidence, argmax = self.confidence_map(sample)
-            self.check_maps_match_prediction(sample, pred, argmax)
-            confidence = confidence.to(pred.device)
-            if not pred.shape == label.shape == confidence.shape:
-                raise ValueError(
-                    f"shape mismatch in {sample.get('img_path')}: prediction "
-                    f"{tuple(pred.shape)}, label {tuple(label.shape)}, "
-                    f"confidence {tuple(confidence.shape)}"
-                )
-            stats = CalibrationStats(self.num_fine_bins)
-            valid = label != self.ignore_index
-            stats.update(confidence, pred == label, mask=valid)
-            result = {"image": os.path.basename(str(sample.get("img_path", ""))), "stats": stats.state_dict()}
-            num_classes = self.num_classes()
-            if num_classes:  # class-wise ECE: per predicted class, coarse bins
-                classwise = DetectionBinStats(num_classes, (self.num_bins,))
-                kept = valid & (pred >= 0) & (pred < num_classes)
-                classwise.update(confidence[kept].clamp(0, 1), (pred == label)[kept], pred[kept])
-                result["classwise"] = classwise.state.clone()
-            self.results.append(result)
+            stats_and_classwise = self.fused_max_softmax(sample, pred, label) or self.image_statistics(
+                sample, pred, label
+            )
+            self.results.append(self.image_result(sample, *stats_and_classwise))
+
+    def image_statistics(self, sample: dict, pred, label):
+        """``(CalibrationStats, class-wise DetectionBinStats or None)`` of one image from its
+        confidence map (any confidence, any device)."""
+        confidence, argmax = self.confidence_map(sample)
+        self.check_maps_match_prediction(sample, pred, argmax)
+        confidence = confidence.to(pred.device)
+        if not pred.shape == label.shape == confidence.shape:
+            raise ValueError(
+                f"shape mismatch in {sample.get('img_path')}: prediction "
+                f"{tuple(pred.shape)}, label {tuple(label.shape)}, "
+                f"confidence {tuple(confidence.shape)}"
+            )
+        stats = CalibrationStats(self.num_fine_bins)
+        valid = label != self.ignore_index
+        stats.update(confidence, pred == label, mask=valid)
+        classwise, num_classes = None, self.num_classes()
+        if num_classes:  # class-wise ECE: per predicted class, coarse bins
+            classwise = DetectionBinStats(num_classes, (self.num_bins,))
+            kept = valid & (pred >= 0) & (pred < num_classes)
+            classwise.update(confidence[kept].clamp(0, 1), (pred == label)[kept], pred[kept])
+        return stats, classwise
 
     def fused_max_softmax(self, sample: dict, pred, label):
-        """The result of one image in one pass of the fused kernel when the confidence is the
-        max softmax of CPU float32 logits and the kernel is built (else None: the general path
-        below, same values)."""
+        """:meth:`image_statistics` in one pass of the fused kernel when the confidence is the
+        max softmax of CPU float32 logits and the kernel is built (else None: same values by
+        the general path)."""
         if self.resolved_confidence(sample) != "max_softmax":
             return None
         logits = sample["seg_logits"]["data"]
@@ -257,6 +259,11 @@ class SegCalibrationMetric(BaseMetric):
         stats, classwise, differ = fused
         if differ:
             self.raise_maps_mismatch(sample, differ)
+        return stats, classwise
+
+    @staticmethod
+    def image_result(sample: dict, stats, classwise) -> dict:
+        """One image's entry of ``self.results`` (what is gathered across processes)."""
         result = {"image": os.path.basename(str(sample.get("img_path", ""))), "stats": stats.state_dict()}
         if classwise is not None:
             result["classwise"] = classwise.state.clone()
