@@ -38,6 +38,11 @@ SEG_METHODS = (
     ("STL + Selective Scaling", "stl_selective"),
     ("STL + local temperature", "stl_lts"),
     ("MTL + Selective Scaling", "mtl_selective"),
+    # fitted on calib + its copies under the protocol's held-out corruptions (Tomani et al. 2021)
+    ("STL-scaled (perturbed calib)", "stl_scaled_perturbed"),
+    ("STL + Selective Scaling (perturbed calib)", "stl_selective_perturbed"),
+    ("STL + local temperature (image)", "stl_lts_image"),
+    ("STL + local temperature (image, perturbed calib)", "stl_lts_image_perturbed"),
 )
 # A confidence that calls (almost) every pixel confident flags (almost) no failure: then
 # Acc / Precision / F0.5 at 0.5 measure the segmenter, not the confidence.
@@ -334,6 +339,47 @@ def segmentation_section(out, figures, numbers=None):
     return lines
 
 
+def risk_control_section(out, numbers=None):
+    """Risk-controlled selective segmentation of the STL: λ fitted on calib at level α
+    (seg/risk/risk_control.json), realised risk and abstention on val and val_shifted."""
+    path = os.path.join(out, "seg", "risk", "risk_control.json")
+    if not os.path.exists(path):
+        return []
+    fitted, rows = json.load(open(path)), {}
+    for split in ("val", "val_shifted"):
+        metrics_path = os.path.join(out, "seg", "eval", f"stl_{split}", "metrics.json")
+        if os.path.exists(metrics_path):
+            m = json.load(open(metrics_path))
+            rows[split] = {
+                k: m[f"calib/{k}"]
+                for name in ("selective_risk", "abstention")
+                for k in (name, f"{name}_ci_lo", f"{name}_ci_hi")
+                if f"calib/{k}" in m
+            }
+    keys = ("alpha", "threshold", "images", "calib_risk", "calib_abstention")
+    if numbers is not None:
+        numbers["risk_control"] = {"fitted": {k: fitted[k] for k in keys}, **rows}
+    lines = [
+        "## Risk-controlled selective segmentation (STL)",
+        "",
+        f"Conformal risk control on the {fitted['images']} calib images at α = {fitted['alpha']}: "
+        f"λ = {fitted['threshold']:.4f} (calib risk {fitted['calib_risk']:.4f}, abstention "
+        f"{fitted['calib_abstention']:.4f}). Risk = mean over images of the share of labelled pixels "
+        "kept (max softmax > λ) and wrong; the guarantee (risk ≤ α in expectation) needs test "
+        "images exchangeable with calib, which val_shifted is not.",
+        "",
+        "| split | risk [95 % CI] | abstention [95 % CI] |",
+        "|---|---|---|",
+    ]
+    for split, r in rows.items():
+        cells = [
+            f"{_fmt(r.get(k))} [{_fmt(r.get(f'{k}_ci_lo'))}, {_fmt(r.get(f'{k}_ci_hi'))}]"
+            for k in ("selective_risk", "abstention")
+        ]
+        lines.append(f"| {split} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def flags_nothing_notes(table):
     """One sentence per row whose confidence, thresholded at 0.5, flags (almost) no failure."""
     notes = []
@@ -444,6 +490,12 @@ SEG_PAIRS = (
     ("STL + Selective Scaling", "STL-scaled"),
     ("STL + local temperature", "STL-scaled"),
     ("MTL + Selective Scaling", "STL-scaled"),
+    ("STL-scaled (perturbed calib)", "STL-scaled"),
+    ("STL + Selective Scaling (perturbed calib)", "STL-scaled"),
+    ("STL + local temperature (image)", "STL-scaled"),
+    ("STL + local temperature (image, perturbed calib)", "STL-scaled"),
+    ("STL + Selective Scaling (perturbed calib)", "STL-scaled (perturbed calib)"),
+    ("STL + local temperature (image, perturbed calib)", "STL-scaled (perturbed calib)"),
 )
 SEG_PAIR_METRICS = ("ECE", "AUROC", "AURC")
 PAIR_RESAMPLES = 1000
@@ -679,6 +731,7 @@ def write_report(out, record, tiny=False, command=None, seed_roots=None):
     lines += detection_section(out, figures, numbers)
     lines += detection_figures(out, figures)
     lines += segmentation_section(out, figures, numbers)
+    lines += risk_control_section(out, numbers)
     lines += comparisons_section(out, numbers)
     from protocol_report import protocol_section  # it reads this module's helpers
 

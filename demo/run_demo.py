@@ -53,6 +53,11 @@ TINY_SEG = [
 TINY_SNAPSHOT = ["custom_hooks.0.snapshot_iter=2", "default_hooks.checkpoint.interval=2"]
 TINY_SEG_DATA = {"train": 4, "calib": 9, "val": 2, "val_shifted": 2}  # calib: risk control at 0.1
 SEG_DATA_SIZES = {"train": 80, "calib": 20, "val": 24, "val_shifted": 24}
+RISK_ALPHA = 0.05  # risk-controlled selective segmentation of the STL: needs >= 19 calib images
+TINY_RISK_ALPHA = 0.1  # tiny calib: 9 images
+# calibrators also fitted on calib + its copies under the protocol's held-out corruptions
+PERTURB = ["--perturb", "held_out", "--perturb-severities", "1", "3", "5"]
+TINY_PERTURB = ["--perturb", "speckle_noise", "--perturb-severities", "5"]
 
 
 DET_DATA = "conf_plugins/detectron2/demo_data.py"  # the generators: data changes re-run stages
@@ -413,7 +418,9 @@ def segmentation_stages(out, tiny):
         "configs/mmseg/demo/fcn_r18_stl_lts.py",
     )
     mtl_selective_cfg = "configs/mmseg/demo/fcn_r18_mtl_selective.py"
+    lts_image_cfg = "configs/mmseg/demo/fcn_r18_stl_lts_image.py"
     extra = TINY_SEG if tiny else []
+    perturb = TINY_PERTURB if tiny else PERTURB
     iters = 4 if tiny else None
     snapshot = TINY_SNAPSHOT if tiny else []
 
@@ -449,18 +456,55 @@ def segmentation_stages(out, tiny):
             [mtl_cfg, SEG_DATA],
             ["seg_mtl"],
         ),
+        Stage(
+            "seg_temperature_perturbed",
+            tool("fit_calibration.py")
+            + [os.path.join(ROOT, stl_cfg), checkpoint("stl"), "--work-dir", f"{seg}/stl/perturbed"]
+            + ["--force", *perturb],
+            [stl_cfg, SEG_DATA],
+            ["seg_stl"],
+        ),
+        Stage(
+            "seg_risk",
+            tool("fit_calibration.py")
+            + [
+                os.path.join(ROOT, stl_cfg),
+                checkpoint("stl"),
+                "--risk-control",
+                str(TINY_RISK_ALPHA if tiny else RISK_ALPHA),
+            ]
+            + ["--work-dir", f"{seg}/risk", "--force"],
+            [stl_cfg, SEG_DATA],
+            ["seg_stl"],
+        ),
     ]
     pos_ckpt = checkpoint("mtl").replace(".pth", "_fusion.pth")  # the MTL config's pos_map
-    pixel_ckpts = {  # per-pixel calibrators held by the model, fitted on calib
-        "stl_selective": (selective_cfg, checkpoint("stl"), "seg_stl", "_selective_scaling.pth"),
-        "stl_lts": (lts_cfg, checkpoint("stl"), "seg_stl", "_local_temperature.pth"),
-        "mtl_selective": (mtl_selective_cfg, pos_ckpt, "seg_pos", "_selective_scaling.pth"),
+    pixel_ckpts = {  # per-pixel calibrators held by the model, fitted on calib (+ perturbed)
+        "stl_selective": (selective_cfg, checkpoint("stl"), "seg_stl", "_selective_scaling.pth", []),
+        "stl_lts": (lts_cfg, checkpoint("stl"), "seg_stl", "_local_temperature.pth", []),
+        "mtl_selective": (mtl_selective_cfg, pos_ckpt, "seg_pos", "_selective_scaling.pth", []),
+        "stl_selective_perturbed": (
+            selective_cfg,
+            checkpoint("stl"),
+            "seg_stl",
+            "_selective_scaling_perturbed.pth",
+            perturb,
+        ),
+        "stl_lts_image": (lts_image_cfg, checkpoint("stl"), "seg_stl", "_local_temperature_image.pth", []),
+        "stl_lts_image_perturbed": (
+            lts_image_cfg,
+            checkpoint("stl"),
+            "seg_stl",
+            "_local_temperature_image_perturbed.pth",
+            perturb,
+        ),
     }
-    for name, (cfg, ckpt, needs, suffix) in pixel_ckpts.items():
+    for name, (cfg, ckpt, needs, suffix, fit_args) in pixel_ckpts.items():
+        output = ["--output", ckpt.replace(".pth", suffix)] if fit_args else []
         stages.append(
             Stage(
                 f"seg_fit_{name}",
-                tool("fit_calibration.py") + [os.path.join(ROOT, cfg), ckpt, "--force"],
+                tool("fit_calibration.py") + [os.path.join(ROOT, cfg), ckpt, "--force", *output, *fit_args],
                 [cfg, SEG_DATA],
                 [needs],
             )
@@ -468,16 +512,25 @@ def segmentation_stages(out, tiny):
     max_softmax = ["test_evaluator.1.confidence=max_softmax"]
     pixel_rows = [
         (name, cfg, ckpt.replace(".pth", suffix), f"seg_fit_{name}", max_softmax)
-        for name, (cfg, ckpt, _, suffix) in pixel_ckpts.items()
+        for name, (cfg, ckpt, _, suffix, _) in pixel_ckpts.items()
     ]
+    risk = [f"test_evaluator.1.risk_control={seg}/risk/risk_control.json"]
+    perturbed_temperature = ["test_evaluator.1.temperature=@temperature_perturbed"]
     for split in ("val", "val_shifted"):
         data = [
             f"test_dataloader.dataset.data_prefix.img_path=leftImg8bit/{split}",
             f"test_dataloader.dataset.data_prefix.seg_map_path=gtFine/{split}",
         ]
         for method, cfg, ckpt, needs, conf in (
-            ("stl", stl_cfg, checkpoint("stl"), "seg_stl", ["test_evaluator.1.confidence=max_softmax"]),
+            ("stl", stl_cfg, checkpoint("stl"), "seg_risk", [*max_softmax, *risk]),
             ("stl_scaled", stl_cfg, checkpoint("stl"), "seg_temperature", None),
+            (
+                "stl_scaled_perturbed",
+                stl_cfg,
+                checkpoint("stl"),
+                "seg_temperature_perturbed",
+                perturbed_temperature,
+            ),
             ("mtl", mtl_cfg, pos_ckpt, "seg_pos", ["test_evaluator.1.confidence=pred_confidence"]),
             # the free baseline of the same network: MTL's own max softmax
             (
@@ -523,6 +576,13 @@ def segmentation_stages(out, tiny):
             checkpoint("stl"),
             "seg_temperature",
             "test_evaluator.1.temperature=@temperature",
+        ),
+        (
+            "stl_scaled_perturbed",
+            stl_cfg,
+            checkpoint("stl"),
+            "seg_temperature_perturbed",
+            perturbed_temperature[0],
         ),
         ("mtl", mtl_cfg, pos_ckpt, "seg_pos", "test_evaluator.1.confidence=pred_confidence"),
         ("mtl_softmax", mtl_cfg, checkpoint("mtl"), "seg_mtl", "test_evaluator.1.confidence=max_softmax"),
@@ -584,13 +644,21 @@ def with_seed(stages, out, seed):
     return out_stages
 
 
+# placeholders for values known only after upstream stages ran: the fitted temperatures
+FITTED_TEMPERATURES = {
+    "@temperature_perturbed": ("seg", "stl", "perturbed", "temperature.json"),
+    "@temperature": ("seg", "stl", "temperature.json"),
+}
+
+
 def resolve(cmd, out):
-    """Substitute values known only after upstream stages ran (the fitted temperature)."""
-    if not any("@temperature" in c for c in cmd):
-        return cmd
-    with open(os.path.join(out, "seg", "stl", "temperature.json")) as f:
-        t = json.load(f)["temperature"]
-    return [c.replace("@temperature", f"{t:.6f}") for c in cmd]
+    """``cmd`` with each placeholder of FITTED_TEMPERATURES replaced by its fitted value."""
+    for placeholder, path in FITTED_TEMPERATURES.items():
+        if any(placeholder in c for c in cmd):
+            with open(os.path.join(out, *path)) as f:
+                t = json.load(f)["temperature"]
+            cmd = [c.replace(placeholder, f"{t:.6f}") for c in cmd]
+    return cmd
 
 
 def run_stages(stages, out, force):

@@ -68,6 +68,10 @@ def test_tiny_pipeline_report(tiny_demo):
         "STL + Selective Scaling",
         "STL + local temperature",
         "MTL + Selective Scaling",
+        "STL-scaled (perturbed calib)",
+        "STL + Selective Scaling (perturbed calib)",
+        "STL + local temperature (image)",
+        "STL + local temperature (image, perturbed calib)",
     ] * 2
     for row in seg:
         for key in (
@@ -128,12 +132,23 @@ def test_tiny_pipeline_report(tiny_demo):
         "seg_stl_selective",
         "seg_stl_lts",
         "seg_mtl_selective",
+        "seg_stl_scaled_perturbed",
+        "seg_stl_selective_perturbed",
+        "seg_stl_lts_image",
+        "seg_stl_lts_image_perturbed",
     }
     assert {(r["corruption"], r["severity"]) for r in numbers["shift"]["seg_mtl"]} == {
         ("none", 0),
         ("gaussian_noise", 5),
     }
     assert "## Paired comparisons" in report and "## Calibration under corruption" in report
+    # risk-controlled selective segmentation of the STL: fitted on calib, realised on both splits
+    risk = numbers["risk_control"]
+    assert risk["fitted"]["alpha"] == 0.1 and risk["fitted"]["images"] == 9
+    for split in ("val", "val_shifted"):
+        assert risk[split]["selective_risk_ci_lo"] <= risk[split]["selective_risk"] <= 1
+        assert 0 <= risk[split]["abstention"] <= 1
+    assert "## Risk-controlled selective segmentation (STL)" in report
     assert "## Detection at the operating point" in report  # the protocol table, seed 0 only
     assert "| DDN without teacher (control) | identity |" in report
 

@@ -11,10 +11,11 @@
   normalised entropy), or any given probability of being right (a success branch's).
 * :class:`LocalTemperatureScaling` — Ding et al., ICCV 2021, "Local Temperature Scaling for
   Probability Calibration": a per-pixel temperature T(x) = softplus(f(z)(x)) + T_FLOOR
-  predicted by a small convolutional net f from the logits (the logit-only variant: a
-  segmentor's ``postprocess_result`` sees logits, not the image), trained by the NLL of
-  softmax(z / T(x)) on held-out images. Its last layer starts at zero with the bias of the
-  global temperature, so training starts from temperature scaling.
+  predicted by a small convolutional net f from the logits, and with ``image_channels`` > 0
+  also from the (normalised) image, as in the paper (the segmentor then carries the image
+  beside its logits), trained by the NLL of softmax(z / T(x)) on held-out images. Its last
+  layer starts at zero with the bias of the global temperature, so training starts from
+  temperature scaling.
 
 Both divide the logits by a positive per-pixel temperature: the predicted class, hence mIoU,
 is unchanged.
@@ -142,57 +143,84 @@ class SelectiveScaling(nn.Module):
 
 
 class LocalTemperatureScaling(nn.Module):
-    """Local temperature scaling, logit-only (see the module docstring): f = conv3×3(C→hidden)
-    → ReLU → conv3×3(hidden→1) on the logits minus their per-pixel max."""
+    """Local temperature scaling (see the module docstring): f = conv3×3(C + image_channels →
+    hidden) → ReLU → conv3×3(hidden→1) on the logits minus their per-pixel max, beside the
+    image's channels when ``image_channels`` > 0."""
 
-    def __init__(self, num_classes: int, hidden: int = 16):
+    def __init__(self, num_classes: int, hidden: int = 16, image_channels: int = 0):
         super().__init__()
-        if num_classes < 2 or hidden < 1:
-            raise ValueError(f"need num_classes >= 2 and hidden >= 1, got {num_classes}, {hidden}")
+        if num_classes < 2 or hidden < 1 or image_channels < 0:
+            raise ValueError(
+                "need num_classes >= 2, hidden >= 1, image_channels >= 0, "
+                f"got {num_classes}, {hidden}, {image_channels}"
+            )
+        self.num_classes, self.image_channels = num_classes, image_channels
         self.net = nn.Sequential(
-            nn.Conv2d(num_classes, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, 1, 3, padding=1)
+            nn.Conv2d(num_classes + image_channels, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, 1, 3, padding=1),
         )
         self.net.requires_grad_(False)  # fitted by fit(), never by the segmentor's training
         self.register_buffer("fitted", torch.tensor(False))
 
-    def temperature_map(self, logits: torch.Tensor) -> torch.Tensor:
-        """T(x) > T_FLOOR for logits (N, C, H, W) or (C, H, W); shape (N, 1, H, W) / (1, H, W)."""
-        single = logits.dim() == 3
-        x = logits[None] if single else logits
-        if x.dim() != 4 or x.shape[1] != self.net[0].in_channels:
+    def net_input(self, logits: torch.Tensor, image=None) -> torch.Tensor:
+        """(N, C + image_channels, H, W): logits (N, C, H, W) minus their per-pixel max, then
+        the image (N, image_channels, H, W) when this net reads one."""
+        if logits.dim() != 4 or logits.shape[1] != self.num_classes:
             raise ValueError(
-                f"need logits (N, {self.net[0].in_channels}, H, W) or (C, H, W), got {tuple(logits.shape)}"
+                f"need logits (N, {self.num_classes}, H, W) or (C, H, W), got {tuple(logits.shape)}"
             )
-        x = x.float()
-        t = F.softplus(self.net(x - x.amax(dim=1, keepdim=True))) + T_FLOOR
+        x = logits.float() - logits.float().amax(dim=1, keepdim=True)
+        if not self.image_channels:
+            if image is not None:
+                raise ValueError("this local temperature scaling reads no image (image_channels=0)")
+            return x
+        expected = (x.shape[0], self.image_channels, *x.shape[2:])
+        if image is None or tuple(image.shape) != expected:
+            raise ValueError(
+                f"this local temperature scaling reads the image: need it {expected}, "
+                f"got {None if image is None else tuple(image.shape)}"
+            )
+        return torch.cat([x, image.to(x)], dim=1)
+
+    def temperature_map(self, logits: torch.Tensor, image=None) -> torch.Tensor:
+        """T(x) > T_FLOOR for logits (N, C, H, W) or (C, H, W) (the image likewise batched or
+        not); shape (N, 1, H, W) / (1, H, W)."""
+        single = logits.dim() == 3
+        if single:
+            logits, image = logits[None], None if image is None else image[None]
+        t = F.softplus(self.net(self.net_input(logits, image))) + T_FLOOR
         return t[0] if single else t
 
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, image=None) -> torch.Tensor:
         if not bool(self.fitted):
             raise RuntimeError("local temperature scaling is not fitted")
         dim = 0 if logits.dim() == 3 else 1
-        return logits / self.temperature_map(logits).to(logits.dtype).expand_as(logits.narrow(dim, 0, 1))
+        t = self.temperature_map(logits, image).to(logits.dtype)
+        return logits / t.expand_as(logits.narrow(dim, 0, 1))
 
     def fit(self, images, ignore_index=255, iters: int = 200, lr: float = 0.01, seed: int = 0) -> dict:
-        """Train on held-out ``images``: a list of (logits (C, H, W), labels (H, W)) pairs
-        (any sizes). Full batch per image group, Adam, mean NLL over the labelled pixels;
-        starts at the global temperature of those pixels. Returns a summary."""
+        """Train on held-out ``images``: a list of (logits (C, H, W), labels (H, W)) pairs, or
+        (logits, labels, image (image_channels, H, W)) when the net reads the image (any
+        sizes). Full batch, Adam, mean NLL over the labelled pixels; starts at the global
+        temperature of those pixels. Returns a summary."""
         pairs = []
-        for z, y in images:
+        for z, y, *image in images:
             _check_logits(z, 0)
             if z.dim() != 3 or y.shape != z.shape[1:]:
                 raise ValueError(
                     f"need logits (C, H, W) and labels (H, W), got {tuple(z.shape)}, {tuple(y.shape)}"
                 )
+            x = self.net_input(z[None], image[0][None] if image else None)
             if (y != ignore_index).any():
-                pairs.append((z.float(), y.long()))
+                pairs.append((z.float(), y.long(), x))
         if not pairs:
             raise ValueError(f"no labelled pixels to fit on (every pixel is ignore_index={ignore_index})")
         global_t = (
             TemperatureScaler()
             .fit(
-                torch.cat([z.flatten(1).T for z, _ in pairs]),
-                torch.cat([y.flatten() for _, y in pairs]),
+                torch.cat([z.flatten(1).T for z, _, _ in pairs]),
+                torch.cat([y.flatten() for _, y, _ in pairs]),
                 ignore_index,
             )
             .temperature
@@ -207,12 +235,12 @@ class LocalTemperatureScaling(nn.Module):
             last.bias.fill_(math.log(math.expm1(max(global_t - T_FLOOR, 1e-3))))  # softplus⁻¹
         self.net.requires_grad_(True)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
-        pixels = sum(int((y != ignore_index).sum()) for _, y in pairs)
+        pixels = sum(int((y != ignore_index).sum()) for _, y, _ in pairs)
 
         def mean_nll():
             total = 0.0
-            for z, y in pairs:
-                t = F.softplus(self.net((z - z.amax(0, keepdim=True))[None])) + T_FLOOR
+            for z, y, x in pairs:
+                t = F.softplus(self.net(x)) + T_FLOOR
                 loss = F.cross_entropy((z[None] / t), y[None], ignore_index=ignore_index, reduction="sum")
                 total = total + loss
             return total / pixels
@@ -240,7 +268,8 @@ class LocalTemperatureScaling(nn.Module):
         }
 
 
-PIXEL_CALIBRATORS = ("selective_scaling", "local_temperature")
+PIXEL_CALIBRATORS = ("selective_scaling", "local_temperature", "local_temperature_image")
+IMAGE_CHANNELS = 3  # what 'local_temperature_image' reads beside the logits
 
 
 def build_pixel_calibrator(name: str, num_classes: int) -> nn.Module:
@@ -248,6 +277,8 @@ def build_pixel_calibrator(name: str, num_classes: int) -> nn.Module:
         return SelectiveScaling()
     if name == "local_temperature":
         return LocalTemperatureScaling(num_classes)
+    if name == "local_temperature_image":
+        return LocalTemperatureScaling(num_classes, image_channels=IMAGE_CHANNELS)
     raise ValueError(f"pixel calibrator must be one of {PIXEL_CALIBRATORS}, got {name!r}")
 
 

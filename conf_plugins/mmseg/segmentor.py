@@ -6,6 +6,7 @@ temperature (Selective Scaling, local temperature scaling)."""
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from mmengine.structures import PixelData
 from mmseg.models import EncoderDecoder
 from mmseg.registry import MODELS
@@ -14,7 +15,11 @@ from conf_plugins.calibration import BayesBinningCalibrator
 from conf_plugins.calibration.bayes_binning import FORMAT_VERSION
 from conf_plugins.calibration.fingerprint import FingerprintVerifiedOnce, weights_fingerprint
 from conf_plugins.calibration.logistic import logit
-from conf_plugins.calibration.pixel_calibrators import SelectiveScaling, build_pixel_calibrator
+from conf_plugins.calibration.pixel_calibrators import (
+    IMAGE_CHANNELS,
+    SelectiveScaling,
+    build_pixel_calibrator,
+)
 
 from .success_head import SuccessBranchMixin
 
@@ -23,7 +28,7 @@ PIXEL_CALIBRATION_KEYS = ("pixel_calibrator.", "pixel_calibration_fingerprint")
 
 class PixelCalibrationMixin:
     """A per-pixel calibrator of the seg logits held by the segmentor (``pixel_calibration``
-    = ``'selective_scaling'`` or ``'local_temperature'``, see
+    = ``'selective_scaling'``, ``'local_temperature'`` or ``'local_temperature_image'``, see
     ``conf_plugins.calibration.pixel_calibrators``): its parameters are buffers of the model
     under ``pixel_calibrator.``, sealed by the fingerprint of every other weight and buffer
     (``pixel_calibration_fingerprint``), fitted by ``tools/fit_calibration.py``. Once fitted,
@@ -37,6 +42,11 @@ class PixelCalibrationMixin:
             return
         self.pixel_calibrator = build_pixel_calibrator(pixel_calibration, self.num_classes)
         self.register_buffer("pixel_calibration_fingerprint", torch.zeros(32, dtype=torch.uint8))
+
+    @property
+    def reads_image(self) -> bool:
+        """Whether the pixel calibrator reads the image beside the logits."""
+        return getattr(getattr(self, "pixel_calibrator", None), "image_channels", 0) > 0
 
     @property
     def pixel_calibrated(self) -> bool:
@@ -74,8 +84,9 @@ class PixelCalibrationMixin:
         finally:
             self._pixel_calibration_bypassed = False
 
-    def calibrate_seg_logits(self, seg: torch.Tensor, right_probability=None) -> torch.Tensor:
-        """``seg`` (C, H, W) divided by the fitted per-pixel temperature."""
+    def calibrate_seg_logits(self, seg: torch.Tensor, right_probability=None, image=None) -> torch.Tensor:
+        """``seg`` (C, H, W) divided by the fitted per-pixel temperature (``image`` (3, H, W):
+        what a calibrator that reads the image sees)."""
         if self.pixel_calibration is None or self._pixel_calibration_bypassed:
             return seg
         if not self.pixel_calibrated:
@@ -86,7 +97,7 @@ class PixelCalibrationMixin:
         self.verify_fingerprint_once(self._verify_fingerprint)
         if isinstance(self.pixel_calibrator, SelectiveScaling):
             return self.pixel_calibrator(seg, right_probability, dim=0)
-        return self.pixel_calibrator(seg)
+        return self.pixel_calibrator(seg, image)
 
     def mark_calibrated(self, sample):
         if self.pixel_calibration is not None and not self._pixel_calibration_bypassed:
@@ -99,18 +110,38 @@ class CalibratedEncoderDecoder(PixelCalibrationMixin, FingerprintVerifiedOnce, E
     of its seg logits (:class:`PixelCalibrationMixin`).
 
     Args (beyond EncoderDecoder's):
-        pixel_calibration (str): ``'selective_scaling'`` (Wang et al., CVPR 2023) or
-            ``'local_temperature'`` (Ding et al., ICCV 2021).
+        pixel_calibration (str): ``'selective_scaling'`` (Wang et al., CVPR 2023),
+            ``'local_temperature'`` (Ding et al., ICCV 2021, from the logits) or
+            ``'local_temperature_image'`` (from the logits and the normalised image, which
+            then travels as extra channels beside the logits through the stock whole / slide
+            inference and resize; while fitting, samples carry it as ``calibration_image``).
     """
 
     def __init__(self, *args, pixel_calibration: str = "selective_scaling", **kwargs):
         super().__init__(*args, **kwargs)
         self.init_pixel_calibration(pixel_calibration)
+        if self.reads_image:
+            self.out_channels += IMAGE_CHANNELS  # slide inference allocates out_channels channels
+
+    def encode_decode(self, inputs, batch_img_metas):
+        seg = super().encode_decode(inputs, batch_img_metas)
+        if not self.reads_image:
+            return seg
+        image = inputs.to(seg.dtype)
+        if image.shape[2:] != seg.shape[2:]:
+            image = F.interpolate(image, size=seg.shape[2:], mode="bilinear", align_corners=False)
+        return torch.cat([seg, image], dim=1)
 
     def postprocess_result(self, seg_logits, data_samples=None):
         data_samples = super().postprocess_result(seg_logits, data_samples)
         for sample in data_samples:
-            sample.seg_logits = PixelData(data=self.calibrate_seg_logits(sample.seg_logits.data))
+            seg, image = sample.seg_logits.data, None
+            if self.reads_image:
+                seg, image = seg[: self.num_classes], seg[self.num_classes :]
+                sample.pred_sem_seg = PixelData(data=seg.argmax(dim=0, keepdim=True))
+                if self._pixel_calibration_bypassed:
+                    sample.calibration_image = PixelData(data=image)
+            sample.seg_logits = PixelData(data=self.calibrate_seg_logits(seg, image=image))
             self.mark_calibrated(sample)
         return data_samples
 
@@ -171,6 +202,11 @@ class SuccessEncoderDecoder(PixelCalibrationMixin, FingerprintVerifiedOnce, Enco
             self.register_buffer("fusion_coef", torch.zeros(3, dtype=torch.float64))
             self.register_buffer("fusion_fingerprint", torch.zeros(32, dtype=torch.uint8))
         self.init_pixel_calibration(pixel_calibration)
+        if self.reads_image:
+            raise ValueError(
+                "pixel_calibration='local_temperature_image' is held by CalibratedEncoderDecoder; "
+                "a success model takes 'selective_scaling' or 'local_temperature'"
+            )
 
     @property
     def calibrated(self) -> bool:

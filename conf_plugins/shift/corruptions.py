@@ -56,12 +56,13 @@ def check_corruption(name, severity) -> tuple:
 
 
 def parse_corruptions(names) -> tuple:
-    """A list of corruption names, ``"benchmark"`` (the 15) or ``"all"`` (the 19) -> names."""
+    """A list of corruption names, ``"benchmark"`` (the 15), ``"held_out"`` (the 4) or
+    ``"all"`` (the 19) -> names."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     out = []
     for name in names:
-        out += list({"benchmark": BENCHMARK, "all": CORRUPTIONS}.get(name, [name]))
+        out += list({"benchmark": BENCHMARK, "held_out": HELD_OUT, "all": CORRUPTIONS}.get(name, [name]))
     for name in out:
         check_corruption(name, 1)
     return tuple(dict.fromkeys(out))

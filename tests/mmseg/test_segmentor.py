@@ -24,7 +24,7 @@ def raw_logits_and_labels(model, batch):
     return samples, [s.gt_sem_seg.data[0] for s in samples]
 
 
-@pytest.mark.parametrize("kind", ["selective_scaling", "local_temperature"])
+@pytest.mark.parametrize("kind", ["selective_scaling", "local_temperature", "local_temperature_image"])
 def test_pixel_calibration_is_held_sealed_and_keeps_the_prediction(kind):
     model = MODELS.build(calibrated_cfg(kind)).eval()
     batch = mmseg_batch(num_images=2)
@@ -36,14 +36,20 @@ def test_pixel_calibration_is_held_sealed_and_keeps_the_prediction(kind):
         logits = torch.cat([s.seg_logits.data.flatten(1).T for s in raw])
         keep = torch.cat([y.flatten() for y in labels]) != 255
         model.pixel_calibrator.fit(logits[keep], torch.cat([y.flatten() for y in labels])[keep])
-    else:
-        model.pixel_calibrator.fit([(s.seg_logits.data, y) for s, y in zip(raw, labels)], iters=5)
+    else:  # the image-reading net gets the image the samples carry while fitting
+        image = [s.calibration_image.data for s in raw] if model.reads_image else [None] * len(raw)
+        assert all(i is None or i.shape == (3, *y.shape) for i, y in zip(image, labels))
+        items = [
+            (s.seg_logits.data, y, *([i] if i is not None else [])) for s, y, i in zip(raw, labels, image)
+        ]
+        model.pixel_calibrator.fit(items, iters=5)
     model.seal_pixel_calibration()
     with torch.no_grad():
         calibrated = model.test_step(batch)
     for before, after in zip(raw, calibrated):
         assert after.metainfo["pixel_calibration"] == kind and "pixel_calibration" not in before.metainfo
         assert torch.equal(after.pred_sem_seg.data, before.pred_sem_seg.data)
+        assert after.seg_logits.data.shape[0] == model.num_classes and "calibration_image" not in after
         ratio = before.seg_logits.data / after.seg_logits.data  # the per-pixel temperature
         assert torch.allclose(ratio, ratio[:1].expand_as(ratio), rtol=1e-4) and (ratio > 0).all()
     state = model.state_dict()
@@ -63,6 +69,16 @@ def test_pixel_calibration_is_held_sealed_and_keeps_the_prediction(kind):
     with pytest.raises(RuntimeError, match="fitted for other weights"):
         with torch.no_grad():
             model.test_step(batch)
+
+
+def test_image_reading_calibration_sees_the_image_and_only_on_a_plain_segmentor():
+    model = MODELS.build(calibrated_cfg("local_temperature_image")).eval()
+    batch = mmseg_batch(num_images=1)
+    (raw,), _ = raw_logits_and_labels(model, batch)
+    inputs = model.data_preprocessor(batch, False)["inputs"]
+    assert torch.allclose(raw.calibration_image.data, inputs[0].float(), atol=1e-5)  # same size: no resize
+    with pytest.raises(ValueError, match="held by CalibratedEncoderDecoder"):
+        MODELS.build(success_model_cfg(pixel_calibration="local_temperature_image"))
 
 
 def test_selective_scaling_of_a_success_model_selects_by_its_probability_of_success():

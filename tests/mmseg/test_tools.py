@@ -20,6 +20,7 @@ MTL = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_mtl.py")
 STL = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_stl.py")
 STL_SELECTIVE = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_stl_selective.py")
 STL_LTS = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_stl_lts.py")
+STL_LTS_IMAGE = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_stl_lts_image.py")
 FAST = [
     "train_dataloader.batch_size=2",
     "default_hooks.logger.interval=1",
@@ -186,6 +187,24 @@ def test_temperature_scaling_for_the_stl_baseline(workdir):
     assert fitted["temperature"] > 0 and fitted["pixels"] > 0
     assert fitted["dataloader"] == "calib_dataloader"
     assert fitted["data"]["data_prefix"]["img_path"] == "leftImg8bit/calib"
+    # on calib and its copies under a held-out corruption: every labelled pixel twice
+    perturbed = json.loads(
+        run(
+            workdir,
+            "fit_calibration.py",
+            STL,
+            f"{out}/iter_2.pth",
+            "--work-dir",
+            f"{out}/perturbed",
+            "--perturb",
+            "speckle_noise",
+            "--perturb-severities",
+            "5",
+        ).stdout.splitlines()[-1]
+    )
+    assert perturbed["pixels"] == 2 * fitted["pixels"]
+    assert perturbed["perturbed"] == {"corruptions": ["speckle_noise"], "severities": [5]}
+    assert perturbed["temperature"] != fitted["temperature"]  # the corrupted copies moved it
     # risk-controlled selective segmentation: the threshold fitted on calib, evaluated on val
     run(workdir, "fit_calibration.py", STL, f"{out}/iter_2.pth", "--risk-control", "0.5")
     risk = json.load(open(f"{out}/risk_control.json"))
@@ -206,7 +225,11 @@ def test_temperature_scaling_for_the_stl_baseline(workdir):
         -500:
     ]
     # per-pixel calibrators held by the model: fitted into their own checkpoint, then tested
-    for config, kind in ((STL_SELECTIVE, "selective_scaling"), (STL_LTS, "local_temperature")):
+    for config, kind in (
+        (STL_SELECTIVE, "selective_scaling"),
+        (STL_LTS, "local_temperature"),
+        (STL_LTS_IMAGE, "local_temperature_image"),
+    ):
         fitted = json.loads(
             run(workdir, "fit_calibration.py", config, f"{out}/iter_2.pth").stdout.splitlines()[-1]
         )
@@ -244,6 +267,10 @@ def test_fit_calibration_refuses_bad_splits_and_writes_nothing(workdir, monkeypa
         fit([STL, stl, "--cfg-options", *split_options("calib_dataloader", "val")])
     with pytest.raises(ValueError, match="has no 'held_out'"):
         fit([STL, stl, "--dataloader", "held_out"])
+    with pytest.raises(ValueError, match="unknown corruption 'rain'"):
+        fit([STL, stl, "--perturb", "rain"])
+    with pytest.raises(SystemExit):  # corrupted copies are not exchangeable with test images
+        fit([STL, stl, "--perturb", "held_out", "--risk-control", "0.5"])
     (workdir / "datasets" / "conf_demo_seg" / "leftImg8bit" / "empty").mkdir(exist_ok=True)
     (workdir / "datasets" / "conf_demo_seg" / "gtFine" / "empty").mkdir(exist_ok=True)
     with pytest.raises(ValueError, match="has no images"):

@@ -6,6 +6,7 @@ import pytest
 from imagecorruptions import corrupt
 
 from conf_plugins.shift import BENCHMARK, CORRUPTIONS, corrupt_image, parse_corruptions
+from conf_plugins.shift.corruptions import HELD_OUT
 
 
 @pytest.fixture
@@ -82,6 +83,7 @@ def test_bad_images(image):
 
 def test_parse_corruptions():
     assert parse_corruptions("benchmark") == BENCHMARK and len(parse_corruptions("all")) == 19
+    assert parse_corruptions("held_out") == HELD_OUT and not set(HELD_OUT) & set(BENCHMARK)
     assert parse_corruptions("fog, snow,fog") == ("fog", "snow")
     with pytest.raises(ValueError, match="unknown corruption 'rain'"):
         parse_corruptions(["fog", "rain"])
