@@ -40,6 +40,7 @@ SEG_METHODS = (
     ("MTL + Selective Scaling", "mtl_selective"),
     # fitted on calib + its copies under the protocol's held-out corruptions (Tomani et al. 2021)
     ("STL-scaled (perturbed calib)", "stl_scaled_perturbed"),
+    ("MTL (perturbed calib)", "mtl_perturbed"),
     ("STL + Selective Scaling (perturbed calib)", "stl_selective_perturbed"),
     ("STL + local temperature (image)", "stl_lts_image"),
     ("STL + local temperature (image, perturbed calib)", "stl_lts_image_perturbed"),
@@ -491,6 +492,8 @@ SEG_PAIRS = (
     ("STL + local temperature", "STL-scaled"),
     ("MTL + Selective Scaling", "STL-scaled"),
     ("STL-scaled (perturbed calib)", "STL-scaled"),
+    ("MTL (perturbed calib)", "STL"),
+    ("MTL (perturbed calib)", "MTL max-softmax"),
     ("STL + Selective Scaling (perturbed calib)", "STL-scaled"),
     ("STL + local temperature (image)", "STL-scaled"),
     ("STL + local temperature (image, perturbed calib)", "STL-scaled"),

@@ -479,6 +479,17 @@ def segmentation_stages(out, tiny):
         ),
     ]
     pos_ckpt = checkpoint("mtl").replace(".pth", "_fusion.pth")  # the MTL config's pos_map
+    pos_perturbed_ckpt = checkpoint("mtl").replace(".pth", "_fusion_perturbed.pth")
+    stages.append(
+        Stage(
+            "seg_pos_perturbed",
+            tool("fit_calibration.py")
+            + [os.path.join(ROOT, mtl_cfg), checkpoint("mtl"), "--force", "--output", pos_perturbed_ckpt]
+            + perturb,
+            [mtl_cfg, SEG_DATA],
+            ["seg_mtl"],
+        )
+    )
     pixel_ckpts = {  # per-pixel calibrators held by the model, fitted on calib (+ perturbed)
         "stl_selective": (selective_cfg, checkpoint("stl"), "seg_stl", "_selective_scaling.pth", []),
         "stl_lts": (lts_cfg, checkpoint("stl"), "seg_stl", "_local_temperature.pth", []),
@@ -532,6 +543,13 @@ def segmentation_stages(out, tiny):
                 perturbed_temperature,
             ),
             ("mtl", mtl_cfg, pos_ckpt, "seg_pos", ["test_evaluator.1.confidence=pred_confidence"]),
+            (
+                "mtl_perturbed",
+                mtl_cfg,
+                pos_perturbed_ckpt,
+                "seg_pos_perturbed",
+                ["test_evaluator.1.confidence=pred_confidence"],
+            ),
             # the free baseline of the same network: MTL's own max softmax
             (
                 "mtl_softmax",
@@ -585,6 +603,13 @@ def segmentation_stages(out, tiny):
             perturbed_temperature[0],
         ),
         ("mtl", mtl_cfg, pos_ckpt, "seg_pos", "test_evaluator.1.confidence=pred_confidence"),
+        (
+            "mtl_perturbed",
+            mtl_cfg,
+            pos_perturbed_ckpt,
+            "seg_pos_perturbed",
+            "test_evaluator.1.confidence=pred_confidence",
+        ),
         ("mtl_softmax", mtl_cfg, checkpoint("mtl"), "seg_mtl", "test_evaluator.1.confidence=max_softmax"),
         ("stl_mc10", mc_cfg, checkpoint("stl"), "seg_stl", "test_evaluator.1.confidence=max_softmax"),
         *[(name, cfg, ckpt, needs, conf[0]) for name, cfg, ckpt, needs, conf in pixel_rows],

@@ -3,7 +3,8 @@
 * Every bash block of README.md and docs/*.md runs **through bash, literally**, inside the
   activated environment (``source .venv/bin/activate``, as the README says once at the top),
   from a folder laid out like the repository root after ``make demo`` — on tiny data: the
-  only changes are appended overrides (those of ``demo/run_demo.py --tiny``) and the
+  only changes are appended overrides (those of ``demo/run_demo.py --tiny``, e.g. its one
+  corruption for ``--perturb``) and the
   checkpoint name of a 4-iteration run (``iter_4`` for ``iter_600``). ``make`` lines name
   existing targets (``make test`` is this suite; ``make demo`` is the tiny demo below).
 * Blocks preceded by ``<!-- full-scale: ... -->`` need COCO / Cityscapes / 8 GPUs: their
@@ -77,6 +78,8 @@ def tiny(line):
     if line.startswith("python tools/seg_train.py"):
         snapshot = run_demo.TINY_SNAPSHOT if "mtl" in line else []
         return line + " --cfg-options " + shlex.join([*run_demo.TINY_SEG, *snapshot])
+    if line.startswith("python tools/fit_calibration.py") and "--perturb" in line:
+        return line + " " + shlex.join(run_demo.TINY_PERTURB)  # one corruption, one severity
     return line
 
 
