@@ -164,7 +164,7 @@ def run_tiny_demo(cwd) -> str:
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=1800,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout
