@@ -44,6 +44,8 @@ SEG_METHODS = (
     ("STL + Selective Scaling (perturbed calib)", "stl_selective_perturbed"),
     ("STL + local temperature (image)", "stl_lts_image"),
     ("STL + local temperature (image, perturbed calib)", "stl_lts_image_perturbed"),
+    ("STL + image temperature", "stl_image_temperature"),
+    ("STL + image temperature (perturbed calib)", "stl_image_temperature_perturbed"),
 )
 # A confidence that calls (almost) every pixel confident flags (almost) no failure: then
 # Acc / Precision / F0.5 at 0.5 measure the segmenter, not the confidence.
@@ -499,6 +501,9 @@ SEG_PAIRS = (
     ("STL + local temperature (image, perturbed calib)", "STL-scaled"),
     ("STL + Selective Scaling (perturbed calib)", "STL-scaled (perturbed calib)"),
     ("STL + local temperature (image, perturbed calib)", "STL-scaled (perturbed calib)"),
+    ("STL + image temperature", "STL-scaled"),
+    ("STL + image temperature (perturbed calib)", "STL-scaled"),
+    ("STL + image temperature (perturbed calib)", "STL-scaled (perturbed calib)"),
 )
 SEG_PAIR_METRICS = ("ECE", "AUROC", "AURC")
 PAIR_RESAMPLES = 1000

@@ -419,6 +419,7 @@ def segmentation_stages(out, tiny):
     )
     mtl_selective_cfg = "configs/mmseg/demo/fcn_r18_mtl_selective.py"
     lts_image_cfg = "configs/mmseg/demo/fcn_r18_stl_lts_image.py"
+    image_t_cfg = "configs/mmseg/demo/fcn_r18_stl_image_temperature.py"
     extra = TINY_SEG if tiny else []
     perturb = TINY_PERTURB if tiny else PERTURB
     iters = 4 if tiny else None
@@ -507,6 +508,14 @@ def segmentation_stages(out, tiny):
             checkpoint("stl"),
             "seg_stl",
             "_local_temperature_image_perturbed.pth",
+            perturb,
+        ),
+        "stl_image_temperature": (image_t_cfg, checkpoint("stl"), "seg_stl", "_image_temperature.pth", []),
+        "stl_image_temperature_perturbed": (
+            image_t_cfg,
+            checkpoint("stl"),
+            "seg_stl",
+            "_image_temperature_perturbed.pth",
             perturb,
         ),
     }

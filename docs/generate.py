@@ -76,6 +76,8 @@ PIXEL_CALIBRATED_SEG = (
     "STL + Selective Scaling (perturbed calib)",
     "STL + local temperature (image)",
     "STL + local temperature (image, perturbed calib)",
+    "STL + image temperature",
+    "STL + image temperature (perturbed calib)",
 )
 SHIFT_METRICS = MAIN_METRICS
 

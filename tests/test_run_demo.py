@@ -73,6 +73,8 @@ def test_tiny_pipeline_report(tiny_demo):
         "STL + Selective Scaling (perturbed calib)",
         "STL + local temperature (image)",
         "STL + local temperature (image, perturbed calib)",
+        "STL + image temperature",
+        "STL + image temperature (perturbed calib)",
     ] * 2
     for row in seg:
         for key in (
@@ -138,6 +140,8 @@ def test_tiny_pipeline_report(tiny_demo):
         "seg_stl_selective_perturbed",
         "seg_stl_lts_image",
         "seg_stl_lts_image_perturbed",
+        "seg_stl_image_temperature",
+        "seg_stl_image_temperature_perturbed",
     }
     assert {(r["corruption"], r["severity"]) for r in numbers["shift"]["seg_mtl"]} == {
         ("none", 0),

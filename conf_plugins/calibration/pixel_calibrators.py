@@ -15,7 +15,11 @@
   also from the (normalised) image, as in the paper (the segmentor then carries the image
   beside its logits), trained by the NLL of softmax(z / T(x)) on held-out images. Its last
   layer starts at zero with the bias of the global temperature, so training starts from
-  temperature scaling.
+  temperature scaling. With ``pooled=True`` the net's output is averaged over the image
+  before the softplus: one temperature per image, predicted from that image's own logits (a
+  sample-dependent temperature, Joy et al., AAAI 2023, "Sample-dependent Adaptive
+  Temperature Scaling for Improved Calibration", taken per image), so a whole image that
+  looks unlike calib can be softened while every pixel keeps its ranking within it.
 
 Both divide the logits by a positive per-pixel temperature: the predicted class, hence mIoU,
 is unchanged.
@@ -34,6 +38,8 @@ from .temperature import TemperatureScaler
 SELECTOR_FEATURES = 3  # logit(max softmax), top-2 log-prob margin, normalised entropy (+ bias)
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # τ searched on the held-out pixels
 T_FLOOR = 0.05  # lowest local temperature
+LEARNING_RATE = {False: 0.01, True: 0.002}  # Adam step, by ``pooled``: one output per image
+# moves with every pixel's features, and larger first steps kill the ReLUs (measured)
 
 
 def _check_logits(logits: torch.Tensor, dim: int):
@@ -145,16 +151,17 @@ class SelectiveScaling(nn.Module):
 class LocalTemperatureScaling(nn.Module):
     """Local temperature scaling (see the module docstring): f = conv3×3(C + image_channels →
     hidden) → ReLU → conv3×3(hidden→1) on the logits minus their per-pixel max, beside the
-    image's channels when ``image_channels`` > 0."""
+    image's channels when ``image_channels`` > 0; ``pooled``: averaged over the image (one
+    temperature per image)."""
 
-    def __init__(self, num_classes: int, hidden: int = 16, image_channels: int = 0):
+    def __init__(self, num_classes: int, hidden: int = 16, image_channels: int = 0, pooled: bool = False):
         super().__init__()
         if num_classes < 2 or hidden < 1 or image_channels < 0:
             raise ValueError(
                 "need num_classes >= 2, hidden >= 1, image_channels >= 0, "
                 f"got {num_classes}, {hidden}, {image_channels}"
             )
-        self.num_classes, self.image_channels = num_classes, image_channels
+        self.num_classes, self.image_channels, self.pooled = num_classes, image_channels, pooled
         self.net = nn.Sequential(
             nn.Conv2d(num_classes + image_channels, hidden, 3, padding=1),
             nn.ReLU(),
@@ -183,13 +190,19 @@ class LocalTemperatureScaling(nn.Module):
             )
         return torch.cat([x, image.to(x)], dim=1)
 
+    def _temperature(self, net_input: torch.Tensor) -> torch.Tensor:
+        out = self.net(net_input)
+        if self.pooled:
+            out = out.mean(dim=(2, 3), keepdim=True)
+        return F.softplus(out) + T_FLOOR
+
     def temperature_map(self, logits: torch.Tensor, image=None) -> torch.Tensor:
         """T(x) > T_FLOOR for logits (N, C, H, W) or (C, H, W) (the image likewise batched or
-        not); shape (N, 1, H, W) / (1, H, W)."""
+        not); shape (N, 1, H, W) / (1, H, W), or (N, 1, 1, 1) / (1, 1, 1) when pooled."""
         single = logits.dim() == 3
         if single:
             logits, image = logits[None], None if image is None else image[None]
-        t = F.softplus(self.net(self.net_input(logits, image))) + T_FLOOR
+        t = self._temperature(self.net_input(logits, image))
         return t[0] if single else t
 
     def forward(self, logits: torch.Tensor, image=None) -> torch.Tensor:
@@ -199,11 +212,11 @@ class LocalTemperatureScaling(nn.Module):
         t = self.temperature_map(logits, image).to(logits.dtype)
         return logits / t.expand_as(logits.narrow(dim, 0, 1))
 
-    def fit(self, images, ignore_index=255, iters: int = 200, lr: float = 0.01, seed: int = 0) -> dict:
+    def fit(self, images, ignore_index=255, iters: int = 200, lr=None, seed: int = 0) -> dict:
         """Train on held-out ``images``: a list of (logits (C, H, W), labels (H, W)) pairs, or
         (logits, labels, image (image_channels, H, W)) when the net reads the image (any
         sizes). Full batch, Adam, mean NLL over the labelled pixels; starts at the global
-        temperature of those pixels. Returns a summary."""
+        temperature of those pixels; ``lr`` defaults to LEARNING_RATE. Returns a summary."""
         pairs = []
         for z, y, *image in images:
             _check_logits(z, 0)
@@ -234,13 +247,15 @@ class LocalTemperatureScaling(nn.Module):
             last.weight.zero_()
             last.bias.fill_(math.log(math.expm1(max(global_t - T_FLOOR, 1e-3))))  # softplus⁻¹
         self.net.requires_grad_(True)
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
+        optimizer = torch.optim.Adam(
+            self.net.parameters(), lr=LEARNING_RATE[self.pooled] if lr is None else lr
+        )
         pixels = sum(int((y != ignore_index).sum()) for _, y, _ in pairs)
 
         def mean_nll():
             total = 0.0
             for z, y, x in pairs:
-                t = F.softplus(self.net(x)) + T_FLOOR
+                t = self._temperature(x)
                 loss = F.cross_entropy((z[None] / t), y[None], ignore_index=ignore_index, reduction="sum")
                 total = total + loss
             return total / pixels
@@ -268,7 +283,7 @@ class LocalTemperatureScaling(nn.Module):
         }
 
 
-PIXEL_CALIBRATORS = ("selective_scaling", "local_temperature", "local_temperature_image")
+PIXEL_CALIBRATORS = ("selective_scaling", "local_temperature", "local_temperature_image", "image_temperature")
 IMAGE_CHANNELS = 3  # what 'local_temperature_image' reads beside the logits
 
 
@@ -279,6 +294,8 @@ def build_pixel_calibrator(name: str, num_classes: int) -> nn.Module:
         return LocalTemperatureScaling(num_classes)
     if name == "local_temperature_image":
         return LocalTemperatureScaling(num_classes, image_channels=IMAGE_CHANNELS)
+    if name == "image_temperature":
+        return LocalTemperatureScaling(num_classes, pooled=True)
     raise ValueError(f"pixel calibrator must be one of {PIXEL_CALIBRATORS}, got {name!r}")
 
 

@@ -28,7 +28,8 @@ PIXEL_CALIBRATION_KEYS = ("pixel_calibrator.", "pixel_calibration_fingerprint")
 
 class PixelCalibrationMixin:
     """A per-pixel calibrator of the seg logits held by the segmentor (``pixel_calibration``
-    = ``'selective_scaling'``, ``'local_temperature'`` or ``'local_temperature_image'``, see
+    = ``'selective_scaling'``, ``'local_temperature'``, ``'local_temperature_image'`` or
+    ``'image_temperature'``, see
     ``conf_plugins.calibration.pixel_calibrators``): its parameters are buffers of the model
     under ``pixel_calibrator.``, sealed by the fingerprint of every other weight and buffer
     (``pixel_calibration_fingerprint``), fitted by ``tools/fit_calibration.py``. Once fitted,
@@ -114,7 +115,8 @@ class CalibratedEncoderDecoder(PixelCalibrationMixin, FingerprintVerifiedOnce, E
             ``'local_temperature'`` (Ding et al., ICCV 2021, from the logits) or
             ``'local_temperature_image'`` (from the logits and the normalised image, which
             then travels as extra channels beside the logits through the stock whole / slide
-            inference and resize; while fitting, samples carry it as ``calibration_image``).
+            inference and resize; while fitting, samples carry it as ``calibration_image``)
+            or ``'image_temperature'`` (one temperature per image from its own logits).
     """
 
     def __init__(self, *args, pixel_calibration: str = "selective_scaling", **kwargs):

@@ -24,7 +24,9 @@ def raw_logits_and_labels(model, batch):
     return samples, [s.gt_sem_seg.data[0] for s in samples]
 
 
-@pytest.mark.parametrize("kind", ["selective_scaling", "local_temperature", "local_temperature_image"])
+@pytest.mark.parametrize(
+    "kind", ["selective_scaling", "local_temperature", "local_temperature_image", "image_temperature"]
+)
 def test_pixel_calibration_is_held_sealed_and_keeps_the_prediction(kind):
     model = MODELS.build(calibrated_cfg(kind)).eval()
     batch = mmseg_batch(num_images=2)
@@ -52,6 +54,8 @@ def test_pixel_calibration_is_held_sealed_and_keeps_the_prediction(kind):
         assert after.seg_logits.data.shape[0] == model.num_classes and "calibration_image" not in after
         ratio = before.seg_logits.data / after.seg_logits.data  # the per-pixel temperature
         assert torch.allclose(ratio, ratio[:1].expand_as(ratio), rtol=1e-4) and (ratio > 0).all()
+        if kind == "image_temperature":  # one temperature for the whole image
+            assert torch.allclose(ratio, ratio.flatten()[:1].expand_as(ratio), rtol=1e-4)
     state = model.state_dict()
     assert (
         any(k.startswith("pixel_calibrator.") for k in state) and state["pixel_calibration_fingerprint"].any()

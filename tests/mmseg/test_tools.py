@@ -20,6 +20,7 @@ MTL = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_mtl.py")
 STL = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_stl.py")
 STL_SELECTIVE = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_stl_selective.py")
 STL_LTS = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_stl_lts.py")
+STL_IMAGE_TEMPERATURE = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_stl_image_temperature.py")
 STL_LTS_IMAGE = os.path.join(ROOT, "configs", "mmseg", "demo", "fcn_r18_stl_lts_image.py")
 FAST = [
     "train_dataloader.batch_size=2",
@@ -229,6 +230,7 @@ def test_temperature_scaling_for_the_stl_baseline(workdir):
         (STL_SELECTIVE, "selective_scaling"),
         (STL_LTS, "local_temperature"),
         (STL_LTS_IMAGE, "local_temperature_image"),
+        (STL_IMAGE_TEMPERATURE, "image_temperature"),
     ):
         fitted = json.loads(
             run(workdir, "fit_calibration.py", config, f"{out}/iter_2.pth").stdout.splitlines()[-1]
