@@ -20,7 +20,13 @@ What it varies (the design choices the success paper leaves open), each as a row
   success softmax itself), ``bayes10`` (the paper: 10 equal-width bins), ``bayes100``,
   ``mass100`` (100 equal-mass bins, same Bayes rule), ``isotonic`` (scikit-learn) and
   ``fusion`` (logistic regression on the log-odds of the success score *and* of the max
-  softmax, both at full resolution).
+  softmax, both at full resolution) and ``fusion-image`` (the same plus a third input, the
+  mean max-softmax log-odds of the pixel's whole image: it can lower every pixel of an image
+  that looks unlike calib; study-only, no segmentor holds it).
+* **what the map is fitted on**: calib, or calib plus its copies under the shift protocol's
+  held-out corruptions (``(perturbed calib)``, as ``tools/fit_calibration.py --perturb`` and
+  the demo do, Tomani et al. CVPR 2021): for the STL's temperature and Selective Scaling and
+  for the fusion maps of the deployable sources.
 
 Baselines in the same table: STL (max softmax), STL-scaled (temperature fitted on held-out
 data), STL + Selective Scaling (``selective``: per-pixel temperature chosen by a correctness
@@ -51,13 +57,16 @@ import torch
 
 from conf_plugins.calibration.stats import DEFAULT_NUM_BINS
 from conf_plugins.provenance import run_stamp
+from conf_plugins.shift import parse_corruptions
 
 # the demo's stages are reused: demo/run_demo.py is a script beside this one, not a package
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "demo"))
 
 from run_demo import (
+    PERTURB,
     ROOT,
     SEG_DATA_SIZES,
+    TINY_PERTURB,
     TINY_SEG,
     TINY_SEG_DATA,
     TINY_SNAPSHOT,
@@ -80,9 +89,14 @@ TRAINING = {  # variant -> overrides of the demo MTL config (itself the "balance
 }
 DEMO_VARIANT = "balanced"  # the demo MTL: Kendall weighting + class-balanced success loss
 MAPS = ("raw", "bayes10", "bayes100", "mass100", "isotonic", "fusion")
-# what SuccessEncoderDecoder can hold (Bayes binning, fusion) from a network trained by
-# seg_train: the choice is made among these; the other maps and sources are study-only
-DEPLOYABLE_MAPS = ("bayes10", "bayes100", "fusion")
+PERTURBED = " (perturbed calib)"  # a map fitted on calib + its corrupted copies
+# the extra maps of the deployable sources: fusion on perturbed calib, and fusion-image
+FUSION_MAPS = ("fusion" + PERTURBED, "fusion-image", "fusion-image" + PERTURBED)
+STL_MAPS = ("softmax", "scaled", "selective", "scaled" + PERTURBED, "selective" + PERTURBED)
+# what SuccessEncoderDecoder can hold (Bayes binning, fusion; fit_calibration.py fits fusion on
+# perturbed calib too) from a network trained by seg_train: the choice is made among these;
+# the other maps and sources are study-only
+DEPLOYABLE_MAPS = ("bayes10", "bayes100", "fusion", "fusion" + PERTURBED)
 DEPLOYABLE_SOURCES = (" snapshot", " live")
 
 
@@ -150,13 +164,25 @@ def load_model(config, checkpoint, overrides=None):
     return model.eval(), cfg
 
 
-def split_loader(cfg, split):
-    """The test dataloader of the config, on one demo split."""
+def split_loader(cfg, split, corruption=None):
+    """The test dataloader of the config, on one demo split; ``corruption`` = (name, severity)
+    corrupts each image after loading (conf_plugins.mmseg.corruption)."""
     from mmengine.runner import Runner
+
+    from conf_plugins.mmseg.corruption import with_corruption
 
     loader_cfg = cfg.test_dataloader.copy()
     loader_cfg.dataset.data_prefix = dict(img_path=f"leftImg8bit/{split}", seg_map_path=f"gtFine/{split}")
+    if corruption is not None:
+        loader_cfg.dataset.pipeline = with_corruption(loader_cfg.dataset.pipeline, *corruption)
     return Runner.build_dataloader(loader_cfg)
+
+
+def perturbations(tiny):
+    """The demo's perturbed-calib corruptions: [(name, severity)] from its PERTURB flags."""
+    flags = TINY_PERTURB if tiny else PERTURB
+    severities = [int(v) for v in flags[flags.index("--perturb-severities") + 1 :]]
+    return [(c, sev) for c in parse_corruptions(flags[flags.index("--perturb") + 1]) for sev in severities]
 
 
 def refitted(model, cfg, balanced):
@@ -172,9 +198,9 @@ def refitted(model, cfg, balanced):
     return copy_
 
 
-def pixels(model, cfg, split, live_branch=False):
+def pixels(model, cfg, split, live_branch=False, corruption=None):
     """Labelled pixels of a split: dict of flat arrays (image index, label, prediction, max
-    softmax, success score if any, logits)."""
+    softmax, success score if any, logits, group = the image index: one value per image)."""
     head = model.decode_head
     taken = bool(getattr(head, "snapshot_taken", False))
     if live_branch:
@@ -182,7 +208,7 @@ def pixels(model, cfg, split, live_branch=False):
     parts = {k: [] for k in ("image", "label", "pred", "max_softmax", "success", "logits")}
     try:
         with torch.no_grad():
-            for i, batch in enumerate(split_loader(cfg, split)):
+            for i, batch in enumerate(split_loader(cfg, split, corruption)):
                 for sample in model.test_step(batch):
                     label = sample.gt_sem_seg.data.squeeze(0)
                     keep = label != head.ignore_index
@@ -197,7 +223,22 @@ def pixels(model, cfg, split, live_branch=False):
     finally:
         if live_branch:
             head.snapshot_taken.fill_(taken)
-    return {k: torch.cat(v).numpy() for k, v in parts.items() if v}
+    out = {k: torch.cat(v).numpy() for k, v in parts.items() if v}
+    out["group"] = out["image"].copy()
+    return out
+
+
+def with_perturbed_calib(model, cfg, data, tiny, live_branch=False):
+    """``data`` plus ``calib_perturbed``: the calib images under each perturbation, keeping
+    their calib image index (so the even / odd halves hold) in a group of their own."""
+    copies = [pixels(model, cfg, "calib", live_branch, c) for c in perturbations(tiny)]
+    for k, copy_ in enumerate(copies, start=1):
+        copy_["group"] = copy_["image"] + k * (int(data["calib"]["image"].max()) + 1)
+    return {**data, "calib_perturbed": concat(copies)}
+
+
+def concat(parts):
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def mean_iou(pred, label, num_classes):
@@ -267,20 +308,26 @@ def fit_confidence(kind, calib, mask):
         scaling.fit(torch.from_numpy(calib["logits"][mask]), torch.from_numpy(calib["label"][mask]).long())
         return (lambda d: scaling(torch.from_numpy(d["logits"])).softmax(1).amax(1).numpy()), None
     correct = calib["pred"][mask] == calib["label"][mask]
-    if kind == "fusion":  # logistic regression on (logit success, logit max softmax)
+    if kind in ("fusion", "fusion-image"):  # logistic regression on (logit success, logit max softmax)
         from sklearn.linear_model import LogisticRegression
 
-        model = LogisticRegression(max_iter=1000).fit(fusion_inputs(calib, mask), correct)
-        return (lambda d: model.predict_proba(fusion_inputs(d))[:, 1]), None
+        image = kind == "fusion-image"
+        model = LogisticRegression(max_iter=1000).fit(fusion_inputs(calib, mask, image), correct)
+        return (lambda d: model.predict_proba(fusion_inputs(d, image=image))[:, 1]), None
     pos = fit_map(kind, calib["success"][mask], correct)
     return (lambda d: pos(d["success"])), None
 
 
-def fusion_inputs(d, mask=None):
-    """(N, 2) log-odds of the success score and of the max softmax, at full resolution."""
+def fusion_inputs(d, mask=None, image=False):
+    """(N, 2) log-odds of the success score and of the max softmax, at full resolution; with
+    ``image`` a third column, the mean max-softmax log-odds of each pixel's image (group)."""
     eps = 1e-6
     x = np.stack([np.clip(d["success"], eps, 1 - eps), np.clip(d["max_softmax"], eps, 1 - eps)], 1)
     x = np.log(x / (1 - x))
+    if image:
+        _, group = np.unique(d["group"], return_inverse=True)
+        mean = np.bincount(group, weights=x[:, 1]) / np.bincount(group)
+        x = np.concatenate([x, mean[group][:, None]], 1)
     return x if mask is None else x[mask]
 
 
@@ -290,12 +337,15 @@ def evaluate(sources, num_classes):
     for name, data, kinds in sources:
         calib = data["calib"]
         select = calib["image"] % 2 == 1  # fit on even images, choose on odd ones
+        held_out = {k: v[select] for k, v in calib.items()}
         for kind in kinds:
             row = {"name": name, "map": kind}
-            confidence, _ = fit_confidence(kind, calib, ~select)
-            held_out = {k: v[select] for k, v in calib.items()}
+            fit_on = concat([calib, data["calib_perturbed"]]) if kind.endswith(PERTURBED) else calib
+            kind = kind.removesuffix(PERTURBED)
+            fit_half = fit_on["image"] % 2 == 0
+            confidence, _ = fit_confidence(kind, fit_on, fit_half)
             row["calib_select"] = metrics(confidence(held_out), held_out["pred"] == held_out["label"])
-            confidence, temperature = fit_confidence(kind, calib, np.ones_like(select))
+            confidence, temperature = fit_confidence(kind, fit_on, np.ones_like(fit_half))
             for split in ("val", "val_shifted"):
                 d = data[split]
                 row[split] = metrics(
@@ -370,16 +420,17 @@ def main(argv=None):
     for name, config, checkpoint, options in models:
         model, cfg = load_model(config, checkpoint, options)
         num_classes = model.decode_head.num_classes
-        data = {s: pixels(model, cfg, s) for s in SPLITS}
+        data = with_perturbed_calib(model, cfg, {s: pixels(model, cfg, s) for s in SPLITS}, args.tiny)
         if name == "STL":
-            sources.append(("STL", data, ("softmax", "scaled", "selective")))
+            sources.append(("STL", data, STL_MAPS))
             mc, mc_cfg = load_model("configs/mmseg/demo/fcn_r18_stl_mc10.py", checkpoint)
             sources.append(("STL MC-10", {s: pixels(mc, mc_cfg, s) for s in SPLITS}, ("softmax",)))
             continue
         sources.append((f"{name} max-softmax", data, ("softmax",)))
-        sources.append((f"{name} snapshot", data, MAPS))
+        sources.append((f"{name} snapshot", data, MAPS + FUSION_MAPS))
         live = {s: pixels(model, cfg, s, live_branch=True) for s in SPLITS}
-        sources.append((f"{name} live", live, MAPS))
+        live = with_perturbed_calib(model, cfg, live, args.tiny, live_branch=True)
+        sources.append((f"{name} live", live, MAPS + FUSION_MAPS))
         for variant, balanced in (("refit", False), ("refit-balanced", True)):
             refit = refitted(model, cfg, balanced)
             sources.append((f"{name} {variant}", {s: pixels(refit, cfg, s) for s in SPLITS}, MAPS))
