@@ -171,7 +171,7 @@ def split_loader(cfg, split, corruption=None):
 
     from conf_plugins.mmseg.corruption import with_corruption
 
-    loader_cfg = cfg.test_dataloader.copy()
+    loader_cfg = copy.deepcopy(cfg.test_dataloader)  # a corrupted pipeline must not stay in cfg
     loader_cfg.dataset.data_prefix = dict(img_path=f"leftImg8bit/{split}", seg_map_path=f"gtFine/{split}")
     if corruption is not None:
         loader_cfg.dataset.pipeline = with_corruption(loader_cfg.dataset.pipeline, *corruption)
