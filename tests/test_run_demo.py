@@ -217,6 +217,11 @@ def test_tiny_success_ablation_reuses_the_demo_and_chooses_on_calib(tiny_demo):
     for row in rows:
         for split in ("calib_select", "val", "val_shifted"):
             assert math.isfinite(row[split]["ECE"]) and 0 <= row[split]["coverage"] <= 1
+    # one network segments the same val images, whatever predicts its success: the perturbed
+    # calib passes leave the later (live branch, refit) passes uncorrupted
+    for network in ("balanced", "seg_conf"):
+        mious = {r["val"]["mIoU"] for r in rows if r["name"].split(" ")[0] == network}
+        assert len(mious) == 1, (network, mious)
     candidates = [
         r
         for r in rows
