@@ -42,6 +42,8 @@ TINY_DET = [
     "(3,)",
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
     "0.0",
+    "MODEL.RETINANET.SCORE_THRESH_TEST",
+    "0.0",
 ]
 TINY_SEG = [
     "train_cfg.max_iters=4",
@@ -238,7 +240,7 @@ def detection_stages(out, tiny):
             "baseline_isotonic",
             calibrated,
             t_cfg,
-            ["MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD", "isotonic"],
+            ["MODEL.CALIBRATION.METHOD", "isotonic"],
             "det_fit_baseline_isotonic",
         ),
         ("ddn", ddn, d_cfg, [], "det_ddn"),
@@ -279,17 +281,17 @@ MC10 = [
 
 def box_intervals(score, correction):
     return [
-        "MODEL.ROI_HEADS.BOX_CONFORMAL.SCORE",
+        "MODEL.CALIBRATION.BOX_CONFORMAL.SCORE",
         score,
-        "MODEL.ROI_HEADS.BOX_CONFORMAL.CORRECTION",
+        "MODEL.CALIBRATION.BOX_CONFORMAL.CORRECTION",
         correction,
     ]
 
 
 # a tiny run's model has hardly a true positive: thresholds at 0 (nothing dropped), one box
 # interval at α = 0.9 on matches at IoU 0.1; the calibrators are covered by the tests
-TINY_PROTOCOL = ["MODEL.ROI_HEADS.SCORE_CALIBRATION.THRESHOLD_BINS", "1"]
-TINY_BOX = ["MODEL.ROI_HEADS.BOX_CONFORMAL.ALPHA", "0.9", "MODEL.ROI_HEADS.SCORE_CALIBRATION.IOU", "0.1"]
+TINY_PROTOCOL = ["MODEL.CALIBRATION.THRESHOLD_BINS", "1"]
+TINY_BOX = ["MODEL.CALIBRATION.BOX_CONFORMAL.ALPHA", "0.9", "MODEL.CALIBRATION.IOU", "0.1"]
 
 
 def protocol_variants(model, tiny=False):
@@ -330,8 +332,8 @@ def calibration_stages(names, config, weights, method, needs, checkpoint, folder
             fit_name,
             tool("fit_detection_calibration.py")
             + cfg
-            + ["--method", method, "--dataset", "conf_demo_det_calib", "--output", checkpoint, "--force"]
-            + ["MODEL.WEIGHTS", weights, *fit_args, *extra],
+            + ["--dataset", "conf_demo_det_calib", "--output", checkpoint, "--force"]
+            + ["MODEL.WEIGHTS", weights, "MODEL.CALIBRATION.METHOD", method, *fit_args, *extra],
             config,
             [needs],
             output=checkpoint,
@@ -341,7 +343,7 @@ def calibration_stages(names, config, weights, method, needs, checkpoint, folder
             tool("train_net.py")
             + cfg
             + ["--eval-only", "MODEL.WEIGHTS", checkpoint, "OUTPUT_DIR", folder]
-            + ["MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD", method, *eval_args, *extra],
+            + ["MODEL.CALIBRATION.METHOD", method, *eval_args, *extra],
             config,
             [fit_name],
         ),
@@ -386,7 +388,7 @@ def protocol_stages(det, teacher, ddn, t_cfg, d_cfg, extra, tiny=False):
         for variant, method, target, box in protocol_variants(model, tiny):
             name = f"{model}_{variant}"
             folder = f"{det}/protocol/{name}"
-            settings = ["MODEL.ROI_HEADS.SCORE_CALIBRATION.TARGET", target, *opts, *box]
+            settings = ["MODEL.CALIBRATION.TARGET", target, *opts, *box]
             settings += TINY_PROTOCOL if tiny else []
             stages += calibration_stages(
                 (f"det_protocol_fit_{name}", f"det_protocol_{name}"),
@@ -399,7 +401,7 @@ def protocol_stages(det, teacher, ddn, t_cfg, d_cfg, extra, tiny=False):
                 fit_args=settings,
                 eval_args=[
                     *settings,
-                    "MODEL.ROI_HEADS.SCORE_CALIBRATION.OPERATING_THRESHOLDS",
+                    "MODEL.CALIBRATION.OPERATING_THRESHOLDS",
                     "True",
                     "TEST.CALIBRATION.IOU_THRESHOLDS",
                     "(0.5,)",

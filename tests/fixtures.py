@@ -34,23 +34,25 @@ def load_tool(name: str):
     return module
 
 
-def tiny_d2_cfg(dropout: float = 0.0):
-    """detectron2's stock Faster R-CNN R50-FPN config, shrunk to an R18 that runs in ms on CPU,
-    with our keys added; ``dropout`` > 0 selects the dropout box head (a DDN teacher)."""
+def tiny_zoo_cfg(zoo_config: str = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"):
+    """A stock config of detectron2's model zoo (any meta-architecture: Faster / Mask /
+    Cascade R-CNN, RetinaNet), shrunk to an R18 on 64-px images that runs in ms on CPU, with
+    our keys added and 3 classes."""
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
 
     from conf_plugins.detectron2 import add_ddn_config
 
     cfg = add_ddn_config(get_cfg())
-    cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    cfg.merge_from_file(model_zoo.get_config_file(zoo_config))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.RESNETS.DEPTH = 18
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     cfg.MODEL.FPN.OUT_CHANNELS = 32
     cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 64
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 32
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = cfg.MODEL.RETINANET.NUM_CLASSES = 3
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
     cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
     cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 32
@@ -58,6 +60,14 @@ def tiny_d2_cfg(dropout: float = 0.0):
     cfg.INPUT.MAX_SIZE_TRAIN = 96
     cfg.INPUT.MIN_SIZE_TEST = 64
     cfg.INPUT.MAX_SIZE_TEST = 96
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
+
+
+def tiny_d2_cfg(dropout: float = 0.0):
+    """detectron2's stock Faster R-CNN R50-FPN config, shrunk (:func:`tiny_zoo_cfg`);
+    ``dropout`` > 0 selects the dropout box head (a DDN teacher)."""
+    cfg = tiny_zoo_cfg()
     if dropout:
         cfg.MODEL.ROI_BOX_HEAD.NAME = "DropoutFastRCNNConvFCHead"
         cfg.MODEL.ROI_BOX_HEAD.DROPOUT = dropout
@@ -168,3 +178,10 @@ def run_tiny_demo(cwd) -> str:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout
+
+
+def detections_of(model, batch):
+    """The ``Instances`` of each image of ``batch`` from ``model``'s full inference (its
+    post-processing and calibration stage included), without gradients."""
+    with torch.no_grad():
+        return [out["instances"] for out in model(batch)]

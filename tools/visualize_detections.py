@@ -19,11 +19,10 @@ import os
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
 from PIL import Image
 
 from conf_plugins.cli import run_main
-from conf_plugins.detectron2.engine import argument_parser, setup
+from conf_plugins.detectron2.engine import CalibratedPredictor, argument_parser, setup
 from conf_plugins.detectron2.visualization import draw_detections
 
 
@@ -47,7 +46,7 @@ def main(argv=None):
     cfg = setup(args, datasets_to_check=(args.dataset,))  # the split drawn, not the training one
     if not cfg.MODEL.WEIGHTS or not os.path.isfile(cfg.MODEL.WEIGHTS):
         raise FileNotFoundError(f"MODEL.WEIGHTS is not a file: {cfg.MODEL.WEIGHTS!r}")
-    predictor = DefaultPredictor(cfg)  # loads MODEL.WEIGHTS
+    predictor = CalibratedPredictor(cfg)  # loads MODEL.WEIGHTS
     metadata = MetadataCatalog.get(args.dataset)
     os.makedirs(args.output, exist_ok=True)
     written = []

@@ -194,7 +194,7 @@ class BoxConformal(nn.Module):
         """RuntimeError unless fitted for exactly these weights, settings and state."""
         if not self.fitted:
             raise RuntimeError(
-                "MODEL.ROI_HEADS.BOX_CONFORMAL.SCORE asks for box intervals but the loaded weights hold "
+                "MODEL.CALIBRATION.BOX_CONFORMAL.SCORE asks for box intervals but the loaded weights hold "
                 "no fitted ones: fit them with tools/fit_detection_calibration.py and load its checkpoint"
             )
         if not torch.equal(self._digest(named_weights, signature), self.fingerprint.cpu()):

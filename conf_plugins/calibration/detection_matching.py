@@ -60,6 +60,25 @@ def _class_masked_overlap(det_boxes, det_classes, gt_boxes, gt_classes, over_fir
     return overlap.masked_fill_(~same, -1.0)
 
 
+def match_class_agnostic(image, iou_threshold: float) -> tuple:
+    """(matched (D,) bool, GT class (D,), -1 when unmatched) of one image's detections
+    matched to its GT boxes by IoU whatever their classes (the greedy rule of
+    :func:`match_detection_batch`, every class taken as one): what a class-label set is
+    judged against."""
+    blind = {
+        **image,
+        "det_classes": torch.zeros_like(image["det_classes"]),
+        "gt_classes": torch.zeros_like(image["gt_classes"]),
+    }
+    if "crowd_classes" in image:
+        blind["crowd_classes"] = torch.zeros_like(image["crowd_classes"])
+    ((correct, _, _, gt_index),) = match_detection_batch([blind], (iou_threshold,), return_gt_index=True)
+    matched = correct[0]
+    labels = torch.full_like(gt_index[0], -1)
+    labels[matched] = image["gt_classes"].long()[gt_index[0][matched]]
+    return matched, labels
+
+
 def match_detection_batch(images, iou_thresholds=(0.5,), return_gt_index: bool = False):
     """Greedy matching of a batch of images, every IoU threshold in one pass.
 

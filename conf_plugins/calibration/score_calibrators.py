@@ -16,9 +16,10 @@ fit the pooled map for every class.
   linear regression, ``positive=True``).
 
 * **temperature**: scores softmax(z / T)_c of the K+1 class logits z (Guo et al. 2017,
-  eq. 9, applied to the detector's classifier as Küppers et al. 2020 do); T minimises the
-  binary NLL of the detections' scores against correctness. Applied before the score
-  threshold and NMS; monotone within a proposal, so no box changes.
+  eq. 9, applied to the detector's classifier as Küppers et al. 2020 do), computed from the
+  detection's class probabilities; for dense heads (sigmoid scores) sigmoid(logit(s) / T),
+  i.e. the same with the two logits (logit(s), 0). T minimises the binary NLL of the
+  detections' scores against correctness. Applied to the detections after NMS; no box changes.
 * **histogram**: class-wise histogram binning (Zadrozny & Elkan 2001): B equal-width score
   bins per class, the calibrated score is the bin's accuracy on the held-out split. Piece-
   wise constant: detections of a bin tie, and a bin less accurate than a lower one reorders.
@@ -325,7 +326,7 @@ class DetectionScoreCalibrator(nn.Module):
     def _digest(self, named_weights, signature):
         return weights_fingerprint([*named_weights, *self._own_state()], f"{self.settings};{signature}")
 
-    def verify(self, named_weights, signature: str = "", config_key: str = "the config"):
+    def verify(self, named_weights, signature: str = "", config_key: str = "MODEL.CALIBRATION.METHOD"):
         """RuntimeError unless fitted for exactly these weights, mode and state."""
         if not self.fitted:
             raise RuntimeError(
@@ -342,11 +343,20 @@ class DetectionScoreCalibrator(nn.Module):
             )
 
     # -- inference ---------------------------------------------------------------------
-    def scale_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class logits / T (temperature); other methods leave logits alone."""
+    def scale_probabilities(self, probs: torch.Tensor) -> torch.Tensor:
+        """Temperature on class probabilities (N, K+1): softmax(log p / T), which is
+        softmax(z / T) of the logits z they are the softmax of."""
         if self.method != "temperature":
-            return logits
-        return logits / self.log_temperature.exp().to(logits)
+            raise ValueError(f"scale_probabilities is temperature scaling, not {self.method}")
+        log_p = probs.double().clamp_min(torch.finfo(torch.float64).tiny).log()
+        return torch.softmax(log_p / self.log_temperature.exp().to(log_p.device), dim=-1).to(probs)
+
+    def scale_sigmoid_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """Temperature on sigmoid scores (dense heads): sigmoid(logit(s) / T)."""
+        if self.method != "temperature":
+            raise ValueError(f"scale_sigmoid_scores is temperature scaling, not {self.method}")
+        z = logit(scores.double())
+        return torch.sigmoid(z / self.log_temperature.exp().to(z.device)).to(scores)
 
     def calibrate_scores(self, scores: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Calibrated scores of detections of ``classes`` (the maps applied after NMS:

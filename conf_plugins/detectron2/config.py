@@ -17,43 +17,52 @@ def add_ddn_config(cfg):
     # Detections also carry pred_entropy, pred_mutual_info and pred_box_std (MCDropoutROIHeads).
     _C.MODEL.MC_DROPOUT.OUTPUT_UNCERTAINTY = False
     # Detections carry pred_class_probs, the K+1 softmax of their proposal (our ROI heads:
-    # ProbabilityROIHeads = the stock ones plus this, MCDropoutROIHeads, DDNROIHeads).
+    # ProbabilityROIHeads = the stock ones plus this, MCDropoutROIHeads, DDNROIHeads; our
+    # build_calibrated_model turns StandardROIHeads into ProbabilityROIHeads for it).
     _C.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS = False
-    # Score calibration inside inference (our ROI heads), fitted on a held-out split by
-    # tools/fit_detection_calibration.py and loaded from its checkpoint: "" (none),
-    # "identity" (scores unchanged: operating thresholds only), "temperature" (class logits
-    # / T before the score threshold and NMS), "platt", "linear", "histogram", "isotonic"
-    # (maps of each detection's score after NMS; conf_plugins.calibration.score_calibrators).
-    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION = CN()
-    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.METHOD = ""
+    # Calibration as a post-processing stage of any detector (conf_plugins.detectron2.calibration_stage):
+    # applied to each output Instances after detectron2's detector_postprocess, in output
+    # coordinates, for GeneralizedRCNN (Faster / Mask / Cascade R-CNN, PanopticFPN), RetinaNet
+    # and FCOS. Fitted on a held-out split by tools/fit_detection_calibration.py, which reads
+    # the same keys, and loaded from its checkpoint. METHOD: "" (none), "identity" (scores
+    # unchanged: operating thresholds only), "temperature" (the K+1 class probabilities of ROI
+    # heads, or the sigmoid logit of dense heads, / T), "platt", "linear", "histogram",
+    # "isotonic" (maps of each detection's score; conf_plugins.calibration.score_calibrators).
+    _C.MODEL.CALIBRATION = CN()
+    _C.MODEL.CALIBRATION.METHOD = ""
     # What the calibrated score predicts: "hit" (a match at IOU) or "iou" (the IoU with the
     # matched GT box, 0 when unmatched); one map per class (CLASSWISE) or one for all.
-    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.TARGET = "hit"
-    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.CLASSWISE = True
-    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.NUM_BINS = 10  # histogram: equal-width score bins
-    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.ISOTONIC_BINS = 1000  # isotonic: fine bins streamed
+    _C.MODEL.CALIBRATION.TARGET = "hit"
+    _C.MODEL.CALIBRATION.CLASSWISE = True
+    _C.MODEL.CALIBRATION.NUM_BINS = 10  # histogram: equal-width score bins
+    _C.MODEL.CALIBRATION.ISOTONIC_BINS = 1000  # isotonic: fine bins streamed
     # A held-out detection is correct (the fitting target) if it matches GT at IoU >= this;
     # also the TP IoU τ of the LRP that chooses the operating thresholds.
-    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.IOU = 0.5
+    _C.MODEL.CALIBRATION.IOU = 0.5
     # Operating thresholds: the fit chooses per class the LRP-optimal score threshold on the
     # held-out split after calibration (candidates every 1 / THRESHOLD_BINS; a class with
     # fewer than THRESHOLD_MIN_DETECTIONS held-out detections or no GT gets the pooled one);
     # OPERATING_THRESHOLDS True applies them in inference (keep calibrated score > threshold).
-    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.OPERATING_THRESHOLDS = False
-    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.THRESHOLD_BINS = 200
-    _C.MODEL.ROI_HEADS.SCORE_CALIBRATION.THRESHOLD_MIN_DETECTIONS = 10
-
+    _C.MODEL.CALIBRATION.OPERATING_THRESHOLDS = False
+    _C.MODEL.CALIBRATION.THRESHOLD_BINS = 200
+    _C.MODEL.CALIBRATION.THRESHOLD_MIN_DETECTIONS = 10
     # Conformal box intervals (conf_plugins.calibration.conformal), fitted on matched held-out
-    # detections by tools/fit_detection_calibration.py: SCORE "" (none), "additive",
-    # "normalised" (by the predicted box's width / height) or "std" (by pred_box_std of
-    # MC-dropout heads); CORRECTION over the 4 coordinates "max_rank" or "bonferroni";
-    # miscoverage ALPHA; per class (CLASSWISE) or pooled. Inference adds pred_boxes_inner /
-    # pred_boxes_outer to every detection.
-    _C.MODEL.ROI_HEADS.BOX_CONFORMAL = CN()
-    _C.MODEL.ROI_HEADS.BOX_CONFORMAL.SCORE = ""
-    _C.MODEL.ROI_HEADS.BOX_CONFORMAL.CORRECTION = "max_rank"
-    _C.MODEL.ROI_HEADS.BOX_CONFORMAL.ALPHA = 0.1
-    _C.MODEL.ROI_HEADS.BOX_CONFORMAL.CLASSWISE = True
+    # detections in output coordinates: SCORE "" (none), "additive", "normalised" (by the
+    # predicted box's width / height) or "std" (by pred_box_std of MC-dropout heads);
+    # CORRECTION over the 4 coordinates "max_rank" or "bonferroni"; miscoverage ALPHA; per
+    # class (CLASSWISE) or pooled. Inference adds pred_boxes_inner / pred_boxes_outer.
+    _C.MODEL.CALIBRATION.BOX_CONFORMAL = CN()
+    _C.MODEL.CALIBRATION.BOX_CONFORMAL.SCORE = ""
+    _C.MODEL.CALIBRATION.BOX_CONFORMAL.CORRECTION = "max_rank"
+    _C.MODEL.CALIBRATION.BOX_CONFORMAL.ALPHA = 0.1
+    _C.MODEL.CALIBRATION.BOX_CONFORMAL.CLASSWISE = True
+    # Conformal class-label sets (conf_plugins.calibration.class_sets, ClassThr of Timans et
+    # al. 2024): per class a threshold on 1 - p(class) of the class-probability vectors (ROI
+    # heads), fitted on held-out detections matched to GT by IoU whatever their class, so that
+    # the GT class is in pred_class_sets with probability >= 1 - ALPHA, per class.
+    _C.MODEL.CALIBRATION.CLASS_SETS = CN()
+    _C.MODEL.CALIBRATION.CLASS_SETS.ENABLED = False
+    _C.MODEL.CALIBRATION.CLASS_SETS.ALPHA = 0.1
 
     _C.MODEL.DDN = CN()
     # Checkpoint of the trained dropout teacher (its box head + predictor are used).
@@ -103,8 +112,8 @@ MODEL_ZOO_PREFIX = "model_zoo:"
 
 
 def merge_config_file(cfg, path: str):
-    """``cfg.merge_from_file(path)``, where a ``_BASE_`` may also name a stock config of
-    detectron2's model zoo as ``model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml``.
+    """``cfg.merge_from_file(path)``, where ``path`` or a ``_BASE_`` may also name a stock
+    config of detectron2's model zoo as ``model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml``.
 
     yacs resolves ``_BASE_`` only relative to the including file, and the stock configs live
     inside the installed detectron2 package; this lets our configs inherit them instead of
@@ -117,6 +126,9 @@ def merge_config_file(cfg, path: str):
     from detectron2 import model_zoo
     from detectron2.config import CfgNode
 
+    if path.startswith(MODEL_ZOO_PREFIX):  # a stock config itself, e.g. --config-file model_zoo:...
+        cfg.merge_from_file(model_zoo.get_config_file(path[len(MODEL_ZOO_PREFIX) :]))
+        return cfg
     chain, current = [], os.path.abspath(path)
     while True:
         if not os.path.isfile(current):
@@ -179,47 +191,37 @@ def validate_ddn_config(cfg):
     return ddn.TEACHER_DROPOUT if ddn.TEACHER_DROPOUT >= 0 else cfg.MODEL.ROI_BOX_HEAD.DROPOUT
 
 
-def validate_score_calibration_config(cfg):
-    """Check ``MODEL.ROI_HEADS.SCORE_CALIBRATION`` when the ROI heads are built."""
-    from conf_plugins.calibration.score_calibrators import METHODS
+def validate_calibration_stage_config(cfg):
+    """Check ``MODEL.CALIBRATION`` (and its ``BOX_CONFORMAL``) when the stage is built."""
+    from conf_plugins.calibration.conformal import CORRECTIONS, SCORES
+    from conf_plugins.calibration.score_calibrators import METHODS, TARGETS
 
-    sc = cfg.MODEL.ROI_HEADS.SCORE_CALIBRATION
-    key = "MODEL.ROI_HEADS.SCORE_CALIBRATION."
+    sc = cfg.MODEL.CALIBRATION
+    key = "MODEL.CALIBRATION."
     _check(sc.METHOD in ("",) + METHODS, key + "METHOD", sc.METHOD, f"'' or one of {METHODS}")
-    for name in ("NUM_BINS", "ISOTONIC_BINS"):
+    for name in ("NUM_BINS", "ISOTONIC_BINS", "THRESHOLD_BINS", "THRESHOLD_MIN_DETECTIONS"):
         _check(
             _is_int(sc[name]) and 1 <= sc[name] <= 100000, key + name, sc[name], "an integer in [1, 100000]"
         )
     _check(_is_real(sc.IOU) and 0 < sc.IOU < 1, key + "IOU", sc.IOU, "in (0, 1)")
-    from conf_plugins.calibration.score_calibrators import TARGETS
-
     _check(sc.TARGET in TARGETS, key + "TARGET", sc.TARGET, f"one of {TARGETS}")
     for name in ("CLASSWISE", "OPERATING_THRESHOLDS"):
         _check(isinstance(sc[name], bool), key + name, sc[name], "True or False")
-    for name in ("THRESHOLD_BINS", "THRESHOLD_MIN_DETECTIONS"):
-        _check(
-            _is_int(sc[name]) and 1 <= sc[name] <= 100000, key + name, sc[name], "an integer in [1, 100000]"
-        )
     if sc.OPERATING_THRESHOLDS and not sc.METHOD:
         raise ValueError(
             f"{key}OPERATING_THRESHOLDS needs the thresholds of a fitted calibrator: set {key}METHOD "
             "(e.g. 'identity' for thresholds on the uncalibrated scores) and load the checkpoint of "
             "tools/fit_detection_calibration.py"
         )
-    return sc
-
-
-def validate_box_conformal_config(cfg):
-    """Check ``MODEL.ROI_HEADS.BOX_CONFORMAL`` when the ROI heads are built."""
-    from conf_plugins.calibration.conformal import CORRECTIONS, SCORES
-
-    bc = cfg.MODEL.ROI_HEADS.BOX_CONFORMAL
-    key = "MODEL.ROI_HEADS.BOX_CONFORMAL."
+    bc, key = sc.BOX_CONFORMAL, key + "BOX_CONFORMAL."
     _check(bc.SCORE in ("",) + SCORES, key + "SCORE", bc.SCORE, f"'' or one of {SCORES}")
     _check(bc.CORRECTION in CORRECTIONS, key + "CORRECTION", bc.CORRECTION, f"one of {CORRECTIONS}")
     _check(_is_real(bc.ALPHA) and 0 < bc.ALPHA < 1, key + "ALPHA", bc.ALPHA, "in (0, 1)")
     _check(isinstance(bc.CLASSWISE, bool), key + "CLASSWISE", bc.CLASSWISE, "True or False")
-    return bc
+    cs, key = sc.CLASS_SETS, "MODEL.CALIBRATION.CLASS_SETS."
+    _check(isinstance(cs.ENABLED, bool), key + "ENABLED", cs.ENABLED, "True or False")
+    _check(_is_real(cs.ALPHA) and 0 < cs.ALPHA < 1, key + "ALPHA", cs.ALPHA, "in (0, 1)")
+    return sc
 
 
 def validate_calibration_config(cfg):

@@ -16,12 +16,18 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
+from detectron2.engine import DefaultPredictor, DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 
 from conf_plugins.distributed import shutdown_process_group
 
+from .calibration_stage import (
+    attach_calibration_stage,
+    build_calibrated_model,
+    stage_from_config,
+    with_class_probabilities,
+)
 from .config import add_ddn_config, merge_config_file
 from .corruption import build_corrupted_test_loader
 from .demo_data import register_demo_detection
@@ -31,7 +37,13 @@ DEMO_PREFIX = "conf_demo_det"
 
 
 class CalibrationTrainer(DefaultTrainer):
-    """``DefaultTrainer`` whose evaluation adds calibration beside ``COCOEvaluator``."""
+    """``DefaultTrainer`` whose model carries the calibration stage of ``MODEL.CALIBRATION``
+    and whose evaluation adds calibration beside ``COCOEvaluator``."""
+
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's model with the calibration stage attached (:func:`build_calibrated_model`)."""
+        return build_calibrated_model(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None, allow_empty=True):
@@ -52,6 +64,17 @@ class CalibrationTrainer(DefaultTrainer):
     def build_test_loader(cls, cfg, dataset_name):
         """The stock test loader, with ``INPUT.CORRUPTION`` applied when it is set."""
         return build_corrupted_test_loader(cfg, dataset_name)
+
+
+class CalibratedPredictor(DefaultPredictor):
+    """detectron2's ``DefaultPredictor`` (one image in, its outputs back) whose model carries
+    the calibration stage of ``MODEL.CALIBRATION``, loaded from ``MODEL.WEIGHTS``."""
+
+    def __init__(self, cfg):
+        super().__init__(with_class_probabilities(cfg))
+        attach_calibration_stage(self.model, stage_from_config(cfg, self.model))
+        if self.model.calibration_stage.fitted_parts:  # built after the stock load: load its state
+            DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
 
 
 def argument_parser():

@@ -19,8 +19,9 @@ from conf_plugins.calibration.bootstrap import (
     check_bootstrap_args,
     sparse_rows,
 )
+from conf_plugins.calibration.class_sets import ClassSetStats
 from conf_plugins.calibration.conformal import IntervalStats
-from conf_plugins.calibration.detection_matching import match_detection_batch
+from conf_plugins.calibration.detection_matching import match_class_agnostic, match_detection_batch
 from conf_plugins.calibration.detection_stats import DetectionBinStats, detection_record_metrics
 from conf_plugins.calibration.lrp import DEFAULT_LRP_BINS, LRPStats
 from conf_plugins.calibration.lrp import METRIC_NAMES as LRP_METRIC_NAMES
@@ -66,7 +67,10 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
     ``output_dir/calibration/lrp_thresholds.json``. When the detections carry
     ``pred_class_probs`` (``MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS``), the same metrics again as
     ``top1/{metric}@IoU{t}`` over only the detections whose class is the arg-max of their
-    proposal's K+1 probabilities (DDN paper eq. 11–12: one prediction per proposal).
+    proposal's K+1 probabilities (DDN paper eq. 11–12: one prediction per proposal). Box
+    intervals (``pred_boxes_inner`` / ``_outer``) add ``box_coverage`` and widths over the
+    matched detections; class sets (``pred_class_sets``) add ``class_set_coverage`` and
+    ``class_set_size`` over the detections matched to a GT box whatever their class.
 
     No detection at all is an error, unless ``allow_empty`` (during training: an early model
     may predict nothing yet), where it logs a warning and every metric is NaN, as
@@ -107,7 +111,7 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         self._allow_empty = allow_empty
         self._output_dir = output_dir
         self._distributed = distributed
-        self._gt = self._load_ground_truth(dataset_name)
+        self._gt = self.load_ground_truth(dataset_name)
         self._num_classes = len(MetadataCatalog.get(dataset_name).get("thing_classes", [])) or (
             1
             + max((int(e["gt_classes"].max()) for e in self._gt.values() if len(e["gt_classes"])), default=0)
@@ -132,7 +136,9 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         )
 
     @staticmethod
-    def _load_ground_truth(dataset_name):
+    def load_ground_truth(dataset_name) -> dict:
+        """image id -> GT boxes / classes and crowd boxes / classes (XYXY float64) of
+        ``dataset_name``; an error when it has no ground truth."""
         gt = {}
         for record in DatasetCatalog.get(dataset_name):
             if "annotations" not in record:
@@ -185,6 +191,9 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
             for m in ("", "top1/")
         }
         self._intervals = [IntervalStats() for _ in thresholds]  # conformal box intervals
+        self._class_sets = [
+            ClassSetStats() for _ in thresholds
+        ]  # conformal class sets, class-agnostic matches
         self._num_images = 0
         self._pending = []
         self._has_probs = None
@@ -214,6 +223,8 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
             if instances.has("pred_boxes_outer"):
                 image["det_inner"] = instances.pred_boxes_inner.tensor
                 image["det_outer"] = instances.pred_boxes_outer.tensor
+            if instances.has("pred_class_sets"):
+                image["det_sets"] = instances.pred_class_sets
             if has_probs:
                 image["det_probs"] = instances.pred_class_probs
                 image["top1"] = instances.pred_classes == instances.pred_class_probs.argmax(dim=1)
@@ -241,6 +252,12 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         self._pending = []
 
     def _add_matched(self, images, mode):
+        if not mode and any("det_sets" in im for im in images):
+            if not all("det_sets" in im for im in images):
+                raise ValueError("some detections carry class sets (pred_class_sets) and others do not")
+            for im in images:
+                for t, stats in zip(self._iou_thresholds, self._class_sets):
+                    stats.update(im["det_sets"], *match_class_agnostic(im, t))
         with_intervals = not mode and any("det_outer" in im for im in images)
         matches = match_detection_batch(images, self._iou_thresholds, return_gt_index=with_intervals)
         if with_intervals:
@@ -307,7 +324,14 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         outliving ``destroy_process_group`` (such a group is torn down only at interpreter
         exit, where gloo can abort the process).
         """
-        everything = (self._stats, self._bin_stats, self._la_stats, self._lrp, {"": self._intervals})
+        everything = (
+            self._stats,
+            self._bin_stats,
+            self._la_stats,
+            self._lrp,
+            {"": self._intervals},
+            {"": self._class_sets},
+        )
         if not self._distributed or comm.get_world_size() == 1:
             return everything
 
@@ -320,10 +344,12 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                 return LRPStats(s.num_classes, s.num_bins, s.tp_iou).merge(s).all_reduce()
             if isinstance(s, IntervalStats):
                 return IntervalStats().merge(s).all_reduce()
+            if isinstance(s, ClassSetStats):
+                return ClassSetStats().merge(s).all_reduce()
             return DetectionBinStats(s.num_groups, s.bins).merge(s).all_reduce()
 
         out = tuple({m: [reduced(s) for s in by_t] for m, by_t in kind.items()} for kind in everything)
-        return out if comm.is_main_process() else (None,) * 5
+        return out if comm.is_main_process() else (None,) * len(everything)
 
     def lrp_stats(self) -> list:
         """This process's :class:`LRPStats` per IoU threshold (None for t = 1), after
@@ -397,7 +423,7 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
     def evaluate(self):
         self._match_pending()
         gathered = self._gathered_records()
-        all_stats, all_bin_stats, all_la_stats, all_lrp, all_intervals = self._reduced_stats()
+        all_stats, all_bin_stats, all_la_stats, all_lrp, all_intervals, all_sets = self._reduced_stats()
         if all_stats is None:
             return {}
         image_ids, records = gathered if gathered is not None else (None, None)
@@ -438,6 +464,8 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                 )
                 if not mode and all_intervals[""][k].state[0] > 0:  # conformal box intervals
                     results.update({f"{n}{key}": v for n, v in all_intervals[""][k].compute().items()})
+                if not mode and all_sets[""][k].state[3] > 0:  # conformal class sets
+                    results.update({f"{n}{key}": v for n, v in all_sets[""][k].compute().items()})
                 if lrp is not None:
                     results.update({f"{mode}{name}{key}": v for name, v in lrp.compute().items()})
                     per_class = lrp.per_class()

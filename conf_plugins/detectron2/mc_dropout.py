@@ -42,7 +42,7 @@ class MCDropoutROIHeads(ProbabilityROIHeads):
 
     def inference_signature(self) -> str:
         dropout = getattr(self.box_head, "dropout", None)  # rescales the samples: part of the mode
-        return f"{super().inference_signature()};samples={self.mc_samples};dropout={dropout}"
+        return f"MCDropoutROIHeads;samples={self.mc_samples};dropout={dropout}"
 
     def box_predictions(self, box_features, proposals):
         logits, deltas = sample_predictions(self.box_head, self.box_predictor, box_features, self.mc_samples)

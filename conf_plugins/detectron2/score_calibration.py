@@ -1,16 +1,19 @@
-"""Fit a score calibrator of our ROI heads, and its operating thresholds, on a held-out split.
+"""Fit the calibration stage of a detector (score calibrator, operating thresholds, box
+intervals) on a held-out split.
 
 :class:`HeldOutDetections` is the calibration evaluator that, beside its metrics (the
 uncalibrated model on the held-out split), streams what a calibrator fits on: a uniform
-sample of (class logits or score, class, target) for temperature / Platt / linear, per
-(class, score bin) counts of hits and IoUs for histogram binning and isotonic regression,
-and the detections themselves for the thresholds. :func:`fit_score_calibrator` runs the
-model over the split with detectron2's ``inference_on_dataset``, fits, attaches and seals
-the calibrator in the model's ROI heads, then chooses the per-class LRP-optimal operating
-thresholds on the *calibrated* detections of the same split (the stored detections
-re-scored for maps applied after NMS, a second inference pass for temperature, which changes
-what survives the score threshold and NMS) and reports the held-out metrics of the detections
-kept at them, for choices made on that split (``tools/fit_detection_calibration.py``). As
+sample of (class log-probabilities, or the logits (logit(s), 0) of a sigmoid score, class,
+target) for temperature, of (score, class, target) for Platt / linear, per (class, score
+bin) counts of hits and IoUs for histogram binning and isotonic regression, and the
+detections themselves (post-processed: output coordinates) for the thresholds.
+:func:`fit_calibration_stage` runs the model over the split with detectron2's
+``inference_on_dataset``, fits, attaches and seals the stage
+(:mod:`conf_plugins.detectron2.calibration_stage`), then chooses the per-class LRP-optimal
+operating thresholds on the *calibrated* detections of the same split (the stored detections
+re-scored, as the stage re-scores them after post-processing) and reports the held-out
+metrics of the detections kept at them, for choices made on that split
+(``tools/fit_detection_calibration.py``). As
 a map fitted on a split scores (nearly) perfectly on that same split, the maps with per-class
 parameters (Platt, linear, histogram, isotonic) are also cross-fitted: fitted on each half of
 the held-out images (by a hash of the image id) and applied to the other half, whose metrics
@@ -26,17 +29,23 @@ from types import SimpleNamespace
 
 import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader
-from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
+from detectron2.evaluation import inference_on_dataset
 from detectron2.structures import Instances
 
-from conf_plugins.calibration.conformal import BoxConformal
-from conf_plugins.calibration.detection_matching import match_detection_batch
+from conf_plugins.calibration.detection_matching import match_class_agnostic, match_detection_batch
 from conf_plugins.calibration.detection_stats import DetectionBinStats
+from conf_plugins.calibration.logistic import logit
 from conf_plugins.calibration.sampling import UniformSample
 from conf_plugins.calibration.score_calibrators import DetectionScoreCalibrator
 
+from .calibration_stage import (
+    STAGE,
+    attach_calibration_stage,
+    calibrated_scores,
+    check_supported,
+    stage_from_config,
+)
 from .evaluator import DetectionCalibrationEvaluator
-from .probability_heads import ProbabilityROIHeads
 
 logger = logging.getLogger(__name__)
 MAX_SAMPLED_DETECTIONS = 1_000_000  # uniform sample of the held-out detections
@@ -51,21 +60,22 @@ def image_fold(image_id) -> int:
 
 
 class HeldOutDetections(DetectionCalibrationEvaluator):
-    """Calibration metrics at ``iou`` plus the streamed fitting data of ``calibrator``,
-    (``keep_outputs``) every image's detections and (``box_pairs``) the matched (predicted
-    box, GT box, class, pred_box_std) pairs of the box intervals. Runs in one process (the
-    fit is cheap beside the inference)."""
+    """Calibration metrics at ``iou`` plus the streamed fitting data of ``calibrator`` (whose
+    model's scores are of ``kind`` 'softmax' or 'sigmoid'), (``keep_outputs``) every image's
+    detections and (``box_pairs``) the matched (predicted box, GT box, class, pred_box_std)
+    pairs of the box intervals. Runs in one process (the fit is cheap beside the inference)."""
 
     def __init__(
         self,
         dataset_name,
         calibrator: DetectionScoreCalibrator,
         iou: float,
+        kind: str = "softmax",
         seed=0,
         keep_outputs=False,
         box_pairs=False,
     ):
-        self.calibrator, self._seed, self._keep_outputs = calibrator, seed, keep_outputs
+        self.calibrator, self._kind, self._seed, self._keep_outputs = calibrator, kind, seed, keep_outputs
         self._box_pairs = box_pairs
         super().__init__(dataset_name, (iou,), distributed=False, bootstrap=0)
 
@@ -118,6 +128,22 @@ class HeldOutDetections(DetectionCalibrationEvaluator):
         std = None if any(s is None for s in std) else torch.cat(std)
         return torch.cat(pred), torch.cat(gt), torch.cat(classes), std
 
+    def _temperature_logits(self, images, kept, classes):
+        """(logits (N, L), their class (N,)) the temperature fits: the K+1 log-probabilities
+        of ROI heads, or (logit(s), 0) of a sigmoid score (class 0 of the two)."""
+        if all("det_probs" in im for im in images):
+            probs = torch.cat([im["det_probs"] for im in images])[kept]
+            return probs.double().clamp_min(TINY).log(), classes
+        if self._kind != "sigmoid":
+            raise ValueError(
+                "temperature scaling of ROI heads needs the class probabilities of each detection "
+                "(MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS True with StandardROIHeads or our ROI heads); "
+                "these ROI heads give none: fit a map of the score (platt, linear, histogram, isotonic)"
+            )
+        scores = torch.cat([im["det_scores"] for im in images])[kept].double()
+        z = logit(scores)
+        return torch.stack([z, torch.zeros_like(z)], dim=1), torch.zeros_like(classes)
+
     def _accumulate(self, images, mode, matches):
         super()._accumulate(images, mode, matches)
         if mode:
@@ -130,8 +156,7 @@ class HeldOutDetections(DetectionCalibrationEvaluator):
         target = correct.double() if self.calibrator.target == "hit" else iou.double()
         method = self.calibrator.method
         if method == "temperature":
-            probs = torch.cat([im["det_probs"] for im in images])[kept]
-            self.sample.add(probs.double().clamp_min(TINY).log(), classes, target)
+            self.sample.add(*self._temperature_logits(images, kept, classes), target)
             return
         fold = torch.cat(
             [torch.full((len(im["det_classes"]),), image_fold(im["image_id"])) for im in images]
@@ -169,16 +194,18 @@ def _fit(calibrator, collector, dataset_name) -> tuple:
 
 
 def _detections(inp, out) -> tuple:
-    """(input id, boxes / scores / classes (/ box std) on the CPU) of one image's output."""
+    """(input id, boxes / scores / classes (/ class probabilities, box std) on the CPU) of
+    one image's (post-processed) output."""
     inst = out["instances"].to("cpu")
     kept = Instances(inst.image_size, pred_boxes=inst.pred_boxes, scores=inst.scores)
     kept.pred_classes = inst.pred_classes
-    if inst.has("pred_box_std"):
-        kept.pred_box_std = inst.pred_box_std
+    for name in ("pred_class_probs", "pred_box_std"):
+        if inst.has(name):
+            kept.set(name, inst.get(name))
     return {"image_id": inp["image_id"]}, kept
 
 
-def _cross_fitted(calibrator, collector, outputs, dataset_name, iou, bins, keep) -> dict:
+def _cross_fitted(calibrator, collector, kind, dataset_name, iou, bins, keep) -> dict:
     """Metrics at the thresholds of every held-out detection re-scored by the same map fitted
     on the other half of the images (empty when a half has nothing to fit on)."""
     halves = []
@@ -198,7 +225,8 @@ def _cross_fitted(calibrator, collector, outputs, dataset_name, iou, bins, keep)
             return {}
         halves.append(half)
     rescored = [
-        (inp, _rescored(inst, halves[(image_fold(inp["image_id"]) + 1) % FOLDS])) for inp, inst in outputs
+        (inp, _rescored(inst, halves[(image_fold(inp["image_id"]) + 1) % FOLDS], kind))
+        for inp, inst in collector.outputs
     ]
     return _evaluated(rescored, dataset_name, iou, bins, keep).results.get("calibration", {})
 
@@ -213,36 +241,39 @@ def _kept_matched_pairs(outputs, dataset_name, iou, keep) -> tuple:
     return pairs.matched_pairs()
 
 
-class _Outputs(DatasetEvaluator):
-    """Keeps every image's detections (boxes, scores, classes), nothing else."""
+def _class_agnostic_pairs(outputs, dataset_name, iou, keep) -> tuple:
+    """(class probabilities (N, K+1), GT class (N,)) of the detections ``keep`` selects that
+    match a GT box at ``iou`` whatever their class (what class sets are fitted on)."""
+    ground_truth = DetectionCalibrationEvaluator.load_ground_truth(dataset_name)
+    probs, labels = [], []
+    for inp, inst in outputs:
+        inst = inst[keep(inst)]
+        if not inst.has("pred_class_probs"):
+            raise ValueError(
+                "class sets need each detection's class probabilities (pred_class_probs): ROI heads "
+                "with MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS True; dense heads give none"
+            )
+        image = dict(
+            ground_truth[inp["image_id"]],
+            det_boxes=inst.pred_boxes.tensor,
+            det_scores=inst.scores,
+            det_classes=inst.pred_classes,
+        )
+        matched, gt_class = match_class_agnostic(image, iou)
+        probs.append(inst.pred_class_probs[matched].double())
+        labels.append(gt_class[matched])
+    return torch.cat(probs), torch.cat(labels)
 
-    def reset(self):
-        self.outputs = []
 
-    def process(self, inputs, outputs):
-        self.outputs += [_detections(inp, out) for inp, out in zip(inputs, outputs)]
-
-    def evaluate(self):
-        return {}
-
-
-def _calibrated_outputs(cfg, model, calibrator, collector, dataset_name) -> list:
-    """(input, detections) of every held-out image as the calibrated model outputs them: the
-    stored detections re-scored for maps after NMS, a second pass for temperature (its
-    scaled logits change what survives the score threshold and NMS)."""
-    if calibrator.method == "temperature":
-        outputs = _Outputs()
-        inference_on_dataset(model, build_detection_test_loader(cfg, dataset_name), outputs)
-        return outputs.outputs
-    return [(inp, _rescored(inst, calibrator)) for inp, inst in collector.outputs]
-
-
-def _rescored(inst, calibrator) -> Instances:
-    """A copy of stored detections (boxes, classes, any box std) with calibrated scores."""
+def _rescored(inst, calibrator, kind) -> Instances:
+    """A copy of stored detections (boxes, classes, any box std) with calibrated scores, as
+    the stage scores them (:func:`~conf_plugins.detectron2.calibration_stage.calibrated_scores`)."""
     out = Instances(inst.image_size, pred_boxes=inst.pred_boxes, pred_classes=inst.pred_classes)
     if inst.has("pred_box_std"):
         out.pred_box_std = inst.pred_box_std
-    out.scores = calibrator.calibrate_scores(inst.scores, inst.pred_classes)
+    out.scores, probs = calibrated_scores(calibrator, inst, kind)
+    if probs is not None:
+        out.pred_class_probs = probs
     return out
 
 
@@ -259,73 +290,53 @@ def _evaluated(outputs, dataset_name, iou, bins, keep=None) -> DetectionCalibrat
     return evaluator
 
 
-def fit_score_calibrator(cfg, model, dataset_name: str, method: str, box_conformal=None) -> dict:
-    """Fit ``method`` on ``dataset_name`` for ``model`` (our ROI heads, uncalibrated, with
-    ``pred_class_probs``), choose the operating thresholds, attach and seal it; with
-    ``box_conformal`` (a ``MODEL.ROI_HEADS.BOX_CONFORMAL`` node whose SCORE is set; the
-    model built without it) also the conformal box intervals on the matched detections.
-    Returns a summary: the held-out detections used, what was fitted, the thresholds (and
-    which classes got the pooled one), the uncalibrated metrics on that split, the time."""
-    heads = model.roi_heads
-    if not isinstance(heads, ProbabilityROIHeads):
+def fit_calibration_stage(cfg, model, dataset_name: str) -> dict:
+    """Fit the stage that ``cfg.MODEL.CALIBRATION`` describes (METHOD set; box intervals when
+    BOX_CONFORMAL.SCORE is set) on ``dataset_name`` for ``model`` (any supported detector,
+    uncalibrated: its stage, if any, holds nothing fitted), choose the operating thresholds,
+    attach and seal it. Returns a summary: the held-out detections used, what was fitted, the
+    thresholds (and which classes got the pooled one), the uncalibrated metrics on that split,
+    the time."""
+    check_supported(model)
+    current = getattr(model, STAGE, None)
+    if current is not None and current.fitted_parts:
         raise ValueError(
-            f"MODEL.ROI_HEADS.NAME is {type(heads).__name__}: score calibration "
-            "needs one of our ROI heads (ProbabilityROIHeads = the stock ones, "
-            "MCDropoutROIHeads, DDNROIHeads)"
+            "fit on the uncalibrated model, built without MODEL.CALIBRATION.METHOD, BOX_CONFORMAL.SCORE "
+            "or CLASS_SETS (the fit's own settings); this one already carries a calibration"
         )
-    if heads.score_calibrator is not None or not heads.output_class_probs:
-        raise ValueError("fit on the uncalibrated model with MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS")
-    sc = cfg.MODEL.ROI_HEADS.SCORE_CALIBRATION
-    calibrator = DetectionScoreCalibrator(
-        method, heads.num_classes, sc.NUM_BINS, sc.ISOTONIC_BINS, sc.TARGET, sc.CLASSWISE
-    )
-    if heads.box_conformal is not None:
-        raise ValueError("fit on the model without box intervals (BOX_CONFORMAL.SCORE '')")
-    intervals = None
-    if box_conformal is not None and box_conformal.SCORE:
-        intervals = BoxConformal(
-            heads.num_classes,
-            box_conformal.SCORE,
-            box_conformal.CORRECTION,
-            box_conformal.ALPHA,
-            box_conformal.CLASSWISE,
-        )
-    collector = HeldOutDetections(
-        dataset_name,
-        calibrator,
-        sc.IOU,
-        keep_outputs=method != "temperature",
-    )
+    sc = cfg.MODEL.CALIBRATION
+    stage = stage_from_config(cfg, model)
+    calibrator, intervals, class_sets = stage.calibrator, stage.box_conformal, stage.class_sets
+    if calibrator is None:
+        raise ValueError("MODEL.CALIBRATION.METHOD is '': set the method to fit (e.g. isotonic)")
+    stage.operating_thresholds = False  # chosen below; applied when deployed
+    collector = HeldOutDetections(dataset_name, calibrator, sc.IOU, stage.kind, keep_outputs=True)
     start = time.perf_counter()
     before = inference_on_dataset(model, build_detection_test_loader(cfg, dataset_name), collector)
     inference_seconds = time.perf_counter() - start
     detections, fitted = _fit(calibrator, collector, dataset_name)
-    heads.attach_score_calibrator(calibrator)
-    heads.seal_score_calibrator()  # sealed for the second pass of temperature
-    calibrated = _calibrated_outputs(cfg, model, calibrator, collector, dataset_name)
+    calibrated = [(inp, _rescored(inst, calibrator, stage.kind)) for inp, inst in collector.outputs]
     lrp = _evaluated(calibrated, dataset_name, sc.IOU, sc.THRESHOLD_BINS).lrp_stats()[0]
     thresholds, pooled = lrp.operating_thresholds(sc.THRESHOLD_MIN_DETECTIONS)
+    num_classes = calibrator.num_classes
     names = MetadataCatalog.get(dataset_name).get("thing_classes", None) or [
-        str(c) for c in range(heads.num_classes)
+        str(c) for c in range(num_classes)
     ]
     calibrator.set_thresholds(thresholds)
-    heads.seal_score_calibrator()
     kept = lambda i: calibrator.keep(i.scores, i.pred_classes)  # noqa: E731
     at_thresholds = _evaluated(calibrated, dataset_name, sc.IOU, sc.THRESHOLD_BINS, kept).results.get(
         "calibration", {}
     )
     cross_fitted = (
-        _cross_fitted(calibrator, collector, collector.outputs, dataset_name, sc.IOU, sc.THRESHOLD_BINS, kept)
-        if method in CROSS_FITTED
+        _cross_fitted(calibrator, collector, stage.kind, dataset_name, sc.IOU, sc.THRESHOLD_BINS, kept)
+        if calibrator.method in CROSS_FITTED
         else {}
     )
-    fitted_intervals = {}
+    fitted_conformal = {}
     if intervals is not None:
         pred, gt, classes, std = _kept_matched_pairs(calibrated, dataset_name, sc.IOU, kept)
         intervals.fit(pred, gt, classes, std)
-        heads.attach_box_conformal(intervals)
-        heads.seal_box_conformal()
-        fitted_intervals = {
+        fitted_conformal = {
             "box_conformal": {
                 "score": intervals.score,
                 "correction": intervals.correction,
@@ -333,9 +344,20 @@ def fit_score_calibrator(cfg, model, dataset_name: str, method: str, box_conform
                 "classwise": intervals.classwise,
                 "matched_pairs": int(pred.shape[0]),
                 "pooled_classes": [names[c] for c in intervals.pooled.nonzero()[:, 0].tolist()],
-                "quantiles": intervals.quantiles[: heads.num_classes].tolist(),
+                "quantiles": intervals.quantiles[:num_classes].tolist(),
             }
         }
+    if class_sets is not None:
+        probs, labels = _class_agnostic_pairs(calibrated, dataset_name, sc.IOU, kept)
+        class_sets.fit(probs, labels)
+        fitted_conformal["class_sets"] = {
+            "alpha": class_sets.alpha,
+            "matched": int(labels.numel()),
+            "pooled_classes": [names[c] for c in class_sets.pooled.nonzero()[:, 0].tolist()],
+            "thresholds": class_sets.thresholds.tolist(),
+        }
+    attach_calibration_stage(model, stage)
+    stage.seal(model)
     if pooled.any():
         logger.info(
             "pooled operating threshold %.3f for %s (fewer than %d held-out detections or no GT)",
@@ -344,9 +366,10 @@ def fit_score_calibrator(cfg, model, dataset_name: str, method: str, box_conform
             sc.THRESHOLD_MIN_DETECTIONS,
         )
     return {
-        "method": method,
+        "method": calibrator.method,
         "target": sc.TARGET,
         "classwise": sc.CLASSWISE,
+        "meta_architecture": type(model).__name__,
         "dataset": dataset_name,
         "iou": sc.IOU,
         "detections": detections,
@@ -362,7 +385,7 @@ def fit_score_calibrator(cfg, model, dataset_name: str, method: str, box_conform
         "calibrated_oLRP": lrp.compute()["oLRP"],
         "held_out_at_thresholds": at_thresholds,
         "cross_fitted_at_thresholds": cross_fitted,
-        **fitted_intervals,
+        **fitted_conformal,
         "seconds": {"inference": inference_seconds, "total": time.perf_counter() - start},
         "uncalibrated": before.get("calibration", {}),
     }

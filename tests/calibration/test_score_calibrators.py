@@ -42,6 +42,24 @@ def test_temperature_is_the_minimum_of_the_binary_nll_and_recovers_the_true_one(
     assert 1.7 < t < 2.3  # T* = 2 from 4000 Bernoulli draws
 
 
+def test_temperature_scales_probabilities_as_logits_and_sigmoid_scores_as_two_logits():
+    logits, classes, correct = detections(n=500)
+    calibrator = DetectionScoreCalibrator("temperature", 3)
+    calibrator.log_temperature.fill_(math.log(1.7))
+    scaled = calibrator.scale_probabilities(torch.softmax(logits, 1))
+    assert torch.allclose(
+        scaled, torch.softmax(logits / 1.7, 1), atol=1e-12
+    )  # softmax(log p / T) = softmax(z / T)
+    # a sigmoid score s = softmax((z, 0))_0: the binary fit and the sigmoid map agree
+    z = logits[:, 0]
+    two = torch.stack([z, torch.zeros_like(z)], 1)
+    t = calibrator.fit_temperature(two, torch.zeros_like(classes), correct).temperature
+    expected = torch.softmax(two / t, 1)[:, 0]
+    assert torch.allclose(calibrator.scale_sigmoid_scores(torch.sigmoid(z)), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="temperature scaling, not isotonic"):
+        DetectionScoreCalibrator("isotonic", 3).scale_probabilities(torch.softmax(logits, 1))
+
+
 def test_binary_nll_equals_a_plain_per_detection_loop():
     logits, classes, correct = detections(n=50)
     beta = 0.7

@@ -212,7 +212,9 @@ def test_bootstrap_records_are_each_images_own_statistics(demo_val, tmp_path):
         alone.evaluate()
         state = torch.load(tmp_path / f"img{i}" / "calibration" / "stats.pt", weights_only=True)[0.5]
         own = CalibrationStats.from_state_dict(state).as_record()
-        assert torch.allclose(records[i, : len(own)], own, rtol=1e-12, atol=1e-12), i
+        # Σ log v of float32 confidences: the fused kernel's vector log and torch's scalar log
+        # of a short tail may differ in the last float32 bit (seen on AVX2, not on AVX-512)
+        assert torch.allclose(records[i, : len(own)], own, rtol=1e-6, atol=1e-12), i
 
 
 def test_lrp_laace_and_lrp_optimal_thresholds(demo_val, tmp_path):

@@ -13,6 +13,8 @@ MODULES = (
     "conf_plugins.calibration.score_calibrators",
     "conf_plugins.calibration.sampling",
     "conf_plugins.calibration.detection_matching",
+    "conf_plugins.calibration.class_sets",
+    "conf_plugins.calibration.conformal",
     "conf_plugins.cli",
     "conf_plugins.files",
     "tests.fixtures",
