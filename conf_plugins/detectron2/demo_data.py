@@ -3,7 +3,9 @@
 Generated scenes of three object classes (disc, box, triangle) with varying colours and
 sizes, on textured backgrounds with clutter (distractor strokes and blobs in the objects'
 colours), partial occlusion and small objects, so that a detector trained on it is imperfect
-and its calibration is measurable. Same seed, same files.
+and its calibration is measurable. Each object also has its instance mask (its visible
+pixels, as COCO's: later objects occlude earlier ones) as COCO RLE, for Mask R-CNN
+(``INPUT.MASK_FORMAT bitmask``). Same seed, same files.
 """
 
 import json
@@ -29,7 +31,7 @@ def _draw_object(draw, cls, box, color):
 
 
 def _scene(rng, size):
-    """One image (H, W, 3 uint8) and its annotations [(class index, xyxy box)]."""
+    """One image (H, W, 3 uint8) and its annotations [(class index, xyxy box, visible mask)]."""
     base = rng.integers(40, 200, size=3)
     noise = rng.normal(0, 18, size=(size, size, 3))
     image = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
@@ -43,6 +45,7 @@ def _scene(rng, size):
             r = int(rng.integers(2, 6))
             draw.ellipse([pts[0] - r, pts[1] - r, pts[0] + r, pts[1] + r], fill=color)
     annotations = []
+    owner = Image.new("L", (size, size), 0)  # which object a pixel shows (0: none)
     for _ in range(rng.integers(1, 5)):
         cls = int(rng.integers(len(CLASSES)))
         side = (
@@ -55,8 +58,18 @@ def _scene(rng, size):
         box[3] = min(box[3], size - 1)
         color = tuple(int(c) for c in rng.integers(0, 256, size=3))
         _draw_object(draw, CLASSES[cls], box, color)  # later objects occlude earlier ones
+        _draw_object(ImageDraw.Draw(owner), CLASSES[cls], box, len(annotations) + 1)
         annotations.append((cls, box))
-    return np.asarray(image), annotations
+    owners = np.asarray(owner)
+    return np.asarray(image), [(cls, box, owners == i + 1) for i, (cls, box) in enumerate(annotations)]
+
+
+def mask_rle(mask: np.ndarray) -> dict:
+    """COCO's compressed RLE of a (H, W) bool mask, JSON-ready."""
+    from pycocotools import mask as coco_mask
+
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def generate_demo_detection(root: str, num_images=None, image_size: int = 128, seed: int = 0) -> dict:
@@ -74,7 +87,7 @@ def generate_demo_detection(root: str, num_images=None, image_size: int = 128, s
         num_images, image_size, seed = found["num_images"], found["image_size"], found["seed"]
     num_images = num_images or DEFAULT_SIZES
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
-    params = {"num_images": num_images, "image_size": image_size, "seed": seed}
+    params = {"num_images": num_images, "image_size": image_size, "seed": seed, "masks": True}
     paths = {s: os.path.join(root, "annotations", f"instances_{s}.json") for s in num_images}
     if os.path.exists(stamp) and all(map(os.path.exists, paths.values())):
         with open(stamp) as f:
@@ -90,7 +103,7 @@ def generate_demo_detection(root: str, num_images=None, image_size: int = 128, s
             file_name = f"{split}/{image_id:05d}.png"
             Image.fromarray(pixels).save(os.path.join(root, file_name))
             images.append({"id": image_id, "file_name": file_name, "height": image_size, "width": image_size})
-            for cls, (x0, y0, x1, y1) in objects:
+            for cls, (x0, y0, x1, y1), mask in objects:
                 annotations.append(
                     {
                         "id": len(annotations) + 1,
@@ -99,6 +112,7 @@ def generate_demo_detection(root: str, num_images=None, image_size: int = 128, s
                         "bbox": [x0, y0, x1 - x0, y1 - y0],
                         "area": (x1 - x0) * (y1 - y0),
                         "iscrowd": 0,
+                        "segmentation": mask_rle(mask),
                     }
                 )
         with open(paths[split], "w") as f:

@@ -132,6 +132,23 @@ def test_teacher_mc_and_ddn_student_train_and_evaluate(tmp_path, stage):
     assert "loss_distill" in log and "loss_rpn" not in log
 
 
+@pytest.mark.parametrize("config", ["mask_rcnn.yaml", "retinanet.yaml"])
+def test_stock_model_zoo_families_train_and_evaluate_on_the_demo_data(tmp_path, config):
+    """detectron2's stock Mask R-CNN (the demo annotations carry instance masks) and RetinaNet,
+    shrunk, train with the stock trainer and evaluate with ours (COCO segm too for masks)."""
+    out = tmp_path / "run"
+    cfg = os.path.join(ROOT, "configs", "demo", config)
+    fast = [*FAST, "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]
+    train_net(tmp_path, "--config-file", cfg, "SOLVER.MAX_ITER", "3", "OUTPUT_DIR", str(out), *fast)
+    weights = str(out / "model_final.pth")
+    train_net(
+        tmp_path, "--config-file", cfg, "--eval-only", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(out), *fast
+    )
+    results = eval_results(out)
+    assert results["calibration"]["count@IoU0.5"] > 0
+    assert ("segm" in results) == (config == "mask_rcnn.yaml") and "bbox" in results
+
+
 def test_missing_dataset_points_at_demo_configs(tmp_path):
     env = {**os.environ, "DETECTRON2_DATASETS": str(tmp_path / "nothing")}
     result = subprocess.run(
