@@ -53,9 +53,24 @@ def _padded(tensors, width, fill, dtype):
     return out
 
 
-def _class_masked_overlap(det_boxes, det_classes, gt_boxes, gt_classes, over_first=False):
-    """(B, D, G) overlaps, −1 where the classes differ or either side is padding (class −1)."""
-    overlap = box_iou(det_boxes, gt_boxes, over_first)
+def mask_iou(det_masks: torch.Tensor, gt_masks: torch.Tensor) -> torch.Tensor:
+    """IoU matrix (D, G) float64 of (D, H, W) and (G, H, W) binary masks (0 for two empty ones)."""
+    if det_masks.shape[1:] != gt_masks.shape[1:]:
+        raise ValueError(
+            f"detection masks {tuple(det_masks.shape[1:])} and GT masks "
+            f"{tuple(gt_masks.shape[1:])} differ in size"
+        )
+    det = det_masks.reshape(det_masks.shape[0], -1).float()
+    gt = gt_masks.reshape(gt_masks.shape[0], -1).float()
+    inter = (det @ gt.T).double()
+    union = det.sum(1).double()[:, None] + gt.sum(1).double()[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+
+
+def _class_masked_overlap(det_boxes, det_classes, gt_boxes, gt_classes, over_first=False, overlap=None):
+    """(B, D, G) overlaps (box IoU, or ``overlap`` given), −1 where the classes differ or
+    either side is padding (class −1)."""
+    overlap = box_iou(det_boxes, gt_boxes, over_first) if overlap is None else overlap
     same = (det_classes[:, :, None] == gt_classes[:, None, :]) & (gt_classes[:, None, :] >= 0)
     return overlap.masked_fill_(~same, -1.0)
 
@@ -85,7 +100,9 @@ def match_detection_batch(images, iou_thresholds=(0.5,), return_gt_index: bool =
     Args:
         images: list of dicts with ``det_boxes`` (D, 4) XYXY, ``det_scores`` (D,),
             ``det_classes`` (D,), ``gt_boxes`` (G, 4), ``gt_classes`` (G,) and optionally
-            ``crowd_boxes`` (R, 4) / ``crowd_classes`` (R,).
+            ``crowd_boxes`` (R, 4) / ``crowd_classes`` (R,), and ``overlap`` (D, G): the
+            IoU to match by instead of the boxes' (e.g. :func:`mask_iou`; given for every
+            image or none; crowd regions are still judged by box overlap).
         iou_thresholds: IoUs in (0, 1].
 
     Returns:
@@ -120,11 +137,22 @@ def match_detection_batch(images, iou_thresholds=(0.5,), return_gt_index: bool =
     matched_iou = torch.zeros(len(images), num_t, num_det, dtype=torch.float64)
     matched_gt = torch.full((len(images), num_t, num_det), -1, dtype=torch.int64)
     if num_det and num_gt:
+        given = None
+        if any("overlap" in im for im in images):
+            if not all("overlap" in im for im in images):
+                raise ValueError("an overlap matrix is given for some images and not for others")
+            given = torch.zeros(len(images), num_det, num_gt, dtype=torch.float64)
+            for i, (im, o) in enumerate(zip(images, orders)):
+                overlap = im["overlap"].double()
+                if overlap.shape != (len(o), im["gt_classes"].shape[0]):
+                    raise ValueError(f"overlap must be (detections, GT boxes), got {tuple(overlap.shape)}")
+                given[i, : len(o), : overlap.shape[1]] = overlap[o]
         iou = _class_masked_overlap(
             det_boxes,
             det_classes,
             _padded([im["gt_boxes"].double().reshape(-1, 4) for im in images], num_gt, 0.0, torch.float64),
             _padded([im["gt_classes"].long() for im in images], num_gt, -1, torch.int64),
+            overlap=given,
         )
         taken = torch.zeros(len(images), num_t, num_gt, dtype=torch.bool)
         for rank in range(num_det):  # the greedy rule, for all images and thresholds at once

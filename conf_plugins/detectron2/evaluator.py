@@ -21,7 +21,7 @@ from conf_plugins.calibration.bootstrap import (
 )
 from conf_plugins.calibration.class_sets import ClassSetStats
 from conf_plugins.calibration.conformal import IntervalStats
-from conf_plugins.calibration.detection_matching import match_class_agnostic, match_detection_batch
+from conf_plugins.calibration.detection_matching import mask_iou, match_class_agnostic, match_detection_batch
 from conf_plugins.calibration.detection_stats import DetectionBinStats, detection_record_metrics
 from conf_plugins.calibration.lrp import DEFAULT_LRP_BINS, LRPStats
 from conf_plugins.calibration.lrp import METRIC_NAMES as LRP_METRIC_NAMES
@@ -151,6 +151,9 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                 anns = [a for a in record["annotations"] if bool(a.get("iscrowd", 0)) == crowd]
                 entry[f"{prefix}_boxes"] = boxes_as_xyxy(anns)
                 entry[f"{prefix}_classes"] = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
+                if not crowd:  # instance masks as stored (decoded per image, only for segm/)
+                    masks = [a.get("segmentation") for a in anns]
+                    entry["gt_segmentation"] = None if any(m is None for m in masks) else masks
             gt[record["image_id"]] = entry
         if gt and not any(len(entry["gt_classes"]) for entry in gt.values()):
             json_file = MetadataCatalog.get(dataset_name).get("json_file")
@@ -171,24 +174,22 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
     BATCH_IMAGES = 256  # images matched together: bounded memory, few Python steps
     POSITION_BINS = (5, 5)  # D-ECE: bins of the normalised box centre (cx, cy)
 
+    MODES = ("", "top1/", "segm/")  # boxes; top-1 class of each proposal; masks (mask IoU)
+
     def reset(self):
         thresholds = self._iou_thresholds
-        self._stats = {
-            "": [CalibrationStats() for _ in thresholds],
-            "top1/": [CalibrationStats() for _ in thresholds],
-        }
+        self._stats = {m: [CalibrationStats() for _ in thresholds] for m in self.MODES}
         bins = (self._num_bins,) + self.POSITION_BINS
         self._bin_stats = {
-            "": [DetectionBinStats(self._num_classes, bins) for _ in thresholds],
-            "top1/": [DetectionBinStats(self._num_classes, bins) for _ in thresholds],
+            m: [DetectionBinStats(self._num_classes, bins) for _ in thresholds] for m in self.MODES
         }
         self._la_stats = {
             m: [DetectionBinStats(self._num_classes, (self._localisation_bins,)) for _ in thresholds]
-            for m in ("", "top1/")
+            for m in self.MODES
         }
         self._lrp = {  # LRP's τ is the matching IoU t (< 1)
             m: [LRPStats(self._num_classes, self._lrp_bins, t) if t < 1 else None for t in thresholds]
-            for m in ("", "top1/")
+            for m in self.MODES
         }
         self._intervals = [IntervalStats() for _ in thresholds]  # conformal box intervals
         self._class_sets = [
@@ -196,11 +197,11 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         ]  # conformal class sets, class-agnostic matches
         self._num_images = 0
         self._pending = []
-        self._has_probs = None
+        self._has_probs = self._has_masks = None
         # per-image records for the bootstrap: image ids in processing order, and per mode and
         # threshold the sparse (images, statistics) rows of each matched batch
         self._image_ids = []
-        self._records = {mode: [[] for _ in thresholds] for mode in ("", "top1/")}
+        self._records = {mode: [[] for _ in thresholds] for mode in self.MODES}
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
@@ -223,6 +224,13 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
             if instances.has("pred_boxes_outer"):
                 image["det_inner"] = instances.pred_boxes_inner.tensor
                 image["det_outer"] = instances.pred_boxes_outer.tensor
+            has_masks = instances.has("pred_masks")
+            if self._has_masks is None:
+                self._has_masks = has_masks
+            elif has_masks != self._has_masks:
+                raise ValueError("some detections carry pred_masks and others do not")
+            if has_masks:
+                image["segm_overlap"] = self._mask_overlap(inp["image_id"], instances)
             if instances.has("pred_class_sets"):
                 image["det_sets"] = instances.pred_class_sets
             if has_probs:
@@ -249,7 +257,35 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
             self._add_matched(
                 [{**im, **{k: im[k][im["top1"]] for k in keys}} for im in self._pending], "top1/"
             )
+        if self._has_masks:  # the same detections matched by mask IoU
+            self._add_matched([{**im, "overlap": im["segm_overlap"]} for im in self._pending], "segm/")
         self._pending = []
+
+    def _mask_overlap(self, image_id, instances) -> torch.Tensor:
+        """(D, G) mask IoU of the detections' ``pred_masks`` with the image's GT masks."""
+        gt = self._gt[image_id]
+        if gt.get("gt_segmentation") is None:
+            raise ValueError(
+                f"the detections carry pred_masks but '{self._dataset_name}' has no instance masks "
+                f"('segmentation') for image {image_id}: mask calibration (segm/) needs GT masks"
+            )
+        from pycocotools import mask as coco_mask
+
+        height, width = instances.image_size
+        gt_masks = torch.zeros(len(gt["gt_segmentation"]), height, width, dtype=torch.bool)
+        for g, segm in enumerate(gt["gt_segmentation"]):
+            if isinstance(segm, list):  # polygons
+                segm = coco_mask.merge(coco_mask.frPyObjects(segm, height, width))
+            elif isinstance(segm.get("counts"), list):  # uncompressed RLE
+                segm = coco_mask.frPyObjects(segm, *segm["size"])
+            decoded = torch.from_numpy(coco_mask.decode(segm)).bool()
+            if decoded.shape != (height, width):
+                raise ValueError(
+                    f"image {image_id}: a GT mask of size {tuple(decoded.shape)} for detections "
+                    f"of size {(height, width)}"
+                )
+            gt_masks[g] = decoded
+        return mask_iou(instances.pred_masks.bool(), gt_masks)
 
     def _add_matched(self, images, mode):
         if not mode and any("det_sets" in im for im in images):
@@ -446,9 +482,9 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         thresholds_out = {}
         results = {}
         folder = os.path.join(self._output_dir, "calibration") if self._output_dir else None
-        for mode in ("", "top1/"):
+        for mode in self.MODES:
             if mode and all_stats[mode][0].count == 0:
-                continue  # no pred_class_probs: no top-1 mode
+                continue  # no pred_class_probs: no top-1 mode; no pred_masks: no segm mode
             for k, (t, s, b) in enumerate(zip(self._iou_thresholds, all_stats[mode], all_bin_stats[mode])):
                 key = f"@IoU{t:g}"
                 for name, value in s.compute(self._num_bins, 0.5, self._coverage, self._risk).items():

@@ -244,3 +244,32 @@ def test_matching_and_crowd_handling_agree_with_pycocotools_cocoeval():
             assert correct[:, d].tolist() == coco_correct[det_id], det_id
             assert ignored[:, d].tolist() == coco_ignored[det_id], det_id
     assert sum(any(v) for v in coco_ignored.values()) >= 3  # the crowd rule was exercised
+
+
+def test_mask_iou_of_box_shaped_masks_is_the_box_iou_and_matches_alike():
+    from conf_plugins.calibration.detection_matching import mask_iou
+
+    g = torch.Generator().manual_seed(4)
+    corners = torch.randint(0, 40, (14, 2), generator=g)
+    sizes = torch.randint(1, 24, (14, 2), generator=g)
+    boxes = torch.cat([corners, corners + sizes], 1).double()
+    masks = torch.zeros(14, 64, 64, dtype=torch.bool)
+    for m, (x0, y0, x1, y1) in zip(masks, boxes.long().tolist()):
+        m[y0:y1, x0:x1] = True  # pixel-exact rectangles: the same areas as the boxes
+    det, gt = slice(0, 8), slice(8, 14)
+    assert torch.allclose(mask_iou(masks[det], masks[gt]), box_iou(boxes[det], boxes[gt]), atol=1e-12)
+    image = dict(
+        det_boxes=boxes[det],
+        det_scores=torch.rand(8, generator=g),
+        det_classes=torch.randint(0, 2, (8,), generator=g),
+        gt_boxes=boxes[gt],
+        gt_classes=torch.randint(0, 2, (6,), generator=g),
+    )
+    by_boxes = match_detection_batch([image], (0.1, 0.3), return_gt_index=True)[0]
+    by_masks = match_detection_batch(
+        [{**image, "overlap": mask_iou(masks[det], masks[gt])}], (0.1, 0.3), True
+    )[0]
+    for a, b in zip(by_boxes, by_masks):
+        assert torch.allclose(a.double(), b.double())
+    with pytest.raises(ValueError, match="differ in size"):
+        mask_iou(masks[:2], masks[:2, :32])

@@ -279,3 +279,54 @@ def _gt_xyxy(dataset_name):
         for r in DatasetCatalog.get(dataset_name)
         for a in r["annotations"]
     ]
+
+
+def test_mask_calibration_matches_by_mask_iou_and_needs_gt_masks(demo_val, tmp_path):
+    """segm/: the same detections matched by mask IoU. Oracle masks (each GT object's own
+    visible pixels) are right at any threshold, as their boxes are; a mask shifted off its
+    object is wrong under segm/ while its box stays right; no GT masks is an error."""
+    from pycocotools import mask as coco_mask
+
+    inputs, outputs = oracle_outputs(demo_val)
+    for record, out in zip(DatasetCatalog.get(demo_val), outputs):
+        inst = out["instances"]
+        masks = [torch.from_numpy(coco_mask.decode(a["segmentation"])).bool() for a in record["annotations"]]
+        false = torch.zeros(record["height"], record["width"], dtype=torch.bool)
+        false[:3, :3] = True  # the false box's own pixels
+        inst.pred_masks = torch.stack([*masks, false])
+    evaluator = DetectionCalibrationEvaluator(demo_val, iou_thresholds=(0.5,), bootstrap=0, distributed=False)
+    evaluator.reset()
+    evaluator.process(inputs, outputs)
+    results = evaluator.evaluate()["calibration"]
+    annotations = [a for r in DatasetCatalog.get(demo_val) for a in r["annotations"]]
+    total = len(annotations) + len(DatasetCatalog.get(demo_val))  # plus one false box per image
+    assert results["segm/count@IoU0.5"] == results["count@IoU0.5"] == total
+    # an oracle mask is right unless its object is hidden entirely (an empty mask has no IoU)
+    visible = sum(float(coco_mask.area(a["segmentation"])) > 0 for a in annotations)
+    assert results["success_rate@IoU0.5"] == pytest.approx(len(annotations) / total)
+    assert results["segm/success_rate@IoU0.5"] == pytest.approx(visible / total)
+    assert results["segm/LaECE@IoU0.5"] >= 0
+    # a mask moved off its object: wrong under segm/, the box still right
+    shifted = [{"instances": out["instances"][:1]} for out in outputs[:1]]
+    shifted[0]["instances"].pred_masks = shifted[0]["instances"].pred_masks.roll(20, dims=2)
+    evaluator.reset()
+    evaluator.process(inputs[:1], shifted)
+    one = evaluator.evaluate()["calibration"]
+    assert one["success_rate@IoU0.5"] == 1.0 and one["segm/success_rate@IoU0.5"] == 0.0
+    # a dataset without masks
+    root = str(tmp_path / "boxes_only")
+    register_demo_detection(root, prefix="boxes_only_det", num_images={"val": 2}, image_size=64)
+    records = DatasetCatalog.get("boxes_only_det_val")
+    for record in records:
+        for a in record["annotations"]:
+            a.pop("segmentation")
+    DatasetCatalog.remove("boxes_only_det_val")
+    DatasetCatalog.register("boxes_only_det_val", lambda: records)
+    plain = DetectionCalibrationEvaluator("boxes_only_det_val", (0.5,), bootstrap=0, distributed=False)
+    plain.reset()
+    inst = Instances(
+        (64, 64), pred_boxes=Boxes(torch.tensor([[1.0, 1.0, 9.0, 9.0]])), scores=torch.tensor([0.5])
+    )
+    inst.pred_classes, inst.pred_masks = torch.tensor([0]), torch.ones(1, 64, 64, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"no instance masks .* \(segm/\) needs GT masks"):
+        plain.process([{"image_id": records[0]["image_id"]}], [{"instances": inst}])
