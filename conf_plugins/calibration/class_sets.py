@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .conformal import check_alpha, conformal_rank, min_pairs
-from .fingerprint import weights_fingerprint
+from .fingerprint import SealedState
 
 
 def class_scores(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ def class_scores(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return 1 - probs.gather(1, labels[:, None])[:, 0]
 
 
-class ClassConformal(nn.Module):
+class ClassConformal(SealedState, nn.Module):
     """Fitted class-conditional thresholds for ``num_classes`` foreground classes held in
     buffers: ``thresholds`` (K,) on 1 − p, ``pooled`` (K,) which classes use the pooled one,
     ``fingerprint`` of the weights and settings."""
@@ -57,10 +57,6 @@ class ClassConformal(nn.Module):
     @property
     def settings(self) -> str:
         return f"class_sets:{self.alpha!r}"
-
-    @property
-    def fitted(self) -> bool:
-        return bool(self.fingerprint.any())
 
     def _quantile(self, scores: torch.Tensor) -> torch.Tensor:
         return scores.sort().values[conformal_rank(scores.numel(), self.alpha) - 1]
@@ -93,25 +89,16 @@ class ClassConformal(nn.Module):
         foreground = probs[:, : self.num_classes].double()
         return (1 - foreground) <= self.thresholds.to(foreground.device)
 
-    def _digest(self, named_weights, signature):
-        own = [(n, b) for n, b in self.named_buffers() if n != "fingerprint"]
-        return weights_fingerprint([*named_weights, *own], f"{self.settings};{signature}")
-
-    def seal(self, named_weights, signature: str = ""):
-        self.fingerprint.copy_(self._digest(named_weights, signature))
-
     def verify(self, named_weights, signature: str = ""):
         """RuntimeError unless fitted for exactly these weights, settings and state."""
-        if not self.fitted:
-            raise RuntimeError(
-                "MODEL.CALIBRATION.CLASS_SETS asks for class sets but the loaded weights hold no fitted "
-                "ones: fit them with tools/fit_detection_calibration.py and load its checkpoint"
-            )
-        if not torch.equal(self._digest(named_weights, signature), self.fingerprint.cpu()):
-            raise RuntimeError(
-                "the class sets in these weights were fitted for other weights or another α: stale "
-                "or mismatched; refit them with tools/fit_detection_calibration.py"
-            )
+        self.check_sealed(
+            named_weights,
+            signature,
+            missing="MODEL.CALIBRATION.CLASS_SETS asks for class sets but the loaded weights hold no fitted "
+            "ones: fit them with tools/fit_detection_calibration.py and load its checkpoint",
+            stale="the class sets in these weights were fitted for other weights or another α: stale or "
+            "mismatched; refit them with tools/fit_detection_calibration.py",
+        )
 
 
 class ClassSetStats:

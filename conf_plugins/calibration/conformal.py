@@ -34,7 +34,7 @@ import math
 import torch
 from torch import nn
 
-from .fingerprint import weights_fingerprint
+from .fingerprint import SealedState
 
 SCORES = ("additive", "normalised", "std")
 CORRECTIONS = ("bonferroni", "max_rank")
@@ -130,7 +130,7 @@ def covered(gt_boxes, inner, outer) -> torch.Tensor:
     return ((gt >= lo) & (gt <= hi)).all(dim=1)
 
 
-class BoxConformal(nn.Module):
+class BoxConformal(SealedState, nn.Module):
     """Fitted box-interval quantiles for ``num_classes`` classes held in buffers:
     ``quantiles`` (C + 1, 4), row C the pooled ones (a class without enough pairs uses it),
     ``pooled`` (C,) which classes use it, ``fingerprint`` of the weights and settings."""
@@ -153,10 +153,6 @@ class BoxConformal(nn.Module):
     def settings(self) -> str:
         scope = "classwise" if self.classwise else "pooled"
         return f"box_conformal:{self.score}:{self.correction}:{self.alpha!r}:{scope}"
-
-    @property
-    def fitted(self) -> bool:
-        return bool(self.fingerprint.any())
 
     @torch.no_grad()
     def fit(self, pred_boxes, gt_boxes, classes, box_std=None) -> "BoxConformal":
@@ -183,26 +179,17 @@ class BoxConformal(nn.Module):
         std = None if box_std is None else torch.as_tensor(box_std).detach().cpu()
         return interval_boxes(torch.as_tensor(pred_boxes).detach().cpu(), q, self.score, std)
 
-    def _digest(self, named_weights, signature):
-        own = [(n, b) for n, b in self.named_buffers() if n != "fingerprint"]
-        return weights_fingerprint([*named_weights, *own], f"{self.settings};{signature}")
-
-    def seal(self, named_weights, signature: str = ""):
-        self.fingerprint.copy_(self._digest(named_weights, signature))
-
     def verify(self, named_weights, signature: str = ""):
         """RuntimeError unless fitted for exactly these weights, settings and state."""
-        if not self.fitted:
-            raise RuntimeError(
-                "MODEL.CALIBRATION.BOX_CONFORMAL.SCORE asks for box intervals but the loaded weights hold "
-                "no fitted ones: fit them with tools/fit_detection_calibration.py and load its checkpoint"
-            )
-        if not torch.equal(self._digest(named_weights, signature), self.fingerprint.cpu()):
-            raise RuntimeError(
-                "the box intervals in these weights were fitted for other weights or other "
-                "BOX_CONFORMAL settings (score / correction / alpha / scope): stale or mismatched; "
-                "refit them with tools/fit_detection_calibration.py"
-            )
+        self.check_sealed(
+            named_weights,
+            signature,
+            missing="MODEL.CALIBRATION.BOX_CONFORMAL.SCORE asks for box intervals but the loaded weights "
+            "hold no fitted ones: fit them with tools/fit_detection_calibration.py and load its checkpoint",
+            stale="the box intervals in these weights were fitted for other weights or other BOX_CONFORMAL "
+            "settings (score / correction / alpha / scope): stale or mismatched; refit them with "
+            "tools/fit_detection_calibration.py",
+        )
 
 
 class IntervalStats:

@@ -46,3 +46,31 @@ class FingerprintVerifiedOnce:
         if not self._fingerprint_verified:
             verify()
             self._fingerprint_verified = not self.training
+
+
+class SealedState:
+    """Mixin for an ``nn.Module`` whose fitted state is its buffers plus a ``fingerprint``
+    buffer (32 uint8, zero until sealed) and whose ``settings`` string says what it is: the
+    fingerprint ties the state to the weights it was fitted for, their inference mode
+    (``signature``) and those settings."""
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.fingerprint.any())
+
+    def _digest(self, named_weights, signature: str) -> torch.Tensor:
+        own = [(n, b) for n, b in self.named_buffers() if n != "fingerprint"]
+        return weights_fingerprint([*named_weights, *own], f"{self.settings};{signature}")
+
+    def seal(self, named_weights, signature: str = ""):
+        """Record the fingerprint of ``named_weights`` (the weights the fit used), of
+        ``signature`` (their inference mode) and of this fitted state."""
+        self.fingerprint.copy_(self._digest(named_weights, signature))
+
+    def check_sealed(self, named_weights, signature: str, missing: str, stale: str):
+        """RuntimeError(``missing``) when never fitted, RuntimeError(``stale``) unless sealed
+        for exactly these weights, mode, settings and state."""
+        if not self.fitted:
+            raise RuntimeError(missing)
+        if not torch.equal(self._digest(named_weights, signature), self.fingerprint.cpu()):
+            raise RuntimeError(stale)

@@ -48,7 +48,7 @@ from torch import nn
 
 from .binning import bin_index
 from .detection_stats import DetectionBinStats
-from .fingerprint import weights_fingerprint
+from .fingerprint import SealedState
 from .logistic import LOGIT_EPS, fit_logistic, logit
 from .temperature import T_MAX, T_MIN
 
@@ -151,7 +151,7 @@ def pool_adjacent_violators(y: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.repeat(values, sizes)
 
 
-class DetectionScoreCalibrator(nn.Module):
+class DetectionScoreCalibrator(SealedState, nn.Module):
     """One fitted score calibrator (``method`` of :data:`METHODS`, ``target`` of
     :data:`TARGETS`, class-wise or not) for ``num_classes`` foreground classes, held in
     buffers: ``log_temperature``; ``params`` (C, 2) of Platt (a, b) / linear (m, c);
@@ -194,10 +194,6 @@ class DetectionScoreCalibrator(nn.Module):
             nan = torch.full((num_classes, isotonic_bins), math.nan, dtype=torch.float64)
             self.register_buffer("knot_x", nan.clone())
             self.register_buffer("knot_y", nan.clone())
-
-    @property
-    def fitted(self) -> bool:
-        return bool(self.fingerprint.any())
 
     @property
     def has_thresholds(self) -> bool:
@@ -315,32 +311,17 @@ class DetectionScoreCalibrator(nn.Module):
         return x, y
 
     # -- the fingerprint ---------------------------------------------------------------
-    def _own_state(self):
-        return [(n, b) for n, b in self.named_buffers() if n != "fingerprint"]
-
-    def seal(self, named_weights, signature: str = ""):
-        """Record the fingerprint of ``named_weights`` (the weights the fit used), of
-        ``signature`` (their inference mode) and of this calibrator's fitted state."""
-        self.fingerprint.copy_(self._digest(named_weights, signature))
-
-    def _digest(self, named_weights, signature):
-        return weights_fingerprint([*named_weights, *self._own_state()], f"{self.settings};{signature}")
-
     def verify(self, named_weights, signature: str = "", config_key: str = "MODEL.CALIBRATION.METHOD"):
         """RuntimeError unless fitted for exactly these weights, mode and state."""
-        if not self.fitted:
-            raise RuntimeError(
-                f"{config_key} asks for {self.method} score calibration but the "
-                "loaded weights hold no fitted calibrator: fit one with "
-                "tools/fit_detection_calibration.py and load its checkpoint"
-            )
-        if not torch.equal(self._digest(named_weights, signature), self.fingerprint.cpu()):
-            raise RuntimeError(
-                f"the {self.method} score calibrator in these weights was fitted "
-                "for other weights, another inference mode or another "
-                "calibration method / target / scope / bin count (stale or mismatched calibrator): "
-                "refit it with tools/fit_detection_calibration.py"
-            )
+        self.check_sealed(
+            named_weights,
+            signature,
+            missing=f"{config_key} asks for {self.method} score calibration but the loaded weights hold "
+            "no fitted calibrator: fit one with tools/fit_detection_calibration.py and load its checkpoint",
+            stale=f"the {self.method} score calibrator in these weights was fitted for other weights, "
+            "another inference mode or another calibration method / target / scope / bin count (stale or "
+            "mismatched calibrator): refit it with tools/fit_detection_calibration.py",
+        )
 
     # -- inference ---------------------------------------------------------------------
     def scale_probabilities(self, probs: torch.Tensor) -> torch.Tensor:
