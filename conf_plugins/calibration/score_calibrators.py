@@ -4,9 +4,11 @@ The target (``target``) is either binary — ``"hit"``: the detection matches a 
 class at IoU t (:func:`~conf_plugins.calibration.detection_matching.match_detection_batch`)
 — or localisation-aware — ``"iou"``: the IoU with the matched GT box, 0 for a detection
 matched to none (Oksuz et al., CVPR 2023; Kuzucu et al., ECCV 2024: a calibrated score
-should predict the IoU). Class-wise calibrators (``classwise``) fit one map per class; a
-class without held-out detections uses the map pooled over all classes; class-agnostic ones
-fit the pooled map for every class.
+should predict the IoU) — or ``"mask_iou"``: the same with the detections matched by mask IoU
+(post-hoc mask scoring: the score predicts the quality of the instance mask; the adapter
+supplies the mask matches, the maps here treat it as ``"iou"``). Class-wise calibrators
+(``classwise``) fit one map per class; a class without held-out detections uses the map
+pooled over all classes; class-agnostic ones fit the pooled map for every class.
 
 * **identity**: the scores as they are (only the operating thresholds below).
 * **platt**: sigmoid(a · logit(s) + b) per class (Platt 1999), (a, b) minimising the binary
@@ -53,7 +55,7 @@ from .logistic import LOGIT_EPS, fit_logistic, logit
 from .temperature import T_MAX, T_MIN
 
 METHODS = ("identity", "temperature", "platt", "linear", "histogram", "isotonic")
-TARGETS = ("hit", "iou")
+TARGETS = ("hit", "iou", "mask_iou")
 SAMPLED_METHODS = ("temperature", "platt", "linear")  # fitted on a sample, not on counts
 MIN_CLASS_DETECTIONS = 10  # fewer held-out detections of a class: Platt / linear use the pooled fit
 

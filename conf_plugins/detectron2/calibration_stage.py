@@ -267,20 +267,21 @@ def stage_from_config(cfg, model) -> DetectionCalibrationStage:
 
 
 def with_class_probabilities(cfg):
-    """``cfg`` (a copy) whose stock ROI heads also output ``pred_class_probs`` (our subclass
-    of the same weights, :data:`CLASS_PROBABILITY_HEADS`) when the class probabilities are
-    asked for (``MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS``) or temperature needs them."""
+    """``cfg`` (a copy) whose stock ROI heads are our subclass of the same weights
+    (:data:`CLASS_PROBABILITY_HEADS`) when their extra fields are asked for: ``pred_class_probs``
+    (``MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS``, or what temperature and class sets need) or
+    ``pred_mask_quality`` (``MODEL.ROI_HEADS.OUTPUT_MASK_QUALITY``)."""
     settings = cfg.MODEL.CALIBRATION
-    wanted = (
+    probs = (
         cfg.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS
         or settings.METHOD == "temperature"
         or settings.CLASS_SETS.ENABLED
     )
-    if not wanted:
+    if not (probs or cfg.MODEL.ROI_HEADS.OUTPUT_MASK_QUALITY):
         return cfg
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS = True
+    cfg.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS = bool(probs)
     cfg.MODEL.ROI_HEADS.NAME = CLASS_PROBABILITY_HEADS.get(cfg.MODEL.ROI_HEADS.NAME, cfg.MODEL.ROI_HEADS.NAME)
     cfg.freeze()
     return cfg

@@ -20,6 +20,9 @@ def add_ddn_config(cfg):
     # ProbabilityROIHeads = the stock ones plus this, MCDropoutROIHeads, DDNROIHeads; our
     # build_calibrated_model turns StandardROIHeads into ProbabilityROIHeads for it).
     _C.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS = False
+    # Mask heads: detections also carry pred_mask_quality, the mean mask probability inside
+    # the binarised mask (ProbabilityROIHeads; TEST.CALIBRATION.MASK_CONFIDENCE uses it).
+    _C.MODEL.ROI_HEADS.OUTPUT_MASK_QUALITY = False
     # Calibration as a post-processing stage of any detector (conf_plugins.detectron2.calibration_stage):
     # applied to each output Instances after detectron2's detector_postprocess, in output
     # coordinates, for GeneralizedRCNN (Faster / Mask / Cascade R-CNN, PanopticFPN), RetinaNet
@@ -30,8 +33,9 @@ def add_ddn_config(cfg):
     # "isotonic" (maps of each detection's score; conf_plugins.calibration.score_calibrators).
     _C.MODEL.CALIBRATION = CN()
     _C.MODEL.CALIBRATION.METHOD = ""
-    # What the calibrated score predicts: "hit" (a match at IOU) or "iou" (the IoU with the
-    # matched GT box, 0 when unmatched); one map per class (CLASSWISE) or one for all.
+    # What the calibrated score predicts: "hit" (a match at IOU), "iou" (the IoU with the
+    # matched GT box, 0 when unmatched) or "mask_iou" (the same matched by mask IoU: post-hoc
+    # mask scoring of Mask R-CNN); one map per class (CLASSWISE) or one for all.
     _C.MODEL.CALIBRATION.TARGET = "hit"
     _C.MODEL.CALIBRATION.CLASSWISE = True
     _C.MODEL.CALIBRATION.NUM_BINS = 10  # histogram: equal-width score bins
@@ -99,6 +103,9 @@ def add_ddn_config(cfg):
     _C.TEST.CALIBRATION.SELECTIVE_COVERAGE = 0.8
     _C.TEST.CALIBRATION.SELECTIVE_RISK = 0.05
     _C.TEST.CALIBRATION.LRP_BINS = 200
+    # The confidence of a mask in the segm/ metrics: "score" (the detection's score) or
+    # "mask_quality" (score x pred_mask_quality: MODEL.ROI_HEADS.OUTPUT_MASK_QUALITY True).
+    _C.TEST.CALIBRATION.MASK_CONFIDENCE = "score"
 
     # An image corruption applied by every test loader before the stock resize (COCO-C
     # protocol; conf_plugins.shift): NAME one of conf_plugins.shift.CORRUPTIONS, "" = none.
@@ -109,6 +116,7 @@ def add_ddn_config(cfg):
 
 
 MODEL_ZOO_PREFIX = "model_zoo:"
+MASK_CONFIDENCES = ("score", "mask_quality")
 
 
 def merge_config_file(cfg, path: str):
@@ -263,6 +271,12 @@ def validate_calibration_config(cfg):
             calib[name],
             "an integer in [1, 100000]",
         )
+    _check(
+        calib.MASK_CONFIDENCE in MASK_CONFIDENCES,
+        "TEST.CALIBRATION.MASK_CONFIDENCE",
+        calib.MASK_CONFIDENCE,
+        f"one of {MASK_CONFIDENCES}",
+    )
     _check(
         isinstance(calib.BOOTSTRAP_SEED, int),
         "TEST.CALIBRATION.BOOTSTRAP_SEED",

@@ -93,8 +93,12 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
         lrp_bins: int = DEFAULT_LRP_BINS,
         coverage: float = DEFAULT_COVERAGE,
         risk: float = DEFAULT_RISK,
+        mask_confidence: str = "score",
     ):
         self._dataset_name = dataset_name
+        if mask_confidence not in ("score", "mask_quality"):
+            raise ValueError(f"mask_confidence must be 'score' or 'mask_quality', got {mask_confidence!r}")
+        self._mask_confidence = mask_confidence
         self._coverage, self._risk = check_level(coverage, "coverage"), check_level(risk, "risk")
         self._localisation_bins, self._lrp_bins = int(localisation_bins), int(lrp_bins)
         if self._localisation_bins < 1 or self._lrp_bins < 1:
@@ -133,6 +137,7 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
             lrp_bins=cfg.TEST.CALIBRATION.LRP_BINS,
             coverage=cfg.TEST.CALIBRATION.SELECTIVE_COVERAGE,
             risk=cfg.TEST.CALIBRATION.SELECTIVE_RISK,
+            mask_confidence=cfg.TEST.CALIBRATION.MASK_CONFIDENCE,
         )
 
     @staticmethod
@@ -231,6 +236,7 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                 raise ValueError("some detections carry pred_masks and others do not")
             if has_masks:
                 image["segm_overlap"] = self._mask_overlap(inp["image_id"], instances)
+                image["segm_scores"] = self._mask_scores(instances)
             if instances.has("pred_class_sets"):
                 image["det_sets"] = instances.pred_class_sets
             if has_probs:
@@ -258,8 +264,25 @@ class DetectionCalibrationEvaluator(DatasetEvaluator):
                 [{**im, **{k: im[k][im["top1"]] for k in keys}} for im in self._pending], "top1/"
             )
         if self._has_masks:  # the same detections matched by mask IoU
-            self._add_matched([{**im, "overlap": im["segm_overlap"]} for im in self._pending], "segm/")
+            self._add_matched(
+                [
+                    {**im, "overlap": im["segm_overlap"], "det_scores": im["segm_scores"]}
+                    for im in self._pending
+                ],
+                "segm/",
+            )
         self._pending = []
+
+    def _mask_scores(self, instances) -> torch.Tensor:
+        """The confidence of each mask: its score, or score x ``pred_mask_quality``."""
+        if self._mask_confidence == "score":
+            return instances.scores
+        if not instances.has("pred_mask_quality"):
+            raise ValueError(
+                "TEST.CALIBRATION.MASK_CONFIDENCE mask_quality needs pred_mask_quality: "
+                "MODEL.ROI_HEADS.OUTPUT_MASK_QUALITY True with a mask head"
+            )
+        return (instances.scores * instances.pred_mask_quality).clamp(0, 1)
 
     def _mask_overlap(self, image_id, instances) -> torch.Tensor:
         """(D, G) mask IoU of the detections' ``pred_masks`` with the image's GT masks."""

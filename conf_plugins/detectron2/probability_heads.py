@@ -14,6 +14,16 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 CLASS_BOX_FIELDS = ("pred_box_std",)  # per proposal and class: (R, K or 1, 4), picked by class
 
 
+def mask_quality(mask_probs: torch.Tensor) -> torch.Tensor:
+    """(D,) mean mask probability inside each binarised mask (probability > 0.5, the threshold
+    of ``detector_postprocess``) of (D, 1, M, M) mask probabilities; 0 for an empty mask. The
+    score x this is the mask confidence of Mask Scoring R-CNN (Huang et al., CVPR 2019) and
+    Mask2Former (Cheng et al., CVPR 2022)."""
+    probs = mask_probs.flatten(1)
+    inside = probs > 0.5
+    return (probs * inside).sum(1) / inside.sum(1).clamp_min(1)
+
+
 def attach_proposal_fields(instances, kept, fields, proposals, predictions, box_predictor):
     """Copy ``fields`` (name -> per-proposal tensor over all images) to each detection.
 
@@ -43,23 +53,35 @@ def attach_proposal_fields(instances, kept, fields, proposals, predictions, box_
 class ProbabilityROIHeads(StandardROIHeads):
     """``StandardROIHeads`` whose detections carry ``pred_class_probs``: the K+1 softmax of
     the proposal that produced each detection (its ``scores`` entry is one of them), when
-    ``MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS`` is True. Training and inference are otherwise the
+    ``MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS`` is True; with a mask head and
+    ``MODEL.ROI_HEADS.OUTPUT_MASK_QUALITY``, ``pred_mask_quality`` (:func:`mask_quality`).
+    Training and inference are otherwise the
     stock ones; this is the base of our MC-dropout and DDN heads, which add per-proposal
     fields through :meth:`box_predictions`. Calibration is not here: it is the
     post-processing stage of the whole model
     (:mod:`conf_plugins.detectron2.calibration_stage`), in output coordinates."""
 
     @configurable
-    def __init__(self, *, output_class_probs: bool = False, **kwargs):
+    def __init__(self, *, output_class_probs: bool = False, output_mask_quality: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.output_class_probs = output_class_probs
+        self.output_mask_quality = output_mask_quality
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         return {
             **super().from_config(cfg, input_shape),
             "output_class_probs": cfg.MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS,
+            "output_mask_quality": cfg.MODEL.ROI_HEADS.OUTPUT_MASK_QUALITY,
         }
+
+    def forward_with_given_boxes(self, features, instances):
+        """The stock mask (and keypoint) inference, plus ``pred_mask_quality`` on request."""
+        instances = super().forward_with_given_boxes(features, instances)
+        if self.output_mask_quality and self.mask_on:
+            for inst in instances:  # pred_masks: (D, 1, M, M) probabilities before pasting
+                inst.pred_mask_quality = mask_quality(inst.pred_masks)
+        return instances
 
     def inference_signature(self) -> str:
         """What, beside the weights, the detections depend on: the stock single pass."""

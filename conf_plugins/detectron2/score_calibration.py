@@ -144,9 +144,15 @@ class HeldOutDetections(DetectionCalibrationEvaluator):
         z = logit(scores)
         return torch.stack([z, torch.zeros_like(z)], dim=1), torch.zeros_like(classes)
 
+    @property
+    def fit_mode(self) -> str:
+        """The evaluator mode whose matches the calibrator fits on: mask matches (``segm/``)
+        for the mask-IoU target, box matches otherwise."""
+        return "segm/" if self.calibrator.target == "mask_iou" else ""
+
     def _accumulate(self, images, mode, matches):
         super()._accumulate(images, mode, matches)
-        if mode:
+        if mode != self.fit_mode:
             return
         kept = ~torch.cat([ignored[0] for _, ignored, _ in matches])
         correct = torch.cat([c[0] for c, _, _ in matches])[kept]
@@ -314,6 +320,11 @@ def fit_calibration_stage(cfg, model, dataset_name: str) -> dict:
     start = time.perf_counter()
     before = inference_on_dataset(model, build_detection_test_loader(cfg, dataset_name), collector)
     inference_seconds = time.perf_counter() - start
+    if calibrator.target == "mask_iou" and not collector._has_masks:
+        raise ValueError(
+            "MODEL.CALIBRATION.TARGET mask_iou fits the score to the mask IoU: it needs a model that "
+            "outputs pred_masks (Mask R-CNN) and a held-out split with instance masks"
+        )
     detections, fitted = _fit(calibrator, collector, dataset_name)
     calibrated = [(inp, _rescored(inst, calibrator, stage.kind)) for inp, inst in collector.outputs]
     lrp = _evaluated(calibrated, dataset_name, sc.IOU, sc.THRESHOLD_BINS).lrp_stats()[0]

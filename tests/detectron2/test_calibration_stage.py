@@ -248,3 +248,31 @@ def test_mask_rcnn_stock_heads_take_temperature_and_class_sets(splits):
     (inst,) = detections_of(model, resized(d2_batch(num_images=1), 96))
     assert len(inst) > 0 and inst.has("pred_masks") and inst.has("pred_class_sets")
     assert inst.pred_masks.shape[-2:] == (64, 64)
+
+
+def test_mask_iou_target_and_the_mask_quality_confidence(splits):
+    from conf_plugins.detectron2.probability_heads import mask_quality
+
+    probs = torch.tensor([[[[0.2, 0.7], [0.9, 0.4]]], [[[0.1, 0.2], [0.3, 0.4]]]])
+    assert torch.allclose(mask_quality(probs), torch.tensor([0.8, 0.0]))  # mean inside p > 0.5; empty: 0
+    calib, val = splits
+    cfg = tiny_zoo_cfg("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.ROI_HEADS.OUTPUT_MASK_QUALITY = True
+    settings = {"METHOD": "isotonic", "TARGET": "mask_iou", "IOU": 0.1, "THRESHOLD_BINS": 1}
+    model, summary = fitted_model(cfg, calib, **settings)  # post-hoc mask scoring
+    assert summary["target"] == "mask_iou" and summary["detections"] > 0
+    (inst,) = detections_of(model, d2_batch(num_images=1))
+    quality = inst.pred_mask_quality
+    assert len(inst) > 0 and (((quality == 0) | (quality > 0.5)) & (quality <= 1)).all()
+    evaluator = DetectionCalibrationEvaluator(
+        val, (0.1,), bootstrap=0, distributed=False, mask_confidence="mask_quality"
+    )
+    loader = build_detection_test_loader(with_settings(cfg, **settings), val)
+    results = inference_on_dataset(model, loader, evaluator)["calibration"]
+    assert results["segm/count@IoU0.1"] == results["count@IoU0.1"] > 0
+    assert (
+        results["segm/mean_confidence@IoU0.1"] <= results["mean_confidence@IoU0.1"] + 1e-9
+    )  # score x quality
+    with pytest.raises(ValueError, match="TARGET mask_iou .* pred_masks"):
+        fitted_model(tiny_d2_cfg(), calib, **settings)
