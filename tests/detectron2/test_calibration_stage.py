@@ -276,3 +276,28 @@ def test_mask_iou_target_and_the_mask_quality_confidence(splits):
     )  # score x quality
     with pytest.raises(ValueError, match="TARGET mask_iou .* pred_masks"):
         fitted_model(tiny_d2_cfg(), calib, **settings)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("CLASS_SETS.ALPHA", 1.5), ("BOX_CONFORMAL.ALPHA", 0.0), ("TARGET", "area"), ("METHOD", "beta")],
+)
+def test_bad_settings_are_refused_naming_the_key(key, value):
+    with pytest.raises(ValueError, match=f"MODEL.CALIBRATION.{key}"):
+        build_calibrated_model(with_settings(tiny_d2_cfg(), **{key: value}))
+
+
+def test_nan_or_inf_detections_are_an_error_not_a_calibrated_number():
+    from detectron2.structures import Boxes, Instances
+
+    from conf_plugins.calibration.score_calibrators import DetectionScoreCalibrator
+    from conf_plugins.detectron2.calibration_stage import DetectionCalibrationStage
+
+    stage = DetectionCalibrationStage("softmax", DetectionScoreCalibrator("identity", 3))
+    for scores, boxes in (
+        (torch.tensor([float("nan")]), torch.ones(1, 4)),
+        (torch.ones(1), torch.full((1, 4), math.inf)),
+    ):
+        inst = Instances((8, 8), pred_boxes=Boxes(boxes), scores=scores, pred_classes=torch.tensor([0]))
+        with pytest.raises(ValueError, match="NaN or inf scores or boxes"):
+            stage.calibrate(inst)
