@@ -60,8 +60,7 @@ def mask_iou(det_masks: torch.Tensor, gt_masks: torch.Tensor) -> torch.Tensor:
             f"detection masks {tuple(det_masks.shape[1:])} and GT masks "
             f"{tuple(gt_masks.shape[1:])} differ in size"
         )
-    det = det_masks.reshape(det_masks.shape[0], -1).float()
-    gt = gt_masks.reshape(gt_masks.shape[0], -1).float()
+    det, gt = det_masks.flatten(1).float(), gt_masks.flatten(1).float()  # (0, HW) for no mask too
     inter = (det @ gt.T).double()
     union = det.sum(1).double()[:, None] + gt.sum(1).double()[None, :] - inter
     return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))

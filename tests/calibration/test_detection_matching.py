@@ -271,5 +271,6 @@ def test_mask_iou_of_box_shaped_masks_is_the_box_iou_and_matches_alike():
     )[0]
     for a, b in zip(by_boxes, by_masks):
         assert torch.allclose(a.double(), b.double())
+    assert mask_iou(masks[:0], masks[gt]).shape == (0, 6) and mask_iou(masks[det], masks[:0]).shape == (8, 0)
     with pytest.raises(ValueError, match="differ in size"):
         mask_iou(masks[:2], masks[:2, :32])
