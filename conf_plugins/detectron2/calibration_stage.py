@@ -47,6 +47,16 @@ INPUT_FRAME_BOX_FIELDS = ("pred_box_std",)  # (D, 4) XYXY pixels of the network 
 CLASS_PROBABILITY_HEADS = {"StandardROIHeads": "ProbabilityROIHeads"}
 
 
+def missing_class_probabilities(what: str) -> str:
+    """The error message of ``what`` (temperature, class sets) on detections without class
+    probabilities."""
+    return (
+        f"{what} needs each detection's class probabilities (pred_class_probs): ROI heads with "
+        "MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS True (StandardROIHeads or ours); these give none (Cascade's "
+        "and dense heads), so use a map of the score (platt, linear, histogram, isotonic)"
+    )
+
+
 def check_supported(model):
     """ValueError naming the supported meta-architectures unless ``model`` is one."""
     if not isinstance(model, SUPPORTED_META_ARCHITECTURES):
@@ -110,12 +120,7 @@ def calibrated_scores(calibrator: DetectionScoreCalibrator, instances, kind: str
         return probs[rows, instances.pred_classes].to(instances.scores), probs
     if kind == "sigmoid":
         return calibrator.scale_sigmoid_scores(instances.scores), None
-    raise RuntimeError(
-        "temperature scaling of ROI heads needs each detection's class probabilities "
-        "(pred_class_probs): MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS True with StandardROIHeads (or our "
-        "ROI heads); these ROI heads give none, so use a map of the score "
-        "(platt, linear, histogram, isotonic)"
-    )
+    raise RuntimeError(missing_class_probabilities("temperature scaling of ROI heads"))
 
 
 class DetectionCalibrationStage(FingerprintVerifiedOnce, nn.Module):
@@ -184,10 +189,7 @@ class DetectionCalibrationStage(FingerprintVerifiedOnce, nn.Module):
             self.add_box_intervals(instances)
         if self.class_sets is not None:
             if not instances.has("pred_class_probs"):
-                raise RuntimeError(
-                    "class sets need each detection's class probabilities (pred_class_probs): ROI heads "
-                    "with MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS True; dense heads give none"
-                )
+                raise RuntimeError(missing_class_probabilities("conformal class sets"))
             instances.pred_class_sets = self.class_sets.sets(instances.pred_class_probs)
         return instances
 

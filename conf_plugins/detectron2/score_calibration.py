@@ -43,6 +43,7 @@ from .calibration_stage import (
     attach_calibration_stage,
     calibrated_scores,
     check_supported,
+    missing_class_probabilities,
     stage_from_config,
 )
 from .evaluator import DetectionCalibrationEvaluator
@@ -135,11 +136,7 @@ class HeldOutDetections(DetectionCalibrationEvaluator):
             probs = torch.cat([im["det_probs"] for im in images])[kept]
             return probs.double().clamp_min(TINY).log(), classes
         if self._kind != "sigmoid":
-            raise ValueError(
-                "temperature scaling of ROI heads needs the class probabilities of each detection "
-                "(MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS True with StandardROIHeads or our ROI heads); "
-                "these ROI heads give none: fit a map of the score (platt, linear, histogram, isotonic)"
-            )
+            raise ValueError(missing_class_probabilities("temperature scaling of ROI heads"))
         scores = torch.cat([im["det_scores"] for im in images])[kept].double()
         z = logit(scores)
         return torch.stack([z, torch.zeros_like(z)], dim=1), torch.zeros_like(classes)
@@ -255,10 +252,7 @@ def _class_agnostic_pairs(outputs, dataset_name, iou, keep) -> tuple:
     for inp, inst in outputs:
         inst = inst[keep(inst)]
         if not inst.has("pred_class_probs"):
-            raise ValueError(
-                "class sets need each detection's class probabilities (pred_class_probs): ROI heads "
-                "with MODEL.ROI_HEADS.OUTPUT_CLASS_PROBS True; dense heads give none"
-            )
+            raise ValueError(missing_class_probabilities("conformal class sets"))
         image = dict(
             ground_truth[inp["image_id"]],
             det_boxes=inst.pred_boxes.tensor,

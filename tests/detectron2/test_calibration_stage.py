@@ -167,7 +167,9 @@ def test_cascade_mask_rcnn_takes_the_score_maps_and_refuses_temperature_clearly(
     calibrator = model.calibration_stage.calibrator
     assert torch.equal(inst.scores, calibrator.calibrate_scores(reference.scores, reference.pred_classes))
     assert torch.equal(inst.pred_masks, reference.pred_masks)
-    with pytest.raises(ValueError, match="temperature scaling of ROI heads needs .* class probabilities"):
+    with pytest.raises(
+        ValueError, match="temperature scaling of ROI heads needs each detection's class probabilities"
+    ):
         fitted_model(cfg, calib, METHOD="temperature")
 
 
